@@ -1,0 +1,74 @@
+"""What the media pipeline hands to the model: preprocessed, model-ready items.
+
+These are the contract between `workers/media` (which builds them on CPU, in a process
+pool) and `workers/model` (which encodes them). Tensors are CPU float32 unless noted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ImageItem:
+    """One image (or one document page) at its native-aspect dynamic resolution (spec §2.3).
+
+    pixels: [3, 16·ph, 16·pw], CLIP-normalised.
+    """
+
+    pixels: torch.Tensor
+    grid: tuple[int, int]  # (ph, pw) patches, both even
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1] // 4
+
+
+@dataclass
+class AudioItem:
+    """Log-mel features of one audio stream, split into ≤ 30 s clips (spec §4.1, §4.2).
+
+    clips: list of [frames_i, 128] features, one per clip, each normalised on its own
+    valid frames exactly as the feature extractor does.
+    """
+
+    clips: list[torch.Tensor]
+    num_samples: int  # 16 kHz samples of the whole stream
+    clip_samples: list[int] = field(default_factory=list)  # 16 kHz samples per clip
+
+    @property
+    def seconds(self) -> float:
+        return self.num_samples / 16000
+
+    @property
+    def num_tokens(self) -> int:
+        """Encoder rows kept: ceil((samples // 160) / 8) per clip (NVIDIA's count, spec §4.4)."""
+        return sum(-(-(n // 160) // 8) for n in self.clip_samples)
+
+
+@dataclass
+class VideoItem:
+    """Sampled frames of one video chunk as 2-frame tubelets (spec §3).
+
+    tubelets: [n_tubelets, 2, 3, 16·ph, 16·pw], CLIP-normalised; an odd last frame is
+    repeated. timestamps: seconds of each sampled frame (len = frames sampled, before the
+    repeat), used for the per-tubelet prompt labels (spec §3.4).
+    """
+
+    tubelets: torch.Tensor
+    grid: tuple[int, int]  # (ph, pw) patches per frame
+    timestamps: list[float]
+    audio: AudioItem | None = None  # the soundtrack of the same time range, when used
+
+    @property
+    def num_tubelets(self) -> int:
+        return self.tubelets.shape[0]
+
+    @property
+    def tokens_per_tubelet(self) -> int:
+        return self.grid[0] * self.grid[1] // 4
+
+
+MediaItem = ImageItem | AudioItem | VideoItem
