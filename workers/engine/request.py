@@ -1,0 +1,68 @@
+"""A generation request as the engine tracks it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick the next token. temperature 0 means greedy."""
+
+    max_tokens: int = 1024
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k cut
+    seed: int | None = None
+    stop_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False  # benchmark mode: always produce max_tokens
+    # In thinking mode: once this many tokens were generated without `</think>`,
+    # the engine forces `</think>` (the model card's reasoning budget).
+    thinking_budget: int | None = None
+    think_end_id: int | None = None
+
+
+class RequestState(enum.Enum):
+    WAITING = "waiting"  # admitted to the engine, no cache slot yet
+    PREFILL = "prefill"  # holds a slot, prompt partly computed
+    DECODE = "decode"  # prompt done, generating
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Request:
+    """One sequence: a prompt given as embeddings, grown token by token.
+
+    prompt_embeds: [L, D] in the model dtype, on the model device.
+    """
+
+    rid: str
+    prompt_embeds: torch.Tensor
+    params: SamplingParams
+    state: RequestState = RequestState.WAITING
+    slot: int = -1
+    num_computed: int = 0  # tokens of prompt + output already in the cache
+    output_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # "stop", "length", "cancelled"
+    generator: torch.Generator | None = None
+
+    @property
+    def prompt_len(self) -> int:
+        return self.prompt_embeds.shape[0]
+
+    @property
+    def total_len(self) -> int:
+        """Tokens the cache will hold once the last sampled token is fed back."""
+        return self.prompt_len + len(self.output_ids)
+
+    @property
+    def max_total_len(self) -> int:
+        """Cache rows this request may ever need: the admission reservation."""
+        return self.prompt_len + self.params.max_tokens
+
+    @property
+    def finished(self) -> bool:
+        return self.state is RequestState.FINISHED

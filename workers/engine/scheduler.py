@@ -1,0 +1,158 @@
+"""Continuous-batching scheduler: pure CPU bookkeeping, no tensors touched.
+
+One rule drives it: every step, hand out tokens until each running request's computed
+count catches up with its length. Decoding requests get one token each; the rest of the
+step's token budget goes to prompt chunks, oldest request first. New requests are admitted
+in arrival order while a cache slot is free and their worst-case cache rows
+(prompt + max_tokens) fit in the KV budget; the head of the queue is never overtaken, so a
+large request cannot starve behind a stream of small ones.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from workers.engine.request import Request, RequestState
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_running: int = 256  # cache slots (conv + SSM state rows)
+    kv_capacity_tokens: int = 1 << 20  # KV pool rows shared by all running requests
+    prefill_token_budget: int = 16384  # prompt tokens computed per step
+
+
+@dataclass
+class PrefillChunk:
+    request: Request
+    start: int  # first prompt row of this chunk
+    length: int
+
+    @property
+    def is_last(self) -> bool:
+        """The chunk that completes the prompt: its last row's logits give the first token."""
+        return self.start + self.length == self.request.prompt_len
+
+
+@dataclass
+class StepPlan:
+    """What the runner computes this step."""
+
+    decode: list[Request] = field(default_factory=list)  # each feeds its last sampled token
+    prefill: list[PrefillChunk] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.decode and not self.prefill
+
+
+class SlotPool:
+    """Free list of cache slots."""
+
+    def __init__(self, n: int):
+        self.free = list(range(n - 1, -1, -1))
+
+    def take(self) -> int:
+        return self.free.pop()
+
+    def give(self, slot: int) -> None:
+        self.free.append(slot)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig):
+        self.config = config
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # admission order
+        self.slots = SlotPool(config.max_running)
+        self.reserved_tokens = 0
+
+    def add(self, req: Request) -> None:
+        if req.max_total_len > self.config.kv_capacity_tokens:
+            self._finish(req, "rejected")
+            return
+        self.waiting.append(req)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> StepPlan:
+        plan = StepPlan(decode=[r for r in self.running if r.state is RequestState.DECODE])
+        budget = self.config.prefill_token_budget
+        for req in self.running:
+            if req.state is RequestState.PREFILL and budget > 0:
+                budget -= self._chunk(plan, req, budget)
+        while self.waiting and budget > 0 and self._fits(self.waiting[0]):
+            req = self.waiting.popleft()
+            req.slot = self.slots.take()
+            req.state = RequestState.PREFILL
+            self.reserved_tokens += req.max_total_len
+            self.running.append(req)
+            budget -= self._chunk(plan, req, budget)
+        return plan
+
+    def update(self, plan: StepPlan, sampled: dict[str, int]) -> list[Request]:
+        """Advance the requests of `plan` by what the runner computed; return those finished.
+
+        sampled: next token per request id, for decode requests and last prompt chunks.
+        """
+        done = []
+        for req in plan.decode:
+            if req.finished:  # cancelled while the step ran
+                continue
+            req.num_computed += 1
+            self._append(req, sampled[req.rid], done)
+        for chunk in plan.prefill:
+            req = chunk.request
+            if req.finished:
+                continue
+            req.num_computed += chunk.length
+            if chunk.is_last:
+                req.state = RequestState.DECODE
+                self._append(req, sampled[req.rid], done)
+        return done
+
+    def cancel(self, rid: str) -> Request | None:
+        for req in [*self.waiting, *self.running]:
+            if req.rid == rid:
+                if req in self.waiting:
+                    self.waiting.remove(req)
+                self._finish(req, "cancelled")
+                return req
+        return None
+
+    def _fits(self, req: Request) -> bool:
+        return (
+            bool(self.slots.free)
+            and self.reserved_tokens + req.max_total_len <= self.config.kv_capacity_tokens
+        )
+
+    def _chunk(self, plan: StepPlan, req: Request, budget: int) -> int:
+        length = min(budget, req.prompt_len - req.num_computed)
+        plan.prefill.append(PrefillChunk(req, req.num_computed, length))
+        return length
+
+    def _append(self, req: Request, token: int, done: list[Request]) -> None:
+        p = req.params
+        if (
+            p.thinking_budget is not None
+            and len(req.output_ids) == p.thinking_budget
+            and p.think_end_id not in req.output_ids
+        ):
+            token = p.think_end_id  # reasoning budget spent: close the thinking block
+        req.output_ids.append(token)
+        if token in p.stop_ids and not p.ignore_eos:
+            self._finish(req, "stop")
+            done.append(req)
+        elif len(req.output_ids) >= p.max_tokens:
+            self._finish(req, "length")
+            done.append(req)
+
+    def _finish(self, req: Request, reason: str) -> None:
+        if req in self.running:
+            self.running.remove(req)
+            self.slots.give(req.slot)
+            self.reserved_tokens -= req.max_total_len
+        req.state = RequestState.FINISHED
+        req.finish_reason = reason
