@@ -1,0 +1,141 @@
+"""The `omnibatch` command (spec/api.md §2): argument parsing, then one call into a module."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _run(args: argparse.Namespace) -> int:
+    from workers.local_run import request_from_flags, run_files
+
+    request = request_from_flags(
+        task=args.task,
+        prompt=args.prompt,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        thinking=args.thinking,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        evs_rate=args.evs_rate,
+        use_audio=not args.no_audio,
+    )
+    with open(args.out, "w") if args.out else sys.stdout as out:
+        failed = run_files(args.paths, request, args.model, args.device, out)
+    return 1 if failed else 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.serve import serve
+
+    return serve(args.host, args.port, args.workers)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from service.serve import run_gateway
+
+    return run_gateway(args.host, args.port)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from workers.worker import check_ready, run_worker
+
+    if args.check:
+        return check_ready(args.device)
+    return run_worker(args.device)
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    from service.settings import DeliverySettings
+    from service.webhooks import run_delivery_worker
+
+    run_delivery_worker(DeliverySettings())
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from service.client import submit
+
+    return submit(args.path, args.server, args.key, args.request, args.wait)
+
+
+def _demo_checkpoint(args: argparse.Namespace) -> int:
+    from workers.model.demo import write_demo_checkpoint
+
+    write_demo_checkpoint(args.dir)
+    print(args.dir)
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="process local files in-process (no Redis, no server)")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument(
+        "--task", choices=["caption", "summarize", "transcribe", "extract", "ask"], default=None
+    )
+    p.add_argument("--prompt")
+    p.add_argument("--model", type=Path, help="checkpoint directory (default: OMNIBATCH_MODEL)")
+    p.add_argument("--device", help="cuda:N or cpu (default: cuda:0 when present, else cpu)")
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--fps", type=float)
+    p.add_argument("--max-frames", type=int)
+    p.add_argument("--evs-rate", type=float)
+    p.add_argument("--no-audio", action="store_true", help="ignore video soundtracks")
+    p.add_argument("--thinking", action="store_true", help="reasoning mode")
+    p.add_argument("--out", type=Path, help="write the JSON lines here instead of stdout")
+    p.set_defaults(func=_run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="omnibatch", description="Batch media processing with Nemotron 3 Nano Omni."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+
+    p = sub.add_parser("serve", help="gateway + worker(s) + webhook delivery in one command")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (one per GPU)")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("gateway", help="the REST gateway")
+    p.add_argument("--host", help="default: OMNIBATCH_HOST or 127.0.0.1")
+    p.add_argument("--port", type=int, help="default: OMNIBATCH_PORT or 8000")
+    p.set_defaults(func=_gateway)
+
+    p = sub.add_parser("worker", help="a GPU worker (one process per GPU)")
+    p.add_argument("--device", help="cuda:N or cpu (default: OMNIBATCH_DEVICE)")
+    p.add_argument(
+        "--check", action="store_true", help="exit 0 when this host's worker has its model loaded"
+    )
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("webhooks", help="the webhook delivery worker")
+    p.set_defaults(func=_webhooks)
+
+    p = sub.add_parser("submit", help="submit a file to a running server")
+    p.add_argument("path", type=Path, metavar="PATH")
+    p.add_argument("--server", default="http://127.0.0.1:8000")
+    p.add_argument("--key", help="API key (default: OMNIBATCH_API_KEY)")
+    p.add_argument("--request", help="JSON of the request fields (task, prompt, video, ...)")
+    p.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    p.set_defaults(func=_submit)
+
+    p = sub.add_parser("demo-checkpoint", help="write the tiny random-weight checkpoint")
+    p.add_argument("dir", type=Path, metavar="DIR")
+    p.set_defaults(func=_demo_checkpoint)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

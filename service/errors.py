@@ -1,0 +1,131 @@
+"""Domain exceptions and their RFC 9457 problem+json rendering.
+
+Each exception carries the HTTP status and the stable `code` of spec/api.md §1. The module
+imports no web framework at import time: `workers/` raises these too. Clients never see a
+traceback or a server path: unexpected exceptions answer a fixed message (the exception
+text only with `debug` on).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+log = logging.getLogger("omnibatch.errors")
+PROBLEM_JSON = "application/problem+json"
+
+
+class OmnibatchError(Exception):
+    status = 500
+    code = "internal"
+    title = "Internal error"
+
+    def __init__(self, detail: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.headers = headers or {}
+
+
+class InvalidRequest(OmnibatchError):
+    status, code, title = 422, "invalid_request", "Invalid request"
+
+
+class BadRequest(OmnibatchError):
+    status, code, title = 400, "invalid_request", "Bad request"
+
+
+class Unauthorized(OmnibatchError):
+    status, code, title = 401, "unauthorized", "Unauthorized"
+
+    def __init__(self, detail: str | None = None):
+        super().__init__(detail, {"WWW-Authenticate": "Bearer"})
+
+
+class NotFound(OmnibatchError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class Conflict(OmnibatchError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(OmnibatchError):
+    status, code, title = 413, "payload_too_large", "Payload too large"
+
+
+class UnsupportedMediaType(OmnibatchError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+
+class UrlForbidden(OmnibatchError):
+    status, code, title = 422, "url_forbidden", "URL forbidden"
+
+
+class UrlFetchFailed(OmnibatchError):
+    status, code, title = 422, "url_fetch_failed", "URL fetch failed"
+
+
+class QueueFull(OmnibatchError):
+    status, code, title = 503, "queue_full", "Queue full"
+
+    def __init__(self, retry_after_s: int):
+        super().__init__(
+            "too many queued jobs; retry later", {"Retry-After": str(int(retry_after_s))}
+        )
+
+
+class NotReady(OmnibatchError):
+    status, code, title = 503, "not_ready", "Not ready"
+
+
+def problem_body(status: int, code: str, title: str, detail: str) -> dict[str, Any]:
+    return {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code}
+
+
+def register_handlers(app: FastAPI, debug: bool) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    def respond(status: int, code: str, title: str, detail: str, headers=None) -> JSONResponse:
+        return JSONResponse(
+            problem_body(status, code, title, detail),
+            status_code=status,
+            media_type=PROBLEM_JSON,
+            headers=headers,
+        )
+
+    async def on_domain(_request, exc: OmnibatchError) -> JSONResponse:
+        return respond(exc.status, exc.code, exc.title, exc.detail, exc.headers)
+
+    async def on_validation(_request, exc: RequestValidationError) -> JSONResponse:
+        return respond(422, "invalid_request", "Invalid request", describe_validation(exc.errors()))
+
+    async def on_http(_request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {401: "unauthorized", 404: "not_found", 409: "conflict", 413: "payload_too_large"}
+        code = codes.get(
+            exc.status_code, "invalid_request" if exc.status_code < 500 else "internal"
+        )
+        return respond(exc.status_code, code, str(exc.detail), str(exc.detail), exc.headers)
+
+    async def on_unexpected(_request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        detail = f"{type(exc).__name__}: {exc}" if debug else "internal error"
+        return respond(500, "internal", "Internal error", detail)
+
+    app.add_exception_handler(OmnibatchError, on_domain)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def describe_validation(errors: list[dict[str, Any]]) -> str:
+    """One line per pydantic error, `field.path: message`, without echoing input values."""
+    parts = []
+    for err in errors[:10]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else err.get("msg", "invalid"))
+    return "; ".join(parts)

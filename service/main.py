@@ -1,0 +1,69 @@
+"""The gateway app factory: wiring only (state, routers, exception handlers, OpenAPI)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service import jobstore
+from service.auth import KeyRing
+from service.deps import AppState
+from service.errors import register_handlers
+from service.routes import health, jobs
+from service.schemas import JobCreate
+from service.settings import GatewaySettings
+from service.storage import Storage
+from service.urlguard import UrlGuard
+
+log = logging.getLogger("omnibatch.gateway")
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    keys = KeyRing(settings.key_pairs())
+    if keys.open:  # settings validation allows this on a loopback bind only
+        log.warning("no API keys: running without auth on %s (local mode)", settings.host)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        r = jobstore.connect(settings.redis_url)
+        app.state.omnibatch = AppState(
+            settings=settings,
+            redis=r,
+            storage=Storage(settings.data_dir),
+            keys=keys,
+            guard=UrlGuard(settings.allow_private_urls),
+        )
+        try:
+            yield
+        finally:
+            r.close()
+
+    app = FastAPI(
+        title="omnibatch",
+        version="0.1.0",
+        summary="Batch media processing with Nemotron 3 Nano Omni",
+        lifespan=lifespan,
+        debug=False,
+    )
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    register_handlers(app, settings.debug)
+    app.openapi = lambda: _openapi(app)
+    return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The generated schema plus JobCreate, which the submit route parses from a stream."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        create = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(create.pop("$defs", {}))
+        components["JobCreate"] = create
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,301 @@
+"""The job contract (spec/api.md §1), shared by the gateway and `workers/`.
+
+Request models forbid unknown fields so a typo is an error, not a silently ignored option.
+Everything here is plain pydantic: `workers/` imports it without pulling in FastAPI.
+
+Redis names every process agrees on (documented once, here):
+- RQ queues: `jobs:high`, `jobs:normal`, `jobs:low` (taken in that order) and `webhooks`.
+  The RQ job id equals our job id; the job function is `workers.tasks.run_job(job_id)`.
+- Job record: hash `omnibatch:job:{job_id}` (see service/jobstore.py for its fields).
+- Cancel flag: string `omnibatch:job:{job_id}:cancel`, set while a running job should stop.
+- Worker heartbeat: hash `omnibatch:workers:{worker_id}` with field `model_loaded` ("1"/"0"),
+  refreshed with an expiry of WORKER_HEARTBEAT_TTL_S; `/readyz` needs one with "1".
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+QUEUE_HIGH = "jobs:high"
+QUEUE_NORMAL = "jobs:normal"
+QUEUE_LOW = "jobs:low"
+JOB_QUEUES = (QUEUE_HIGH, QUEUE_NORMAL, QUEUE_LOW)  # the order a worker takes them in
+WEBHOOK_QUEUE = "webhooks"
+JOB_FUNCTION = "workers.tasks.run_job"
+
+KEY_PREFIX = "omnibatch:"
+WORKER_HEARTBEAT_PREFIX = "omnibatch:workers:"
+WORKER_HEARTBEAT_TTL_S = 30
+
+
+def job_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}job:{job_id}"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"{KEY_PREFIX}job:{job_id}:cancel"
+
+
+def worker_heartbeat_key(worker_id: str) -> str:
+    return f"{WORKER_HEARTBEAT_PREFIX}{worker_id}"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    expired = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (JobStatus.queued, JobStatus.running)
+
+
+class Priority(StrEnum):
+    high = "high"
+    normal = "normal"
+    low = "low"
+
+    @property
+    def queue(self) -> str:
+        return f"jobs:{self.value}"
+
+
+class Task(StrEnum):
+    caption = "caption"
+    summarize = "summarize"
+    transcribe = "transcribe"
+    extract = "extract"
+    ask = "ask"
+
+
+class MediaType(StrEnum):
+    video = "video"
+    audio = "audio"
+    image = "image"
+    document = "document"
+
+
+class JobErrorCode(StrEnum):
+    """`error.code` of a failed (or cancelled) job."""
+
+    media_unreadable = "media_unreadable"
+    media_unsupported = "media_unsupported"
+    media_too_large = "media_too_large"
+    media_too_long = "media_too_long"
+    url_fetch_failed = "url_fetch_failed"
+    url_forbidden = "url_forbidden"
+    model_error = "model_error"
+    timeout = "timeout"
+    worker_lost = "worker_lost"
+    cancelled = "cancelled"
+    internal = "internal"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(_Strict):
+    url: Annotated[str, StringConstraints(max_length=4096)]
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, v: str) -> str:
+        if not v.lower().startswith(("http://", "https://")):
+            raise ValueError("input.url must be an http or https URL")
+        return v
+
+
+class VideoOptions(_Strict):
+    fps: float = Field(1.0, gt=0, le=8)
+    max_frames: int = Field(512, ge=2, le=1024)
+    evs_rate: float = Field(0.5, ge=0, le=0.95)
+    use_audio: bool = True
+    start_s: float | None = Field(None, ge=0)
+    end_s: float | None = Field(None, gt=0)
+    chunk_s: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> VideoOptions:
+        if self.start_s is not None and self.end_s is not None and self.end_s <= self.start_s:
+            raise ValueError("video.end_s must be greater than video.start_s")
+        return self
+
+
+class GenerationOptions(_Strict):
+    max_tokens: int = Field(1024, ge=1, le=32768)
+    temperature: float = Field(0.2, ge=0, le=2)  # 0 = greedy
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=1)
+    seed: int | None = None
+    thinking: bool = False
+
+
+class WebhookOptions(_Strict):
+    url: Annotated[str, StringConstraints(max_length=4096)]
+    secret: Annotated[str, StringConstraints(pattern=r"^whsec_[A-Za-z0-9+/]+={0,2}$")] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_only(cls, v: str) -> str:
+        if not v.lower().startswith(("http://", "https://")):
+            raise ValueError("webhook.url must be an http or https URL")
+        return v
+
+
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+
+class JobCreate(_Strict):
+    """The submit request: the `request` part of a multipart upload, or the JSON body."""
+
+    task: Task = Task.caption
+    prompt: Annotated[str, StringConstraints(max_length=8000)] | None = None
+    input: InputSpec | None = None
+    media_type: MediaType | None = None  # None: sniffed from the content
+    video: VideoOptions = Field(default_factory=VideoOptions)
+    generation: GenerationOptions = Field(default_factory=GenerationOptions)
+    webhook: WebhookOptions | None = None
+    priority: Priority = Priority.normal
+    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=16)
+
+    @model_validator(mode="after")
+    def _ask_needs_prompt(self) -> JobCreate:
+        if self.task is Task.ask and not self.prompt:
+            raise ValueError("task 'ask' requires a prompt")
+        return self
+
+
+class Progress(BaseModel):
+    stage: str = "queued"  # e.g. queued, fetching, decoding, encoding, generating, done
+    done: int = 0
+    total: int = 0
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    video_seconds: float = 0.0
+    audio_seconds: float = 0.0
+    pages: int = 0
+    images: int = 0
+    frames_sampled: int = 0
+    video_tokens_before_evs: int = 0
+    video_tokens_after_evs: int = 0
+    gpu_seconds: float = 0.0
+
+
+class JobError(BaseModel):
+    code: JobErrorCode
+    message: str
+
+
+class WebhookState(BaseModel):
+    attempts: int = 0
+    last_status: int | None = None  # HTTP status of the last attempt; None: no response
+    delivered_at: datetime | None = None
+    state: Literal["pending", "delivered", "failed"] = "pending"
+    next_attempt_at: datetime | None = None
+
+
+class Links(BaseModel):
+    self: str
+    result: str
+
+
+class JobSubmitted(BaseModel):
+    id: str
+    status: JobStatus
+    created_at: datetime
+    links: Links
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: JobStatus
+    task: Task
+    priority: Priority
+    media_type: MediaType | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: Progress = Field(default_factory=Progress)
+    queue_position: int | None = None  # jobs ahead of this one, while queued
+    usage: Usage | None = None
+    error: JobError | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    webhook: WebhookState | None = None
+    links: Links
+
+
+class JobList(BaseModel):
+    data: list[JobPublic]
+    next_cursor: str | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    revision: str | None = None
+    precision: str | None = None
+
+
+class Segment(BaseModel):
+    start_s: float | None = None
+    end_s: float | None = None
+    page: int | None = None  # documents: one segment per page
+    text: str
+
+
+class Output(BaseModel):
+    text: str
+    reasoning: str | None = None
+    segments: list[Segment] | None = None
+    warning: str | None = None  # e.g. the demo checkpoint's "text is meaningless"
+
+
+class JobResult(BaseModel):
+    id: str
+    status: JobStatus
+    model: ModelInfo
+    output: Output
+    usage: Usage
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class WebhookEventData(BaseModel):
+    job_id: str
+    status: JobStatus
+    result_url: str
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class WebhookEvent(BaseModel):
+    type: Literal["job.succeeded", "job.failed", "job.cancelled", "job.expired"]
+    id: str
+    created_at: datetime
+    data: WebhookEventData
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, with our stable `code`."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    code: str

@@ -1,0 +1,131 @@
+"""Configuration (spec/api.md §3): one pydantic-settings class per process type.
+
+Every field reads `OMNIBATCH_<NAME>` from the environment. Durations are seconds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset(
+    {"changethis", "changeme", "change-me", "secret", "password", "test", "example", "xxx"}
+)
+MIN_SECRET_LEN = 16
+
+
+def _split_csv(v: object) -> object:
+    if isinstance(v, str):
+        return [p.strip() for p in v.split(",") if p.strip()]
+    return v
+
+
+def _check_secret(what: str, value: str) -> None:
+    if value.lower() in PLACEHOLDER_SECRETS or len(value) < MIN_SECRET_LEN:
+        raise ValueError(
+            f"{what} is a placeholder or shorter than {MIN_SECRET_LEN} characters; "
+            "set a real random value"
+        )
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class CommonSettings(BaseSettings):
+    """What every process needs: where Redis and the data store are, and the URL guard."""
+
+    model_config = SettingsConfigDict(env_prefix="OMNIBATCH_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    data_dir: Path = Path("./omnibatch-data")
+    # hosts or CIDRs exempt from the SSRF guard, e.g. "127.0.0.1/32,::1/128"
+    allow_private_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    job_record_ttl_s: int = Field(30 * 24 * 3600, gt=0)  # how long job bookkeeping outlives a job
+
+    _csv = field_validator("allow_private_urls", mode="before")(_split_csv)
+
+
+class GatewaySettings(CommonSettings):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    # "name:key,name:key" pairs; or a file with one name:key per line
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+    max_upload_mb: int = Field(2048, gt=0)
+    max_queue_depth: int = Field(10_000, gt=0)  # queued jobs over all priorities → 503
+    queue_full_retry_after_s: int = Field(30, gt=0)
+    job_timeout_s: int = Field(6 * 3600, gt=0)  # RQ job_timeout of one job
+    rq_result_ttl_s: int = Field(3600, ge=0)  # RQ's own return value; our result is on disk
+    idempotency_ttl_s: int = Field(24 * 3600, gt=0)
+    url_fetch_timeout_s: float = Field(300.0, gt=0)  # whole download of an input.url
+    url_connect_timeout_s: float = Field(10.0, gt=0)
+    max_wait_s: int = Field(60, ge=0, le=60)
+    webhook_secret: str | None = None  # master secret the per-key webhook secrets derive from
+    debug: bool = False  # only then do 500s carry the exception text
+
+    _csv_keys = field_validator("api_keys", mode="before")(_split_csv)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _real_webhook_secret(cls, v: str | None) -> str | None:
+        if v is not None:
+            _check_secret("OMNIBATCH_WEBHOOK_SECRET", v)
+        return v
+
+    @model_validator(mode="after")
+    def _keys(self) -> GatewaySettings:
+        keys = self.key_pairs()
+        for name, key in keys.items():
+            _check_secret(f"API key {name!r}", key)
+        if not keys and not is_loopback_host(self.host):
+            raise ValueError(
+                f"refusing to bind {self.host} without API keys: set OMNIBATCH_API_KEYS"
+                " or OMNIBATCH_API_KEYS_FILE, or bind 127.0.0.1"
+            )
+        return self
+
+    def key_pairs(self) -> dict[str, str]:
+        """API key name → key, from `api_keys` and `api_keys_file` together."""
+        entries = list(self.api_keys)
+        if self.api_keys_file is not None:
+            lines = self.api_keys_file.read_text().splitlines()
+            entries += [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
+        pairs: dict[str, str] = {}
+        for entry in entries:
+            name, sep, key = entry.partition(":")
+            if not sep or not name or not key:
+                raise ValueError("API keys must be name:key pairs")
+            if name in pairs:
+                raise ValueError(f"API key name {name!r} appears twice")
+            pairs[name] = key
+        return pairs
+
+
+class WorkerSettings(CommonSettings):
+    model: Path | None = None  # None: the tiny demo checkpoint
+    device: str = "cuda:0"
+    gpu_memory_gb: float | None = Field(None, gt=0)
+    max_video_s: float = Field(4 * 3600, gt=0)
+    max_pages: int = Field(500, gt=0)
+    max_concurrent_jobs: int = Field(16, gt=0)  # jobs the engine holds at once
+
+
+class DeliverySettings(CommonSettings):
+    webhook_timeout_s: float = Field(10.0, gt=0)  # a 2xx must arrive within this
+    webhook_retry_window_s: int = Field(25 * 3600, gt=0)  # keep retrying at least 24 h
+    webhook_backoff_base_s: float = Field(5.0, gt=0)
+    webhook_backoff_max_s: float = Field(3600.0, gt=0)

@@ -1,0 +1,108 @@
+"""The DATA_DIR store: job inputs and results on a (possibly shared) filesystem.
+
+Layout:
+    {data_dir}/inputs/{job_id}/input     the media, exactly as uploaded or downloaded
+    {data_dir}/results/{job_id}.json     the JobResult JSON
+
+Paths are built from job ids only, never from client-supplied names. Writers go through a
+temporary name and an atomic rename, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+
+from service.errors import PayloadTooLarge
+from service.schemas import JobResult
+
+_JOB_ID = re.compile(r"^job_[0-9a-f]{28}$")
+HEAD_BYTES = 4096  # kept in memory for content sniffing
+
+
+def _checked(job_id: str) -> str:
+    if not _JOB_ID.match(job_id):
+        raise ValueError("malformed job id")
+    return job_id
+
+
+class Storage:
+    def __init__(self, data_dir: Path):
+        self.root = Path(data_dir)
+
+    def input_path(self, job_id: str) -> Path:
+        return self.root / "inputs" / _checked(job_id) / "input"
+
+    def result_path(self, job_id: str) -> Path:
+        return self.root / "results" / f"{_checked(job_id)}.json"
+
+    def open_input(self, job_id: str, max_bytes: int) -> InputSink:
+        return InputSink(self.input_path(job_id), max_bytes)
+
+    def stage_result(self, result: JobResult) -> Path:
+        """Write the result under a private temporary name; `commit_result` publishes it."""
+        path = self.result_path(result.id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp.write_text(result.model_dump_json())
+        return tmp
+
+    def commit_result(self, staged: Path, job_id: str) -> Path:
+        path = self.result_path(job_id)
+        os.replace(staged, path)
+        return path
+
+    def read_result(self, job_id: str) -> JobResult | None:
+        try:
+            return JobResult.model_validate_json(self.result_path(job_id).read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def delete(self, job_id: str) -> None:
+        shutil.rmtree(self.input_path(job_id).parent, ignore_errors=True)
+        self.result_path(job_id).unlink(missing_ok=True)
+
+
+class InputSink:
+    """Streams one input to disk: enforces the byte cap as chunks arrive, hashes, keeps the head.
+
+    Use as a context manager; leaving it with an exception removes the partial file.
+    """
+
+    def __init__(self, path: Path, max_bytes: int):
+        self.path = path
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.head = b""
+        self._sha = hashlib.sha256()
+        self._tmp = path.with_name(path.name + ".part")
+        self._file = None
+
+    def __enter__(self) -> InputSink:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in __exit__
+        return self
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise PayloadTooLarge(f"the input is larger than {self.max_bytes} bytes")
+        if len(self.head) < HEAD_BYTES:
+            self.head += chunk[: HEAD_BYTES - len(self.head)]
+        self._sha.update(chunk)
+        self._file.write(chunk)
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._file.close()
+        if exc_type is None:
+            os.replace(self._tmp, self.path)
+        else:
+            shutil.rmtree(self.path.parent, ignore_errors=True)

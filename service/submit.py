@@ -1,0 +1,172 @@
+"""Turning one submit request into a queued job: body → validated request + stored input →
+sniffed media type → idempotency → job record + RQ enqueue.
+
+The input lands under DATA_DIR before the job exists; every failure path removes it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from service import jobstore, webhooks
+from service.deps import AppState
+from service.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    QueueFull,
+    UnsupportedMediaType,
+    UrlFetchFailed,
+    describe_validation,
+)
+from service.fetch import fetch_to_sink
+from service.jobstore import JobRecord
+from service.schemas import JobCreate, JobStatus, WebhookState
+from service.upload import read_form, read_small_body
+from workers.media.errors import MediaError, MediaTooLarge
+from workers.media.limits import MediaLimits
+from workers.media.probe import kind_of
+
+MULTIPART_OVERHEAD = 1 << 20  # form boundaries and the request part, beyond the file itself
+
+
+def parse_request(raw: bytes | None) -> JobCreate:
+    if raw is None:
+        return JobCreate()
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest("the request is not valid JSON") from exc
+    try:
+        return JobCreate.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(describe_validation(exc.errors())) from exc
+
+
+def check_capacity(state: AppState, content_length: str | None, multipart: bool) -> None:
+    """Cheap refusals before a byte of the body is read."""
+    s = state.settings
+    if jobstore.queue_depth(state.redis) >= s.max_queue_depth:
+        raise QueueFull(s.queue_full_retry_after_s)
+    if content_length and content_length.isdigit():
+        cap = s.max_upload_bytes + MULTIPART_OVERHEAD if multipart else MULTIPART_OVERHEAD
+        if int(content_length) > cap:
+            raise PayloadTooLarge(f"uploads are limited to {s.max_upload_mb} MiB")
+
+
+async def receive_upload(
+    state: AppState, job_id: str, stream: AsyncIterator[bytes], content_type: str
+) -> tuple[JobCreate, str]:
+    """Multipart form → (request, sha256 of the file). The file is stored under DATA_DIR."""
+    open_sink = lambda: state.storage.open_input(job_id, state.settings.max_upload_bytes)
+    raw, sink = await read_form(stream, content_type, open_sink)
+    if sink is None:
+        raise InvalidRequest("the form has no 'file' part")
+    req = parse_request(raw)
+    if req.input is not None:
+        raise InvalidRequest("input.url belongs in a JSON body, not next to an uploaded file")
+    return req, sink.sha256
+
+
+async def receive_url(state: AppState, job_id: str, stream: AsyncIterator[bytes]) -> JobCreate:
+    """JSON body with input.url → request; the URL's content is downloaded under DATA_DIR."""
+    req = parse_request(await read_small_body(stream))
+    if req.input is None:
+        raise InvalidRequest("a JSON body needs input.url (or upload the file as multipart)")
+    s = state.settings
+    with state.storage.open_input(job_id, s.max_upload_bytes) as sink:
+        await fetch_to_sink(
+            req.input.url, sink, state.guard, s.url_connect_timeout_s, s.url_fetch_timeout_s
+        )
+    return req
+
+
+def sniff(state: AppState, job_id: str, req: JobCreate) -> str:
+    path = state.storage.input_path(job_id)
+    if path.stat().st_size == 0:
+        raise InvalidRequest("the file is empty")
+    if req.media_type is not None:
+        return req.media_type.value
+    limits = MediaLimits(max_file_bytes=state.settings.max_upload_bytes)
+    try:
+        return kind_of(str(path), limits).kind
+    except MediaTooLarge as exc:
+        raise PayloadTooLarge(exc.message) from exc
+    except MediaError as exc:
+        raise UnsupportedMediaType(exc.message) from exc
+
+
+def check_webhook(state: AppState, req: JobCreate) -> None:
+    if req.webhook is not None:
+        try:
+            state.guard.resolve(req.webhook.url)
+        except UrlFetchFailed as exc:
+            raise InvalidRequest(f"webhook.url: {exc.detail}") from exc
+
+
+def fingerprint(req: JobCreate, content_sha: str) -> str:
+    canonical = req.model_dump_json(exclude_defaults=False) + content_sha
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def enqueue(
+    state: AppState,
+    owner: str,
+    job_id: str,
+    req: JobCreate,
+    media_type: str,
+    base_url: str,
+    idempotency: tuple[str, str] | None,
+) -> tuple[JobRecord, bool]:
+    """Create the job, or find the first one of this Idempotency-Key. Returns (job, created)."""
+    r, s = state.redis, state.settings
+    if idempotency is not None:
+        key, fp = idempotency
+        try:
+            first = jobstore.claim_idempotency_key(r, owner, key, fp, job_id, s.idempotency_ttl_s)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+        if first is not None:
+            state.storage.delete(job_id)
+            return jobstore.load(r, first), False
+    secret = None
+    if req.webhook is not None:
+        secret = req.webhook.secret or webhooks.default_secret(r, owner, s.webhook_secret)
+    rec = JobRecord(
+        id=job_id, owner=owner, status=JobStatus.queued, request=req, media_type=media_type,
+        input=str(state.storage.input_path(job_id).relative_to(state.storage.root)),
+        base_url=base_url, created_at=time.time(), webhook_secret=secret,
+        webhook=WebhookState() if req.webhook is not None else None,
+    )  # fmt: skip
+    jobstore.create(r, rec, s.job_timeout_s, s.rq_result_ttl_s)
+    return rec, True
+
+
+async def submit(
+    state: AppState,
+    owner: str,
+    stream: AsyncIterator[bytes],
+    content_type: str,
+    base_url: str,
+    idempotency_key: str | None,
+) -> tuple[JobRecord, bool]:
+    job_id = jobstore.new_job_id()
+    try:
+        if content_type.startswith("multipart/form-data"):
+            req, content_sha = await receive_upload(state, job_id, stream, content_type)
+        else:
+            req, content_sha = await receive_url(state, job_id, stream), ""
+        await run_in_threadpool(check_webhook, state, req)
+        media_type = await run_in_threadpool(sniff, state, job_id, req)
+        idem = (idempotency_key, fingerprint(req, content_sha)) if idempotency_key else None
+        return await run_in_threadpool(
+            enqueue, state, owner, job_id, req, media_type, base_url, idem
+        )
+    except BaseException:
+        state.storage.delete(job_id)
+        raise

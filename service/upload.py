@@ -1,0 +1,112 @@
+"""Reading submit bodies as a stream: nothing larger than a chunk is ever held in memory.
+
+The multipart form is parsed incrementally with python-multipart; the `file` part goes straight
+into an InputSink (which enforces the upload cap while bytes arrive), the `request` part is
+small JSON text kept in memory under REQUEST_PART_MAX.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from service.errors import BadRequest, PayloadTooLarge
+from service.storage import InputSink
+
+REQUEST_PART_MAX = 256 * 1024
+
+
+async def read_small_body(stream: AsyncIterator[bytes], limit: int = REQUEST_PART_MAX) -> bytes:
+    body = bytearray()
+    async for chunk in stream:
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"a JSON body is limited to {limit} bytes")
+    return bytes(body)
+
+
+class _FormReader:
+    """python-multipart callbacks that route the parts of one submit form."""
+
+    def __init__(self, open_sink: Callable[[], InputSink]):
+        self.open_sink = open_sink
+        self.sink: InputSink | None = None
+        self.request: bytearray | None = None
+        self._headers: dict[bytes, bytes] = {}
+        self._field = b""
+        self._value = b""
+        self._target = None
+        self.seen: set[str] = set()
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._add("_field", d[s:e]),
+            "on_header_value": lambda d, s, e: self._add("_value", d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": lambda d, s, e: self._target(d[s:e]),
+        }
+
+    def _add(self, attr: str, data: bytes) -> None:
+        setattr(self, attr, getattr(self, attr) + data)
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+
+    def _header_end(self) -> None:
+        self._headers[self._field.strip().lower()] = self._value.strip()
+        self._field, self._value = b"", b""
+
+    def _headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = params.get(b"name", b"").decode("latin-1")
+        if name in self.seen:
+            raise BadRequest(f"the form has more than one {name!r} part")
+        self.seen.add(name)
+        if name == "file":
+            self.sink = self.open_sink().__enter__()
+            self._target = self.sink.write
+        elif name == "request":
+            self.request = bytearray()
+            self._target = self._request_data
+        else:
+            raise BadRequest(f"unexpected form part {name!r}; send 'file' and 'request'")
+
+    def _request_data(self, data: bytes) -> None:
+        self.request += data
+        if len(self.request) > REQUEST_PART_MAX:
+            raise PayloadTooLarge(f"the 'request' part is limited to {REQUEST_PART_MAX} bytes")
+
+
+async def read_form(
+    stream: AsyncIterator[bytes], content_type: str, open_sink: Callable[[], InputSink]
+) -> tuple[bytes | None, InputSink | None]:
+    """Parse a multipart submit; returns (request JSON bytes or None, the closed sink or None)."""
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadRequest("multipart/form-data without a boundary")
+    reader = _FormReader(open_sink)
+    parser = MultipartParser(boundary, reader.callbacks())
+    try:
+        async for chunk in stream:
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        _discard(reader.sink, exc)
+        raise BadRequest("the multipart body is malformed") from exc
+    except BaseException as exc:
+        _discard(reader.sink, exc)
+        raise
+    if reader.sink is not None:
+        reader.sink.__exit__(None, None, None)
+    request = bytes(reader.request) if reader.request is not None else None
+    return request, reader.sink
+
+
+def _discard(sink: InputSink | None, exc: BaseException) -> None:
+    if sink is not None:
+        sink.__exit__(type(exc), exc, None)

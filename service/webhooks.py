@@ -1,0 +1,157 @@
+"""Webhook signing (Standard Webhooks) and delivery with retries.
+
+Events are written by `jobstore.finish` (hash `omnibatch:event:{evt_id}` holding the body, the
+URL and the secret) and delivered by `deliver(event_id)`, an RQ job on the `webhooks` queue.
+`run_delivery_worker(settings)` runs that queue (with RQ's scheduler, which releases the
+delayed retries). One attempt: SSRF check, POST without following redirects, then
+    2xx within the timeout → delivered;  410 → stopped;
+    anything else (3xx, 4xx, 5xx, no answer, refused URL) → retried after Retry-After when
+    the receiver sent one, else exponential backoff with jitter, until the retry window
+    (≥ 24 h) has passed since the first attempt.
+The job's `webhook {attempts, last_status, delivered_at, state}` follows every attempt.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import random
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+
+import httpx
+import redis
+from rq import Queue, SimpleWorker, get_current_job
+
+from service import jobstore, metrics
+from service.errors import OmnibatchError
+from service.schemas import WEBHOOK_QUEUE, WebhookState
+from service.settings import DeliverySettings
+from service.urlguard import UrlGuard
+
+log = logging.getLogger("omnibatch.webhooks")
+MASTER_KEY = "omnibatch:webhook_master"
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,<base64 HMAC-SHA256>` over `{id}.{timestamp}.{body}`, keyed by the decoded secret."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def verify(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """Receiver side of `sign` (used by our tests and CLI); accepts any listed v1 signature."""
+    expected = sign(secret, headers["webhook-id"], int(headers["webhook-timestamp"]), body)
+    offered = headers["webhook-signature"].split()
+    return any(hmac.compare_digest(expected, s) for s in offered)
+
+
+def default_secret(r: redis.Redis, owner: str, master: str | None) -> str:
+    """The per-key signing secret: derived from the configured master secret, or from a random
+    one created once in Redis (so every gateway derives the same)."""
+    if master is None:
+        r.set(MASTER_KEY, secrets.token_urlsafe(32), nx=True)
+        master = r.get(MASTER_KEY).decode()
+    mac = hmac.new(master.encode(), b"omnibatch-webhook:" + owner.encode(), hashlib.sha256)
+    return "whsec_" + base64.b64encode(mac.digest()).decode()
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _backoff(settings: DeliverySettings, attempts: int) -> float:
+    ceiling = min(
+        settings.webhook_backoff_max_s, settings.webhook_backoff_base_s * 2 ** (attempts - 1)
+    )
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def _post(settings: DeliverySettings, url: str, msg_id: str, secret: str, body: bytes):
+    """One POST to a freshly checked address. Returns (status or None, Retry-After value)."""
+    try:
+        target = UrlGuard(settings.allow_private_urls).resolve(url)
+    except OmnibatchError as exc:
+        log.warning("webhook %s refused: %s", msg_id, exc.detail)
+        return None, None
+    ts = int(time.time())
+    headers = {
+        "content-type": "application/json",
+        "host": target.host_header,
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": sign(secret, msg_id, ts, body),
+    }
+    try:  # the receiver's body is never read: only its status and Retry-After matter
+        with (
+            httpx.Client(timeout=settings.webhook_timeout_s, trust_env=False) as client,
+            client.stream(
+                "POST", target.connect_url, content=body, headers=headers,
+                extensions={"sni_hostname": target.sni_host},
+            ) as resp,
+        ):  # fmt: skip
+            return resp.status_code, resp.headers.get("retry-after")
+    except httpx.HTTPError as exc:
+        log.info("webhook %s: %s", msg_id, type(exc).__name__)
+        return None, None
+
+
+def attempt(r: redis.Redis, settings: DeliverySettings, event_id: str) -> str:
+    """Make one delivery attempt; returns delivered | gone | retry | abandoned | missing."""
+    ekey = f"omnibatch:event:{event_id}"
+    event = {k.decode(): v.decode() for k, v in r.hgetall(ekey).items()}
+    if not event:
+        return "missing"
+    attempts = r.hincrby(ekey, "attempts", 1)
+    status, retry_after = _post(
+        settings, event["url"], event_id, event["secret"], event["body"].encode()
+    )
+    state = WebhookState(attempts=attempts, last_status=status)
+    now = time.time()
+    if status is not None and 200 <= status < 300:
+        outcome = "delivered"
+        state.state, state.delivered_at = "delivered", datetime.fromtimestamp(now, UTC)
+    elif status == 410:
+        outcome, state.state = "gone", "failed"
+    else:
+        delay = _retry_after(retry_after)
+        delay = _backoff(settings, attempts) if delay is None else delay
+        if now + delay - float(event["first_attempt_at"]) > settings.webhook_retry_window_s:
+            outcome, state.state = "abandoned", "failed"
+        else:
+            outcome = "retried"
+            state.next_attempt_at = datetime.fromtimestamp(now + delay, UTC)
+            Queue(WEBHOOK_QUEUE, connection=r).enqueue_in(
+                timedelta(seconds=delay), jobstore.WEBHOOK_FUNCTION, event_id, result_ttl=0
+            )
+    jobstore.update_webhook_state(r, event["job_id"], state)
+    metrics.incr(r, f"webhook_{outcome}")
+    if outcome != "retried":
+        r.expire(ekey, 7 * 24 * 3600)
+    return outcome
+
+
+def deliver(event_id: str) -> str:
+    """The RQ job function: one attempt with this process's DeliverySettings."""
+    return attempt(get_current_job().connection, DeliverySettings(), event_id)
+
+
+def run_delivery_worker(settings: DeliverySettings, burst: bool = False) -> None:
+    """Consume the `webhooks` queue in this process (no fork per delivery) with the scheduler
+    that releases delayed retries. Blocks; SIGTERM stops it after the current delivery."""
+    conn = jobstore.connect(settings.redis_url)
+    worker = SimpleWorker([Queue(WEBHOOK_QUEUE, connection=conn)], connection=conn)
+    worker.work(burst=burst, with_scheduler=True)

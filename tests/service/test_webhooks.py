@@ -1,0 +1,166 @@
+"""Webhook events: Standard Webhooks signatures, delivery outcomes, retries, the SSRF check at
+every attempt, and the real delivery worker process against a loopback receiver."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+import pytest
+from rq import Queue
+from rq.registry import ScheduledJobRegistry
+
+from service import jobstore, webhooks
+from service.schemas import WEBHOOK_QUEUE, JobStatus, Output, WebhookEvent
+from service.settings import DeliverySettings
+from tests.service.conftest import png_bytes, serve_app
+from tests.service.test_submit import form
+
+pytestmark = pytest.mark.anyio
+LOOPBACK = ["127.0.0.1/32"]
+# The published Standard Webhooks test vector.
+VECTOR = ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330)
+
+
+def test_signature_matches_the_standard_webhooks_vector():
+    secret, msg_id, ts = VECTOR
+    sig = webhooks.sign(secret, msg_id, ts, b'{"test": 2432232314}')
+    assert sig == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    headers = {"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": sig}
+    assert webhooks.verify(secret, headers, b'{"test": 2432232314}')
+    assert not webhooks.verify(secret, headers, b'{"test": 2432232315}')
+
+
+async def finished_job_event(settings, redis_client, receiver, webhook: dict | None = None):
+    """Submit a job with a webhook to `receiver`, finish it; returns (job_id, event_id, secret)."""
+    async with serve_app(settings(allow_private_urls=LOOPBACK)) as api:
+        request = {
+            "webhook": {"url": f"{receiver.url}/hook"} | (webhook or {}),
+            "metadata": {"a": "1"},
+        }
+        job_id = (await api.post("/v1/jobs", files=form(png_bytes(), request))).json()["id"]
+        secret = (await api.get("/v1/webhook-secret")).json()["secret"]
+        redis_client.lrem("rq:queue:jobs:normal", 1, job_id)
+        jobstore.mark_running(redis_client, job_id, "w1")
+        jobstore.finish(
+            redis_client,
+            api.app_state.storage,
+            job_id,
+            JobStatus.succeeded,
+            output=Output(text="z"),
+        )
+    queued = Queue(WEBHOOK_QUEUE, connection=redis_client).jobs
+    assert len(queued) == 1 and queued[0].func_name == jobstore.WEBHOOK_FUNCTION
+    return job_id, queued[0].args[0], webhook.get("secret") if webhook else secret
+
+
+def delivery(**overrides) -> DeliverySettings:
+    return DeliverySettings(**({"allow_private_urls": LOOPBACK} | overrides))
+
+
+async def test_delivered_event_is_signed_and_recorded(settings, redis_client, receiver):
+    job_id, event_id, secret = await finished_job_event(settings, redis_client, receiver)
+    assert webhooks.attempt(redis_client, delivery(), event_id) == "delivered"
+    path, headers, body = receiver.requests[0]
+    assert path == "/hook" and webhooks.verify(secret, headers, body)
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 30
+    event = WebhookEvent.model_validate_json(body)
+    assert event.type == "job.succeeded" and event.id == headers["webhook-id"] == event_id
+    assert event.data.job_id == job_id and event.data.metadata == {"a": "1"}
+    assert event.data.result_url == f"http://testserver/v1/jobs/{job_id}/result"
+    state = jobstore.load(redis_client, job_id).webhook
+    assert state.state == "delivered" and state.attempts == 1 and state.last_status == 200
+    assert state.delivered_at is not None
+
+
+async def test_job_secret_overrides_the_key_default(settings, redis_client, receiver):
+    own = "whsec_" + "c2VjcmV0LW9mLXRoaXMtam9i"
+    _, event_id, _ = await finished_job_event(settings, redis_client, receiver, {"secret": own})
+    webhooks.attempt(redis_client, delivery(), event_id)
+    _, headers, body = receiver.requests[0]
+    assert webhooks.verify(own, headers, body)
+
+
+@pytest.mark.parametrize(
+    ("reply", "lo", "hi"),
+    [
+        ((500, {}, b""), 0.5, 1.0),  # backoff base 1 s, first attempt: in [0.5, 1]
+        ((302, {"Location": "http://127.0.0.1:9/"}, b""), 0.5, 1.0),  # 3xx is a failure
+        ((503, {"Retry-After": "120"}, b""), 119, 121),
+        ((429, {"Retry-After": "Wed, 21 Oct 2099 07:28:00 GMT"}, b""), None, None),
+    ],
+    ids=["500", "302", "retry-after-seconds", "retry-after-date-too-far"],
+)
+async def test_failed_attempts_are_rescheduled(settings, redis_client, receiver, reply, lo, hi):
+    job_id, event_id, _ = await finished_job_event(settings, redis_client, receiver)
+    receiver.replies = [reply]
+    Queue(WEBHOOK_QUEUE, connection=redis_client).empty()
+    before = time.time()
+    outcome = webhooks.attempt(redis_client, delivery(webhook_backoff_base_s=1.0), event_id)
+    registry = ScheduledJobRegistry(WEBHOOK_QUEUE, connection=redis_client)
+    state = jobstore.load(redis_client, job_id).webhook
+    assert state.attempts == 1 and state.last_status == reply[0]
+    if lo is None:  # beyond the retry window: given up
+        assert outcome == "abandoned" and state.state == "failed"
+        assert registry.get_job_ids() == []
+        return
+    assert outcome == "retried" and state.state == "pending"
+    (scheduled,) = registry.get_job_ids()
+    when = registry.get_scheduled_time(scheduled).timestamp()
+    assert before + lo - 1 <= when <= time.time() + hi + 1
+    assert abs(state.next_attempt_at.timestamp() - when) < 1.5
+
+
+async def test_gone_stops_retrying(settings, redis_client, receiver):
+    job_id, event_id, _ = await finished_job_event(settings, redis_client, receiver)
+    receiver.replies = [(410, {}, b"")]
+    assert webhooks.attempt(redis_client, delivery(), event_id) == "gone"
+    assert ScheduledJobRegistry(WEBHOOK_QUEUE, connection=redis_client).get_job_ids() == []
+    assert jobstore.load(redis_client, job_id).webhook.state == "failed"
+
+
+async def test_ssrf_guard_runs_at_every_attempt(settings, redis_client, receiver):
+    """Allowed when submitted; no longer allowed for the delivery process: nothing is sent."""
+    job_id, event_id, _ = await finished_job_event(settings, redis_client, receiver)
+    assert webhooks.attempt(redis_client, delivery(allow_private_urls=[]), event_id) == "retried"
+    assert receiver.requests == []
+    state = jobstore.load(redis_client, job_id).webhook
+    assert state.attempts == 1 and state.last_status is None
+
+
+async def test_delivery_worker_process_retries_until_delivered(settings, redis_client, receiver):
+    job_id, _, secret = await finished_job_event(settings, redis_client, receiver)
+    receiver.replies = [(503, {}, b""), (200, {}, b"")]
+    env = os.environ | {
+        "OMNIBATCH_REDIS_URL": settings().redis_url,
+        "OMNIBATCH_ALLOW_PRIVATE_URLS": "127.0.0.1/32",
+        "OMNIBATCH_WEBHOOK_BACKOFF_BASE_S": "0.2",
+    }
+    code = (
+        "from service.settings import DeliverySettings\n"
+        "from service.webhooks import run_delivery_worker\n"
+        "run_delivery_worker(DeliverySettings())\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while len(receiver.requests) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    assert len(receiver.requests) == 2
+    (_, h1, b1), (_, h2, b2) = receiver.requests
+    assert h1["webhook-id"] == h2["webhook-id"] and b1 == b2  # same event, re-signed
+    assert webhooks.verify(secret, h2, b2)
+    deadline = time.monotonic() + 5
+    while jobstore.load(redis_client, job_id).webhook.state != "delivered":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert jobstore.load(redis_client, job_id).webhook.attempts == 2
+    assert json.loads(b2)["data"]["status"] == "succeeded"
+    assert datetime.now(UTC) >= jobstore.load(redis_client, job_id).webhook.delivered_at
