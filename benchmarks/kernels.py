@@ -1,0 +1,49 @@
+"""All kernel benchmarks in one run: Mamba-2 / norms, then MoE / attention.
+
+    python -m benchmarks.kernels            # every suite
+    python -m benchmarks.kernels moe_attn   # only the named suites (mamba, moe_attn)
+
+Prints one table last; with OUT set, writes every row to $OUT/kernels.json.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks import kernels_mamba, kernels_moe_attn
+
+SUITES = {"mamba": kernels_mamba.all_rows, "moe_attn": kernels_moe_attn.all_rows}
+
+
+def format_table(rows):
+    lines = [
+        "| op | shape | ms | achieved | % of ceiling | max rel err | baseline ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        base = "" if r["baseline_ms"] is None else f"{r['baseline_ms']:.3f}"
+        lines.append(
+            f"| {r['op']} | {r['shape']} | {r['ms']:.3f} | {r['metric']} | "
+            f"{r['pct_of_ceiling']:.1f} | {r['max_rel_err']:.1e} | {base} |"
+        )
+    return "\n".join(lines)
+
+
+def main(names):
+    unknown = set(names) - set(SUITES)
+    if unknown:
+        raise SystemExit(f"unknown suites {sorted(unknown)}; choose from {sorted(SUITES)}")
+    rows = []
+    for name in names or SUITES:
+        rows += SUITES[name]()
+    if out := os.environ.get("OUT"):
+        meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+        Path(out, "kernels.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,66 @@
+"""moe_route (Triton, interpreted) and moe_route_ref against transformers' NemotronH router."""
+
+import pytest
+import torch
+from transformers import NemotronHConfig
+from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHTopkRouter
+
+from kernels.moe_routing import moe_route, moe_route_ref
+from tests.kernels.moe_attn_helpers import assert_close
+
+E, K, D, SCALE = 8, 3, 32, 2.5
+
+
+def hf_router(gate_weight, bias):
+    cfg = NemotronHConfig(
+        hidden_size=D,
+        n_routed_experts=E,
+        num_experts_per_tok=K,
+        n_group=1,
+        topk_group=1,
+        norm_topk_prob=True,
+        routed_scaling_factor=SCALE,
+    )
+    router = NemotronHTopkRouter(cfg)
+    with torch.no_grad():
+        router.weight.copy_(gate_weight.float())
+        router.e_score_correction_bias.copy_(bias)
+    return router
+
+
+def by_expert(weights, ids):
+    """Sort each token's (id, weight) pairs by id: the order within top-k is unspecified."""
+    ids, order = ids.long().sort(dim=-1)
+    return weights.gather(1, order), ids
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T", [1, 5, 17, 64])
+def test_route_matches_transformers(T, dtype):
+    g = torch.Generator().manual_seed(T)
+    hidden = torch.randn(T, D, generator=g).to(dtype)
+    gate = (0.3 * torch.randn(E, D, generator=g)).to(dtype)
+    # A bias large enough to change selections: chosen by biased score, weighted unbiased.
+    bias = 0.5 * torch.randn(E, generator=g)
+    _, hf_w, hf_ids = hf_router(gate, bias)(hidden)
+    want_w, want_ids = by_expert(hf_w, hf_ids)
+    for name, fn in [("triton", moe_route), ("ref", moe_route_ref)]:
+        w, ids = fn(hidden, gate, bias, K, SCALE)
+        assert w.dtype == torch.float32 and ids.dtype == torch.int32
+        got_w, got_ids = by_expert(w, ids)
+        assert torch.equal(got_ids, want_ids), f"{name}: ids differ"
+        assert_close(f"{name} weights", got_w, want_w)
+        assert_close(f"{name} weight sum", w.sum(-1), torch.full((T,), SCALE))
+
+
+def test_bias_changes_selection_not_weights():
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(9, D, generator=g)
+    gate = 0.3 * torch.randn(E, D, generator=g)
+    bias = torch.zeros(E)
+    bias[0] = 10.0  # expert 0 always chosen, with its unbiased score as weight
+    w, ids = moe_route(hidden, gate, bias, K, SCALE)
+    assert (ids[:, 0] == 0).all()
+    scores = torch.sigmoid(hidden @ gate.t())
+    chosen = scores.gather(1, ids.long())
+    assert_close("weights", w, chosen / chosen.sum(-1, keepdim=True) * SCALE)
