@@ -9,6 +9,7 @@ text only with `debug` on).
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -68,13 +69,19 @@ class UrlFetchFailed(OmnibatchError):
     status, code, title = 422, "url_fetch_failed", "URL fetch failed"
 
 
-class QueueFull(OmnibatchError):
-    status, code, title = 503, "queue_full", "Queue full"
+class _RetryLater(OmnibatchError):
+    """A refusal that tells the client when to come back (`Retry-After`, whole seconds)."""
 
-    def __init__(self, retry_after_s: int):
-        super().__init__(
-            "too many queued jobs; retry later", {"Retry-After": str(int(retry_after_s))}
-        )
+    def __init__(self, detail: str, retry_after_s: float):
+        super().__init__(detail, {"Retry-After": str(max(1, math.ceil(retry_after_s)))})
+
+
+class RateLimited(_RetryLater):
+    status, code, title = 429, "rate_limited", "Rate limited"
+
+
+class QueueFull(_RetryLater):
+    status, code, title = 503, "queue_full", "Queue full"
 
 
 class NotReady(OmnibatchError):

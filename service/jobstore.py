@@ -14,13 +14,13 @@ Worker-facing API (all take the Redis client first, all are safe to call from an
     finish(r, storage, job_id, status, *, output=None, usage=None, error=None, model=None) -> bool
         running|queued → succeeded|failed|cancelled, exactly once (False if already terminal
         or deleted). Writes the result file when `output` is given (a cancelled job keeps its
-        finished segments), updates metrics and enqueues the webhook event.
+        finished segments), removes the input file, starts the record's retention, updates
+        metrics and enqueues the webhook event.
     mark_requeued(r, job_id) -> bool
         running → queued, for a job whose worker was lost and which RQ runs again.
 
 Record: hash `omnibatch:job:{id}`; times are unix seconds; JSON fields hold the schema models.
-Index:  sorted set `omnibatch:owner:{owner}:jobs`, all scores 0, so members (time-ordered job
-        ids) sort lexically = by creation time; listing walks it backwards with BYLEX.
+Index:  sorted set `omnibatch:owner:{owner}:jobs` (read by service/joblist.py).
 """
 
 from __future__ import annotations
@@ -28,18 +28,15 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from datetime import UTC, datetime
 
 import redis
 from pydantic import BaseModel, Field
 from rq import Queue
 from rq.job import Job
 
-from service import metrics
+from service import events, metrics, retention
 from service.schemas import (
     JOB_FUNCTION,
-    JOB_QUEUES,
-    WEBHOOK_QUEUE,
     JobCreate,
     JobError,
     JobErrorCode,
@@ -50,15 +47,13 @@ from service.schemas import (
     Priority,
     Progress,
     Usage,
-    WebhookEvent,
-    WebhookEventData,
     WebhookState,
     cancel_key,
     job_key,
+    owner_index_key,
 )
 from service.storage import Storage
 
-WEBHOOK_FUNCTION = "service.webhooks.deliver"
 CANCEL_FLAG_TTL_S = 7 * 24 * 3600
 
 # Compare-and-set of the status: ARGV[1] = comma-separated allowed current statuses, then
@@ -92,6 +87,7 @@ class JobRecord(BaseModel):
     webhook_secret: str | None = None
     result: str = ""  # path of the result relative to DATA_DIR
     worker: str = ""
+    retention_s: int  # how long the record and result outlive the job's end
 
     @property
     def priority(self) -> Priority:
@@ -116,7 +112,7 @@ def _to_hash(rec: JobRecord) -> dict[str, str]:
     return out
 
 
-def _from_hash(raw: dict[bytes, bytes]) -> JobRecord:
+def from_hash(raw: dict[bytes, bytes]) -> JobRecord:
     data: dict[str, object] = {}
     for k, v in raw.items():
         name, text = k.decode(), v.decode()
@@ -135,13 +131,9 @@ def new_job_id() -> str:
     return f"job_{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
 
 
-def owner_index_key(owner: str) -> str:
-    return f"omnibatch:owner:{owner}:jobs"
-
-
 def load(r: redis.Redis, job_id: str) -> JobRecord | None:
     raw = r.hgetall(job_key(job_id))
-    return _from_hash(raw) if raw else None
+    return from_hash(raw) if raw else None
 
 
 def _transition(r, job_id: str, allowed: tuple[JobStatus, ...], **fields) -> bool:
@@ -151,26 +143,6 @@ def _transition(r, job_id: str, allowed: tuple[JobStatus, ...], **fields) -> boo
             value = value.model_dump_json()
         args += [name, "" if value is None else str(value)]
     return bool(r.eval(_TRANSITION, 1, job_key(job_id), *args))
-
-
-def queue_depth(r: redis.Redis) -> int:
-    pipe = r.pipeline(transaction=False)
-    for name in JOB_QUEUES:
-        pipe.llen(Queue.redis_queue_namespace_prefix + name)
-    return sum(pipe.execute())
-
-
-def queue_position(r: redis.Redis, rec: JobRecord) -> int | None:
-    """Jobs a worker takes before this one: higher-priority queues first, then FIFO."""
-    own = rec.priority.queue
-    ahead = 0
-    for name in JOB_QUEUES:
-        key = Queue.redis_queue_namespace_prefix + name
-        if name == own:
-            pos = r.lpos(key, rec.id)
-            return None if pos is None else ahead + pos
-        ahead += r.llen(key)
-    return None
 
 
 def create(r: redis.Redis, rec: JobRecord, job_timeout_s: int, rq_result_ttl_s: int) -> None:
@@ -227,10 +199,30 @@ def finish(
     error: JobError | None = None,
     model: ModelInfo | None = None,
 ) -> bool:
+    return _finish(
+        r, storage, job_id, status, (JobStatus.queued, JobStatus.running),
+        output=output, usage=usage, error=error, model=model,
+    )  # fmt: skip
+
+
+def _finish(
+    r: redis.Redis,
+    storage: Storage,
+    job_id: str,
+    status: JobStatus,
+    allowed: tuple[JobStatus, ...],
+    *,
+    output: Output | None = None,
+    usage: Usage | None = None,
+    error: JobError | None = None,
+    model: ModelInfo | None = None,
+) -> bool:
+    """`finish` out of the `allowed` statuses only: the gateway ends queued jobs only, so that
+    a job a worker has just started is never ended under it."""
     if not status.terminal:
         raise ValueError(f"finish() needs a terminal status, not {status}")
     rec = load(r, job_id)
-    if rec is None or rec.status.terminal:
+    if rec is None or rec.status not in allowed:
         return False
     usage = usage or Usage()
     staged = None
@@ -246,57 +238,47 @@ def finish(
     fields["progress"] = rec.progress.model_copy(update={"stage": status.value})
     if rec.request.webhook is not None:
         fields["webhook"] = WebhookState()
-    if not _transition(r, job_id, (JobStatus.queued, JobStatus.running), **fields):
+    if not _transition(r, job_id, allowed, **fields):
         if staged is not None:
             staged.unlink(missing_ok=True)
         return False
     if staged is not None:
         storage.commit_result(staged, job_id)
-    r.delete(cancel_key(job_id))
+    storage.delete_input(job_id)
+    pipe = r.pipeline()
+    retention.schedule(pipe, rec.owner, job_id, rec.retention_s, now)
+    pipe.delete(cancel_key(job_id))
+    pipe.execute()
     Job(job_id, connection=r).delete(remove_from_queue=False)  # RQ's copy has done its part
     metrics.record_finish(r, status, usage, now - (rec.started_at or now))
     if rec.request.webhook is not None:
-        _enqueue_webhook(r, rec, status, now)
+        events.enqueue(r, rec, status, now)
     return True
 
 
-def _enqueue_webhook(r: redis.Redis, rec: JobRecord, status: JobStatus, now: float) -> None:
-    event_id = f"evt_{secrets.token_hex(12)}"
-    event = WebhookEvent(
-        type=f"job.{status.value}",
-        id=event_id,
-        created_at=datetime.fromtimestamp(now, UTC),
-        data=WebhookEventData(
-            job_id=rec.id, status=status, result_url=rec.result_url, metadata=rec.request.metadata
-        ),
-    )
-    r.hset(
-        f"omnibatch:event:{event_id}",
-        mapping={
-            "job_id": rec.id,
-            "url": rec.request.webhook.url,
-            "secret": rec.webhook_secret or "",
-            "body": event.model_dump_json(),
-            "first_attempt_at": now,
-        },
-    )
-    Queue(WEBHOOK_QUEUE, connection=r).enqueue(WEBHOOK_FUNCTION, event_id, result_ttl=0)
-
-
 def update_webhook_state(r: redis.Redis, job_id: str, state: WebhookState) -> None:
-    if r.exists(job_key(job_id)):
-        r.hset(job_key(job_id), "webhook", state.model_dump_json())
+    # A compare-and-set, so that a record whose retention ended is not recreated half-empty.
+    _transition(r, job_id, tuple(s for s in JobStatus if s.terminal), webhook=state)
+
+
+def end_queued(
+    r: redis.Redis, storage: Storage, rec: JobRecord, status: JobStatus, error: JobError
+) -> bool:
+    """A job no worker has started leaves its queue with a terminal status (cancel, expiry).
+    False when it is no longer queued: a worker took it, or it already ended."""
+    # Out of the list first, so that no reader sees an ended job still queued. Should the
+    # transition then fail, the job was not in the list: a worker had taken it, or it ended.
+    Queue(rec.priority.queue, connection=r).remove(rec.id)
+    return _finish(r, storage, rec.id, status, (JobStatus.queued,), error=error)
 
 
 def cancel(r: redis.Redis, storage: Storage, rec: JobRecord) -> JobRecord:
     """Queued: leaves the queue and is cancelled now. Running: the worker is asked to stop at
     its next safe point. Terminal: nothing changes. Returns the record as it now stands."""
     if rec.status is JobStatus.queued:
-        queue = Queue(rec.priority.queue, connection=r)
-        queue.remove(rec.id)
         err = JobError(code=JobErrorCode.cancelled, message="cancelled before it started")
-        finish(r, storage, rec.id, JobStatus.cancelled, error=err)
-        rec = load(r, rec.id) or rec
+        end_queued(r, storage, rec, JobStatus.cancelled, err)
+        rec = load(r, rec.id) or rec  # running, if a worker took it in the meantime
     if rec.status is JobStatus.running:
         r.set(cancel_key(rec.id), "1", ex=CANCEL_FLAG_TTL_S)
     return rec
@@ -307,49 +289,6 @@ def delete(r: redis.Redis, storage: Storage, rec: JobRecord) -> None:
     pipe = r.pipeline()
     pipe.delete(job_key(rec.id))
     pipe.zrem(owner_index_key(rec.owner), rec.id)
+    retention.forget(pipe, rec.owner, rec.id)
     pipe.execute()
     storage.delete(rec.id)
-
-
-def list_jobs(
-    r: redis.Redis, owner: str, status: JobStatus | None, limit: int, cursor: str | None
-) -> tuple[list[JobRecord], str | None]:
-    """Newest first; `cursor` is the last id of the previous page."""
-    key = owner_index_key(owner)
-    start = f"({cursor}" if cursor else "+"
-    found: list[JobRecord] = []
-    batch = max(limit * 2, 50)
-    while len(found) <= limit:
-        ids = r.zrange(key, start, "-", desc=True, bylex=True, offset=0, num=batch)
-        if not ids:
-            break
-        pipe = r.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hgetall(job_key(job_id.decode()))
-        for raw in pipe.execute():
-            if raw:
-                rec = _from_hash(raw)
-                if status is None or rec.status is status:
-                    found.append(rec)
-        start = f"({ids[-1].decode()}"
-    page = found[:limit]
-    more = len(found) > limit
-    return page, (page[-1].id if more and page else None)
-
-
-def claim_idempotency_key(
-    r: redis.Redis, owner: str, key: str, fingerprint: str, job_id: str, ttl_s: int
-) -> str | None:
-    """Returns None when `job_id` now owns `key`; the first job's id when the same request was
-    seen; raises ValueError when the key was used for a different request."""
-    rkey = f"omnibatch:idem:{owner}:{key}"
-    value = f"{job_id} {fingerprint}"
-    if r.set(rkey, value, nx=True, ex=ttl_s):
-        return None
-    first_id, _, first_fp = (r.get(rkey) or b"").decode().partition(" ")
-    if first_fp != fingerprint:
-        raise ValueError("this Idempotency-Key was used with a different request")
-    if not r.exists(job_key(first_id)):  # the first job was deleted: this request takes over
-        r.set(rkey, value, ex=ttl_s)
-        return None
-    return first_id

@@ -13,6 +13,7 @@ from service import jobstore
 from service.auth import KeyRing
 from service.deps import AppState
 from service.errors import register_handlers
+from service.housekeeping import Housekeeper
 from service.routes import health, jobs
 from service.schemas import JobCreate
 from service.settings import GatewaySettings
@@ -31,16 +32,20 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         r = jobstore.connect(settings.redis_url)
+        storage = Storage(settings.data_dir)
         app.state.omnibatch = AppState(
             settings=settings,
             redis=r,
-            storage=Storage(settings.data_dir),
+            storage=storage,
             keys=keys,
             guard=UrlGuard(settings.allow_private_urls),
         )
+        housekeeper = Housekeeper(r, storage, settings)
+        housekeeper.start()
         try:
             yield
         finally:
+            housekeeper.stop()
             r.close()
 
     app = FastAPI(

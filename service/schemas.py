@@ -6,7 +6,8 @@ Everything here is plain pydantic: `workers/` imports it without pulling in Fast
 Redis names every process agrees on (documented once, here):
 - RQ queues: `jobs:high`, `jobs:normal`, `jobs:low` (taken in that order) and `webhooks`.
   The RQ job id equals our job id; the job function is `workers.tasks.run_job(job_id)`.
-- Job record: hash `omnibatch:job:{job_id}` (see service/jobstore.py for its fields).
+- Job record: hash `omnibatch:job:{job_id}` (fields: service/jobstore.py), in the sorted sets
+  `omnibatch:owner:{owner}:jobs` and, once finished, `omnibatch:retention` (service/retention.py).
 - Cancel flag: string `omnibatch:job:{job_id}:cancel`, set while a running job should stop.
 - Worker heartbeat: hash `omnibatch:workers:{worker_id}` with field `model_loaded` ("1"/"0"),
   refreshed with an expiry of WORKER_HEARTBEAT_TTL_S; `/readyz` needs one with "1".
@@ -19,11 +20,11 @@ from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
-    field_validator,
     model_validator,
 )
 
@@ -41,6 +42,10 @@ WORKER_HEARTBEAT_TTL_S = 30
 
 def job_key(job_id: str) -> str:
     return f"{KEY_PREFIX}job:{job_id}"
+
+
+def owner_index_key(owner: str) -> str:
+    return f"{KEY_PREFIX}owner:{owner}:jobs"
 
 
 def cancel_key(job_id: str) -> str:
@@ -109,15 +114,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class InputSpec(_Strict):
-    url: Annotated[str, StringConstraints(max_length=4096)]
+def _http_only(v: str) -> str:
+    if not v.lower().startswith(("http://", "https://")):
+        raise ValueError("must be an http or https URL")
+    return v
 
-    @field_validator("url")
-    @classmethod
-    def _http_only(cls, v: str) -> str:
-        if not v.lower().startswith(("http://", "https://")):
-            raise ValueError("input.url must be an http or https URL")
-        return v
+
+HttpUrlText = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_http_only)]
+
+
+class InputSpec(_Strict):
+    url: HttpUrlText
 
 
 class VideoOptions(_Strict):
@@ -146,15 +153,8 @@ class GenerationOptions(_Strict):
 
 
 class WebhookOptions(_Strict):
-    url: Annotated[str, StringConstraints(max_length=4096)]
+    url: HttpUrlText
     secret: Annotated[str, StringConstraints(pattern=r"^whsec_[A-Za-z0-9+/]+={0,2}$")] | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _http_only(cls, v: str) -> str:
-        if not v.lower().startswith(("http://", "https://")):
-            raise ValueError("webhook.url must be an http or https URL")
-        return v
 
 
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]

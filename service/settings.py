@@ -50,7 +50,8 @@ class CommonSettings(BaseSettings):
     data_dir: Path = Path("./omnibatch-data")
     # hosts or CIDRs exempt from the SSRF guard, e.g. "127.0.0.1/32,::1/128"
     allow_private_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    job_record_ttl_s: int = Field(30 * 24 * 3600, gt=0)  # how long job bookkeeping outlives a job
+    # How long a finished job's record and result are kept (its input goes at once).
+    job_record_ttl_s: int = Field(7 * 24 * 3600, gt=0)
 
     _csv = field_validator("allow_private_urls", mode="before")(_split_csv)
 
@@ -70,6 +71,9 @@ class GatewaySettings(CommonSettings):
     url_fetch_timeout_s: float = Field(300.0, gt=0)  # whole download of an input.url
     url_connect_timeout_s: float = Field(10.0, gt=0)
     max_wait_s: int = Field(60, ge=0, le=60)
+    max_queue_age_s: float = Field(24 * 3600, gt=0)  # a job queued longer becomes `expired`
+    submits_per_minute: int = Field(600, gt=0)  # per API key; bursts of up to a minute's worth
+    housekeeping_interval_s: float = Field(60.0, gt=0)  # expiry and retention sweeps
     webhook_secret: str | None = None  # master secret the per-key webhook secrets derive from
     debug: bool = False  # only then do 500s carry the exception text
 

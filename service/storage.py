@@ -4,6 +4,8 @@ Layout:
     {data_dir}/inputs/{job_id}/input     the media, exactly as uploaded or downloaded
     {data_dir}/results/{job_id}.json     the JobResult JSON
 
+Lifetimes: an input is removed as soon as its job is finished (nothing reads it again, and
+inputs are the large files); a result stays for the job's retention (service/retention.py).
 Paths are built from job ids only, never from client-supplied names. Writers go through a
 temporary name and an atomic rename, so a reader never sees half a file.
 """
@@ -62,8 +64,11 @@ class Storage:
         except FileNotFoundError:
             return None
 
-    def delete(self, job_id: str) -> None:
+    def delete_input(self, job_id: str) -> None:
         shutil.rmtree(self.input_path(job_id).parent, ignore_errors=True)
+
+    def delete(self, job_id: str) -> None:
+        self.delete_input(job_id)
         self.result_path(job_id).unlink(missing_ok=True)
 
 

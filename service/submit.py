@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from service import jobstore, webhooks
+from service import idempotency, joblist, jobstore, ratelimit, webhooks
 from service.deps import AppState
 from service.errors import (
     InvalidRequest,
     PayloadTooLarge,
     QueueFull,
+    RateLimited,
     UnsupportedMediaType,
     UrlFetchFailed,
     describe_validation,
@@ -48,11 +49,16 @@ def parse_request(raw: bytes | None) -> JobCreate:
         raise InvalidRequest(describe_validation(exc.errors())) from exc
 
 
-def check_capacity(state: AppState, content_length: str | None, multipart: bool) -> None:
+def check_capacity(
+    state: AppState, owner: str, content_length: str | None, multipart: bool
+) -> None:
     """Cheap refusals before a byte of the body is read."""
     s = state.settings
-    if jobstore.queue_depth(state.redis) >= s.max_queue_depth:
-        raise QueueFull(s.queue_full_retry_after_s)
+    wait = ratelimit.take(state.redis, owner, s.submits_per_minute)
+    if wait > 0:
+        raise RateLimited(f"more than {s.submits_per_minute} submits a minute", wait)
+    if joblist.queue_depth(state.redis) >= s.max_queue_depth:
+        raise QueueFull("too many queued jobs; retry later", s.queue_full_retry_after_s)
     if content_length and content_length.isdigit():
         cap = s.max_upload_bytes + MULTIPART_OVERHEAD if multipart else MULTIPART_OVERHEAD
         if int(content_length) > cap:
@@ -121,14 +127,14 @@ def enqueue(
     req: JobCreate,
     media_type: str,
     base_url: str,
-    idempotency: tuple[str, str] | None,
+    idem: tuple[str, str] | None,
 ) -> tuple[JobRecord, bool]:
     """Create the job, or find the first one of this Idempotency-Key. Returns (job, created)."""
     r, s = state.redis, state.settings
-    if idempotency is not None:
-        key, fp = idempotency
+    if idem is not None:
+        key, fp = idem
         try:
-            first = jobstore.claim_idempotency_key(r, owner, key, fp, job_id, s.idempotency_ttl_s)
+            first = idempotency.claim(r, owner, key, fp, job_id, s.idempotency_ttl_s)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from exc
         if first is not None:
@@ -142,6 +148,7 @@ def enqueue(
         input=str(state.storage.input_path(job_id).relative_to(state.storage.root)),
         base_url=base_url, created_at=time.time(), webhook_secret=secret,
         webhook=WebhookState() if req.webhook is not None else None,
+        retention_s=s.job_record_ttl_s,
     )  # fmt: skip
     jobstore.create(r, rec, s.job_timeout_s, s.rq_result_ttl_s)
     return rec, True

@@ -1,10 +1,11 @@
 """Webhook signing (Standard Webhooks) and delivery with retries.
 
-Events are written by `jobstore.finish` (hash `omnibatch:event:{evt_id}` holding the body, the
-URL and the secret) and delivered by `deliver(event_id)`, an RQ job on the `webhooks` queue.
-`run_delivery_worker(settings)` runs that queue (with RQ's scheduler, which releases the
-delayed retries). One attempt: SSRF check, POST without following redirects, then
-    2xx within the timeout → delivered;  410 → stopped;
+Events are written by `jobstore.finish` (service/events.py) and delivered by
+`deliver(event_id)`, an RQ job on the `webhooks` queue. `run_delivery_worker(settings)` runs
+that queue (with RQ's scheduler, which releases the delayed retries). One attempt: SSRF check,
+POST without following redirects, then
+    2xx within the timeout (one deadline for connect, send and response) → delivered;
+    410 → stopped;
     anything else (3xx, 4xx, 5xx, no answer, refused URL) → retried after Retry-After when
     the receiver sent one, else exponential backoff with jitter, until the retry window
     (≥ 24 h) has passed since the first attempt.
@@ -13,6 +14,7 @@ The job's `webhook {attempts, last_status, delivered_at, state}` follows every a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -27,11 +29,11 @@ import httpx
 import redis
 from rq import Queue, SimpleWorker, get_current_job
 
-from service import jobstore, metrics
+from service import events, jobstore, metrics
 from service.errors import OmnibatchError
 from service.schemas import WEBHOOK_QUEUE, WebhookState
 from service.settings import DeliverySettings
-from service.urlguard import UrlGuard
+from service.urlguard import Target, UrlGuard
 
 log = logging.getLogger("omnibatch.webhooks")
 MASTER_KEY = "omnibatch:webhook_master"
@@ -95,23 +97,31 @@ def _post(settings: DeliverySettings, url: str, msg_id: str, secret: str, body: 
         "webhook-timestamp": str(ts),
         "webhook-signature": sign(secret, msg_id, ts, body),
     }
-    try:  # the receiver's body is never read: only its status and Retry-After matter
-        with (
-            httpx.Client(timeout=settings.webhook_timeout_s, trust_env=False) as client,
-            client.stream(
-                "POST", target.connect_url, content=body, headers=headers,
-                extensions={"sni_hostname": target.sni_host},
-            ) as resp,
-        ):  # fmt: skip
-            return resp.status_code, resp.headers.get("retry-after")
-    except httpx.HTTPError as exc:
+    try:
+        return asyncio.run(_send(target, headers, body, settings.webhook_timeout_s))
+    except (httpx.HTTPError, TimeoutError) as exc:
         log.info("webhook %s: %s", msg_id, type(exc).__name__)
         return None, None
 
 
+async def _send(target: Target, headers: dict[str, str], body: bytes, timeout_s: float):
+    """POST under one deadline for the whole exchange: httpx's timeouts bound each read and
+    write, so a receiver trickling its answer a byte at a time would never trip them. The
+    receiver's body is never read: only its status and Retry-After matter."""
+    async with (
+        asyncio.timeout(timeout_s),
+        httpx.AsyncClient(timeout=timeout_s, trust_env=False) as client,
+        client.stream(
+            "POST", target.connect_url, content=body, headers=headers,
+            extensions={"sni_hostname": target.sni_host},
+        ) as resp,
+    ):  # fmt: skip
+        return resp.status_code, resp.headers.get("retry-after")
+
+
 def attempt(r: redis.Redis, settings: DeliverySettings, event_id: str) -> str:
-    """Make one delivery attempt; returns delivered | gone | retry | abandoned | missing."""
-    ekey = f"omnibatch:event:{event_id}"
+    """Make one delivery attempt; returns delivered | gone | retried | abandoned | missing."""
+    ekey = events.event_key(event_id)
     event = {k.decode(): v.decode() for k, v in r.hgetall(ekey).items()}
     if not event:
         return "missing"
@@ -135,7 +145,7 @@ def attempt(r: redis.Redis, settings: DeliverySettings, event_id: str) -> str:
             outcome = "retried"
             state.next_attempt_at = datetime.fromtimestamp(now + delay, UTC)
             Queue(WEBHOOK_QUEUE, connection=r).enqueue_in(
-                timedelta(seconds=delay), jobstore.WEBHOOK_FUNCTION, event_id, result_ttl=0
+                timedelta(seconds=delay), events.WEBHOOK_FUNCTION, event_id, result_ttl=0
             )
     jobstore.update_webhook_state(r, event["job_id"], state)
     metrics.incr(r, f"webhook_{outcome}")

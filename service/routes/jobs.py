@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service import jobstore, submit, webhooks
+from service import joblist, jobstore, submit, webhooks
 from service.deps import AppState, OwnedJob, Owner, State
 from service.errors import PROBLEM_JSON, Conflict, InvalidRequest, UnsupportedMediaType
 from service.jobstore import JobRecord
@@ -30,7 +30,7 @@ POLL_INTERVAL_S = 0.2
 _CURSOR = re.compile(r"^job_[0-9a-f]{28}$")
 _ERRORS = {
     code: {"model": Problem, "content": {PROBLEM_JSON: {}}}
-    for code in (401, 404, 409, 413, 415, 422, 503)
+    for code in (401, 404, 409, 413, 415, 422, 429, 503)
 }
 _SUBMIT_BODY = {
     "requestBody": {
@@ -65,7 +65,7 @@ def _links(request: Request, job_id: str) -> Links:
 def to_public(state: AppState, request: Request, rec: JobRecord) -> JobPublic:
     position = None
     if rec.status is JobStatus.queued:
-        position = jobstore.queue_position(state.redis, rec)
+        position = joblist.queue_position(state.redis, rec)
     return JobPublic(
         id=rec.id, status=rec.status, task=rec.request.task, priority=rec.priority,
         media_type=rec.media_type, created_at=_ts(rec.created_at), started_at=_ts(rec.started_at),
@@ -95,7 +95,7 @@ async def create_job(
     if not multipart and not content_type.startswith("application/json"):
         raise UnsupportedMediaType("send multipart/form-data or application/json")
     await run_in_threadpool(
-        submit.check_capacity, state, request.headers.get("content-length"), multipart
+        submit.check_capacity, state, owner, request.headers.get("content-length"), multipart
     )
     rec, created = await submit.submit(
         state, owner, request.stream(), content_type, str(request.base_url), idempotency_key
@@ -120,7 +120,7 @@ async def list_jobs(
     if cursor is not None and not _CURSOR.match(cursor):
         raise InvalidRequest("malformed cursor")
     page, next_cursor = await run_in_threadpool(
-        jobstore.list_jobs, state.redis, owner, status, limit, cursor
+        joblist.list_jobs, state.redis, owner, status, limit, cursor
     )
     data = [await run_in_threadpool(to_public, state, request, rec) for rec in page]
     return JobList(data=data, next_cursor=next_cursor)

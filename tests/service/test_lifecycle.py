@@ -10,6 +10,7 @@ import pytest
 from rq import Queue
 
 from service import jobstore
+from service.retention import RETENTION_KEY
 from service.schemas import (
     JobError,
     JobErrorCode,
@@ -105,18 +106,33 @@ async def test_cancel_queued_running_and_finished(api, redis_client):
     assert again.status_code == 202 and again.json()["status"] == "cancelled"
 
 
+async def test_cancel_racing_a_worker_asks_the_worker_to_stop(api, redis_client):
+    job_id = await submit(api)
+    seen = jobstore.load(redis_client, job_id)  # what the gateway read: still queued
+    take(redis_client, job_id, "w1")
+    rec = jobstore.cancel(redis_client, api.app_state.storage, seen)
+    assert rec.status is JobStatus.running and rec.worker == "w1"
+    assert jobstore.is_cancel_requested(redis_client, job_id)
+    assert api.app_state.storage.input_path(job_id).exists()  # the worker is reading it
+
+
 async def test_delete_removes_record_input_and_result(api, redis_client):
     storage = api.app_state.storage
-    job_id = await submit(api)
+    job_id, queued = await submit(api), await submit(api)
     take(redis_client, job_id, "w1")
     jobstore.finish(
         redis_client, storage, job_id, JobStatus.succeeded, output=Output(text="x"), model=MODEL
     )
-    assert storage.input_path(job_id).exists() and storage.result_path(job_id).exists()
+    assert not storage.input_path(job_id).exists()  # the input goes when the job ends
+    assert storage.result_path(job_id).exists() and storage.input_path(queued).exists()
     assert (await api.delete(f"/v1/jobs/{job_id}")).status_code == 204
-    assert not storage.input_path(job_id).exists() and not storage.result_path(job_id).exists()
+    assert not storage.result_path(job_id).exists()
+    assert (await api.delete(f"/v1/jobs/{queued}")).status_code == 204
+    assert not storage.input_path(queued).exists()
+    assert queued not in Queue("jobs:normal", connection=redis_client).job_ids
     assert_problem(await api.get(f"/v1/jobs/{job_id}"), 404, "not_found")
     assert (await api.get("/v1/jobs")).json()["data"] == []
+    assert redis_client.zcard(RETENTION_KEY) == 0
 
 
 async def test_list_newest_first_with_cursor_and_status(api, redis_client):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 from rq import Queue
 from rq.job import Job
 
+from service import ratelimit
 from service.schemas import JOB_FUNCTION
 from tests.service.conftest import AUTH_B, png_bytes, serve_app, wav_bytes
 
@@ -148,6 +150,31 @@ async def test_queue_full_answers_503_with_retry_after(settings):
         resp = await api.post("/v1/jobs", files=form(png_bytes()))
         assert_problem(resp, 503, "queue_full")
         assert resp.headers["retry-after"] == "7"
+
+
+async def test_rate_limit_per_key_answers_429_with_retry_after(settings):
+    async with serve_app(settings(submits_per_minute=2)) as api:
+        for _ in range(2):
+            assert (await api.post("/v1/jobs", files=form(png_bytes()))).status_code == 202
+        resp = await api.post("/v1/jobs", files=form(png_bytes()))
+        assert_problem(resp, 429, "rate_limited")
+        assert 25 <= int(resp.headers["retry-after"]) <= 30  # one token every 30 s
+        assert len((await api.get("/v1/jobs")).json()["data"]) == 2
+        other = await api.post("/v1/jobs", files=form(png_bytes()), headers=AUTH_B)
+        assert other.status_code == 202  # each key has its own bucket
+
+
+def test_rate_limit_bucket_refills(redis_client):
+    per_minute = 300  # 5 tokens a second
+    taken = 0
+    while (wait := ratelimit.take(redis_client, "k", per_minute)) == 0:
+        taken += 1
+        assert taken <= 2 * per_minute, "the bucket never ran dry"
+    assert taken >= per_minute  # a full minute's worth as a burst
+    assert 0 < wait <= 0.2
+    time.sleep(wait + 0.05)
+    assert ratelimit.take(redis_client, "k", per_minute) == 0
+    assert 0 < redis_client.pttl(ratelimit.bucket_key("k")) <= 61_000
 
 
 async def test_idempotency_key_replays_or_rejects(api):

@@ -3,10 +3,13 @@ every attempt, and the real delivery worker process against a loopback receiver.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -15,6 +18,7 @@ from rq import Queue
 from rq.registry import ScheduledJobRegistry
 
 from service import jobstore, webhooks
+from service.events import WEBHOOK_FUNCTION, event_key
 from service.schemas import WEBHOOK_QUEUE, JobStatus, Output, WebhookEvent
 from service.settings import DeliverySettings
 from tests.service.conftest import png_bytes, serve_app
@@ -54,8 +58,13 @@ async def finished_job_event(settings, redis_client, receiver, webhook: dict | N
             output=Output(text="z"),
         )
     queued = Queue(WEBHOOK_QUEUE, connection=redis_client).jobs
-    assert len(queued) == 1 and queued[0].func_name == jobstore.WEBHOOK_FUNCTION
+    assert len(queued) == 1 and queued[0].func_name == WEBHOOK_FUNCTION
     return job_id, queued[0].args[0], webhook.get("secret") if webhook else secret
+
+
+async def attempt(r, settings: DeliverySettings, event_id: str) -> str:
+    """One delivery attempt, off the event loop as in the delivery worker (it runs its own)."""
+    return await asyncio.to_thread(webhooks.attempt, r, settings, event_id)
 
 
 def delivery(**overrides) -> DeliverySettings:
@@ -64,7 +73,7 @@ def delivery(**overrides) -> DeliverySettings:
 
 async def test_delivered_event_is_signed_and_recorded(settings, redis_client, receiver):
     job_id, event_id, secret = await finished_job_event(settings, redis_client, receiver)
-    assert webhooks.attempt(redis_client, delivery(), event_id) == "delivered"
+    assert await attempt(redis_client, delivery(), event_id) == "delivered"
     path, headers, body = receiver.requests[0]
     assert path == "/hook" and webhooks.verify(secret, headers, body)
     assert abs(int(headers["webhook-timestamp"]) - time.time()) < 30
@@ -80,7 +89,7 @@ async def test_delivered_event_is_signed_and_recorded(settings, redis_client, re
 async def test_job_secret_overrides_the_key_default(settings, redis_client, receiver):
     own = "whsec_" + "c2VjcmV0LW9mLXRoaXMtam9i"
     _, event_id, _ = await finished_job_event(settings, redis_client, receiver, {"secret": own})
-    webhooks.attempt(redis_client, delivery(), event_id)
+    await attempt(redis_client, delivery(), event_id)
     _, headers, body = receiver.requests[0]
     assert webhooks.verify(own, headers, body)
 
@@ -100,7 +109,7 @@ async def test_failed_attempts_are_rescheduled(settings, redis_client, receiver,
     receiver.replies = [reply]
     Queue(WEBHOOK_QUEUE, connection=redis_client).empty()
     before = time.time()
-    outcome = webhooks.attempt(redis_client, delivery(webhook_backoff_base_s=1.0), event_id)
+    outcome = await attempt(redis_client, delivery(webhook_backoff_base_s=1.0), event_id)
     registry = ScheduledJobRegistry(WEBHOOK_QUEUE, connection=redis_client)
     state = jobstore.load(redis_client, job_id).webhook
     assert state.attempts == 1 and state.last_status == reply[0]
@@ -118,15 +127,68 @@ async def test_failed_attempts_are_rescheduled(settings, redis_client, receiver,
 async def test_gone_stops_retrying(settings, redis_client, receiver):
     job_id, event_id, _ = await finished_job_event(settings, redis_client, receiver)
     receiver.replies = [(410, {}, b"")]
-    assert webhooks.attempt(redis_client, delivery(), event_id) == "gone"
+    assert await attempt(redis_client, delivery(), event_id) == "gone"
     assert ScheduledJobRegistry(WEBHOOK_QUEUE, connection=redis_client).get_job_ids() == []
     assert jobstore.load(redis_client, job_id).webhook.state == "failed"
+
+
+class TrickleServer:
+    """Takes one request, then answers its status line and headers a byte every `gap` s: each
+    read gets data well within any per-read timeout, the whole answer takes ~`gap` × 250."""
+
+    def __init__(self, gap: float):
+        self.gap = gap
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:  # closed before anyone connected
+            return
+        with conn:
+            conn.recv(1 << 16)
+            head = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 220 + b"\r\nContent-Length: 0\r\n\r\n"
+            for i in range(len(head)):
+                if self.stopped.wait(self.gap):
+                    return
+                try:
+                    conn.sendall(head[i : i + 1])
+                except OSError:  # the client gave up
+                    return
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes a pending accept()
+        self.sock.close()
+        self.thread.join(5)
+
+
+async def test_timeout_bounds_the_whole_attempt(settings, redis_client, receiver):
+    job_id, event_id, _ = await finished_job_event(settings, redis_client, receiver)
+    trickle = TrickleServer(gap=0.05)
+    try:
+        redis_client.hset(event_key(event_id), "url", trickle.url)
+        start = time.monotonic()
+        outcome = await attempt(redis_client, delivery(webhook_timeout_s=0.5), event_id)
+        elapsed = time.monotonic() - start
+    finally:
+        trickle.close()
+    assert outcome == "retried" and elapsed < 3  # the full answer would take > 12 s
+    state = jobstore.load(redis_client, job_id).webhook
+    assert state.attempts == 1 and state.last_status is None and state.state == "pending"
 
 
 async def test_ssrf_guard_runs_at_every_attempt(settings, redis_client, receiver):
     """Allowed when submitted; no longer allowed for the delivery process: nothing is sent."""
     job_id, event_id, _ = await finished_job_event(settings, redis_client, receiver)
-    assert webhooks.attempt(redis_client, delivery(allow_private_urls=[]), event_id) == "retried"
+    assert await attempt(redis_client, delivery(allow_private_urls=[]), event_id) == "retried"
     assert receiver.requests == []
     state = jobstore.load(redis_client, job_id).webhook
     assert state.attempts == 1 and state.last_status is None

@@ -1,0 +1,53 @@
+"""The gateway's periodic chores, in a background thread for the app's lifetime: expire jobs
+queued too long (service/expiry.py) and remove finished jobs whose retention has passed
+(service/retention.py).
+
+Every gateway runs them; both are idempotent compare-and-sets and deletes, so several
+gateways sweeping at once only repeat each other's work. A thread rather than an asyncio task
+because the sweeps are blocking Redis and file calls, and a thread is stopped and joined
+cleanly at shutdown, before the Redis client is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+
+from service import expiry, retention
+from service.settings import GatewaySettings
+from service.storage import Storage
+
+log = logging.getLogger("omnibatch.housekeeping")
+STOP_WAIT_S = 10.0  # a sweep stuck on an unreachable Redis is left behind (daemon thread)
+
+
+class Housekeeper:
+    def __init__(self, r: redis.Redis, storage: Storage, settings: GatewaySettings):
+        self.r, self.storage, self.settings = r, storage, settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="housekeeping", daemon=True)
+
+    def sweep(self) -> None:
+        expired = expiry.sweep(self.r, self.storage, self.settings.max_queue_age_s)
+        removed = retention.sweep(self.r, self.storage)
+        if expired or removed:
+            log.info("expired %d queued jobs, removed %d finished ones", len(expired), len(removed))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sweep()
+            except redis.RedisError as exc:  # Redis away: /readyz says so; try again later
+                log.warning("housekeeping skipped: %s", exc)
+            except Exception:
+                log.exception("housekeeping failed")
+            self._stop.wait(self.settings.housekeeping_interval_s)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(STOP_WAIT_S)
