@@ -4,14 +4,29 @@ import itertools
 
 import torch
 
+from workers.engine.cache import HybridCache
 from workers.engine.request import Request, RequestState, SamplingParams
 from workers.engine.scheduler import Scheduler, SchedulerConfig
+from workers.model.config import LLMConfig
 
 _ids = itertools.count()
+TINY = LLMConfig(
+    hidden_size=8,
+    vocab_size=16,
+    pattern="M*",
+    mamba_num_heads=2,
+    mamba_head_dim=2,
+    n_groups=1,
+    ssm_state_size=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=2,
+)
 
 
-def make_scheduler(**kw) -> Scheduler:
-    return Scheduler(SchedulerConfig(**{"max_running": 4, "kv_capacity_tokens": 1000, **kw}))
+def make_scheduler(max_running: int = 4, kv_capacity_tokens: int = 1000, **kw) -> Scheduler:
+    cache = HybridCache(TINY, max_running, kv_capacity_tokens, 8, "cpu", torch.float32)
+    return Scheduler(SchedulerConfig(**kw), cache)
 
 
 def make_request(prompt_len: int, max_tokens: int = 4, **params) -> Request:
@@ -45,7 +60,7 @@ def test_prompt_is_chunked_to_the_budget_and_then_decodes():
         assert plan.decode == [req] and not plan.prefill
     assert req.output_ids == [7, 7, 7] and req.finish_reason == "length"
     assert req.num_computed == 152  # the last sampled token is never fed back
-    assert not sched.has_work() and sched.reserved_tokens == 0 and len(sched.slots.free) == 4
+    assert not sched.has_work() and sched.reserved_tokens == 0 and sched.slots.num_free_slots == 4
 
 
 def test_decode_and_prefill_share_a_step():
@@ -66,7 +81,7 @@ def test_stop_token_finishes_unless_ignore_eos():
     sched.add(stop)
     sched.add(bench)
     _, done = run_step(sched)
-    assert done == [stop] and stop.finish_reason == "stop"
+    assert done == [stop] and stop.finish_reason == "stop" and stop.output_ids == []
     while sched.has_work():
         run_step(sched)
     assert len(bench.output_ids) == 5 and bench.finish_reason == "length"
@@ -119,7 +134,7 @@ def test_cancel_frees_the_slot_at_once():
     sched.add(b)
     run_step(sched)
     assert sched.cancel(a.rid) is a and a.finish_reason == "cancelled"
-    assert len(sched.slots.free) == 1 and sched.reserved_tokens == 0
+    assert sched.slots.num_free_slots == 1 and sched.reserved_tokens == 0
     run_step(sched)
     assert b.state is RequestState.DECODE
     assert sched.cancel("nope") is None

@@ -12,14 +12,24 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from workers.engine.request import Request, RequestState
 
 
+class SlotAllocator(Protocol):
+    """The cache's slots and KV rows (HybridCache): a running request holds one slot."""
+
+    num_free_slots: int
+    kv_capacity_tokens: int
+
+    def alloc_slot(self) -> int: ...
+
+    def free_slot(self, slot: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
-    max_running: int = 256  # cache slots (conv + SSM state rows)
-    kv_capacity_tokens: int = 1 << 20  # KV pool rows shared by all running requests
     prefill_token_budget: int = 16384  # prompt tokens computed per step
 
 
@@ -47,29 +57,16 @@ class StepPlan:
         return not self.decode and not self.prefill
 
 
-class SlotPool:
-    """Free list of cache slots."""
-
-    def __init__(self, n: int):
-        self.free = list(range(n - 1, -1, -1))
-
-    def take(self) -> int:
-        return self.free.pop()
-
-    def give(self, slot: int) -> None:
-        self.free.append(slot)
-
-
 class Scheduler:
-    def __init__(self, config: SchedulerConfig):
+    def __init__(self, config: SchedulerConfig, slots: SlotAllocator):
         self.config = config
+        self.slots = slots
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # admission order
-        self.slots = SlotPool(config.max_running)
         self.reserved_tokens = 0
 
     def add(self, req: Request) -> None:
-        if req.max_total_len > self.config.kv_capacity_tokens:
+        if req.max_total_len > self.slots.kv_capacity_tokens:
             self._finish(req, "rejected")
             return
         self.waiting.append(req)
@@ -85,7 +82,7 @@ class Scheduler:
                 budget -= self._chunk(plan, req, budget)
         while self.waiting and budget > 0 and self._fits(self.waiting[0]):
             req = self.waiting.popleft()
-            req.slot = self.slots.take()
+            req.slot = self.slots.alloc_slot()
             req.state = RequestState.PREFILL
             self.reserved_tokens += req.max_total_len
             self.running.append(req)
@@ -124,8 +121,8 @@ class Scheduler:
 
     def _fits(self, req: Request) -> bool:
         return (
-            bool(self.slots.free)
-            and self.reserved_tokens + req.max_total_len <= self.config.kv_capacity_tokens
+            self.slots.num_free_slots > 0
+            and self.reserved_tokens + req.max_total_len <= self.slots.kv_capacity_tokens
         )
 
     def _chunk(self, plan: StepPlan, req: Request, budget: int) -> int:
@@ -141,18 +138,19 @@ class Scheduler:
             and p.think_end_id not in req.output_ids
         ):
             token = p.think_end_id  # reasoning budget spent: close the thinking block
-        req.output_ids.append(token)
-        if token in p.stop_ids and not p.ignore_eos:
+        if token in p.stop_ids and not p.ignore_eos:  # stop ids are not part of the output
             self._finish(req, "stop")
             done.append(req)
-        elif len(req.output_ids) >= p.max_tokens:
+            return
+        req.output_ids.append(token)
+        if len(req.output_ids) >= p.max_tokens:
             self._finish(req, "length")
             done.append(req)
 
     def _finish(self, req: Request, reason: str) -> None:
         if req in self.running:
             self.running.remove(req)
-            self.slots.give(req.slot)
+            self.slots.free_slot(req.slot)
             self.reserved_tokens -= req.max_total_len
         req.state = RequestState.FINISHED
         req.finish_reason = reason
