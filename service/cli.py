@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
+
+from service.schemas import Task
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -22,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
         evs_rate=args.evs_rate,
         use_audio=not args.no_audio,
     )
-    with open(args.out, "w") if args.out else sys.stdout as out:
+    with open(args.out, "w") if args.out else contextlib.nullcontext(sys.stdout) as out:
         failed = run_files(args.paths, request, args.model, args.device, out)
     return 1 if failed else 0
 
@@ -72,9 +75,7 @@ def _demo_checkpoint(args: argparse.Namespace) -> int:
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="process local files in-process (no Redis, no server)")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    p.add_argument(
-        "--task", choices=["caption", "summarize", "transcribe", "extract", "ask"], default=None
-    )
+    p.add_argument("--task", choices=[t.value for t in Task])
     p.add_argument("--prompt")
     p.add_argument("--model", type=Path, help="checkpoint directory (default: OMNIBATCH_MODEL)")
     p.add_argument("--device", help="cuda:N or cpu (default: cuda:0 when present, else cpu)")

@@ -10,6 +10,27 @@
 
 from __future__ import annotations
 
+import os
+
+import torch
+
+# Without a GPU, Triton kernels run in its interpreter. Triton reads the switch when it is
+# first imported, and tests of the model import it early (through workers.model.ops).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    import numpy as np
+    import triton.runtime.interpreter as _interp
+
+    _patch_lang_tensor = _interp._patch_lang_tensor
+
+    def _patch_with_index(tensor, scope):
+        # triton 3.6's interpreter calls int() on a 1-element array for loop bounds held in
+        # tensors, which numpy >= 2.4 refuses; index through .item() instead.
+        _patch_lang_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).item()))
+
+    _interp._patch_lang_tensor = _patch_with_index
+
 import shutil
 import socket
 import subprocess

@@ -25,7 +25,7 @@ TINY = LLMConfig(
 
 
 def make_scheduler(max_running: int = 4, kv_capacity_tokens: int = 1000, **kw) -> Scheduler:
-    cache = HybridCache(TINY, max_running, kv_capacity_tokens, 8, "cpu", torch.float32)
+    cache = HybridCache(TINY, max_running, kv_capacity_tokens, 512, "cpu", torch.float32)
     return Scheduler(SchedulerConfig(**kw), cache)
 
 

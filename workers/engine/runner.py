@@ -24,45 +24,52 @@ class ModelRunner:
         self.device = llm.embeddings.weight.device
         self.graphs = graphs
 
+    @torch.no_grad()
     def step(self, plan: StepPlan) -> dict[str, int]:
         """Compute `plan`; return the sampled next token of every request that has one."""
-        sampled: dict[str, int] = {}
-        if plan.decode:
-            sampled |= self._decode(plan.decode)
-        if plan.prefill:
-            sampled |= self._prefill(plan)
-        return sampled
+        reqs, logits = self.logits(plan)
+        if not reqs:
+            return {}
+        tokens = sample(logits, [r.params for r in reqs], [r.generator for r in reqs])
+        return dict(zip((r.rid for r in reqs), tokens.tolist(), strict=True))
 
-    def _decode(self, reqs: list[Request]) -> dict[str, int]:
+    @torch.no_grad()
+    def logits(self, plan: StepPlan) -> tuple[list[Request], torch.Tensor]:
+        """Compute `plan`; next-token logits [n, V] fp32 of the requests that sample now:
+        every decode request, then every request whose prompt this step completes."""
+        reqs, hidden = [], []
+        if plan.decode:
+            reqs += plan.decode
+            hidden.append(self._decode(plan.decode))
+        if plan.prefill:
+            done, h = self._prefill(plan)
+            reqs += done
+            hidden.append(h)
+        if not reqs:
+            return [], torch.empty(0)
+        return reqs, self.llm.logits(torch.cat(hidden))
+
+    def _decode(self, reqs: list[Request]) -> torch.Tensor:
         slots = [r.slot for r in reqs]
         context = [r.num_computed for r in reqs]
         self.cache.reserve(slots, [n + 1 for n in context])
         ids = torch.tensor([r.output_ids[-1] for r in reqs], device=self.device)
         batch = ForwardBatch.build([1] * len(reqs), slots, context, self.device)
         if self.graphs is not None and self.graphs.covers(len(reqs)):
-            hidden = self.graphs.run(ids, batch)
-        else:
-            hidden = self.llm(self.llm.embed(ids), batch, self.cache)
-        return self._sample(reqs, hidden)
+            return self.graphs.run(ids, batch)
+        return self.llm(self.llm.embed(ids), batch, self.cache)
 
-    def _prefill(self, plan: StepPlan) -> dict[str, int]:
+    def _prefill(self, plan: StepPlan) -> tuple[list[Request], torch.Tensor]:
+        """Packed prompt chunks -> (requests whose prompt completes, their last hidden rows)."""
         chunks = plan.prefill
-        reqs = [c.request for c in chunks]
-        slots = [r.slot for r in reqs]
+        slots = [c.request.slot for c in chunks]
         self.cache.reserve(slots, [c.start + c.length for c in chunks])
         embeds = torch.cat([c.request.prompt_embeds[c.start : c.start + c.length] for c in chunks])
-        batch = ForwardBatch.build(
-            [c.length for c in chunks], slots, [c.start for c in chunks], self.device
-        )
+        lens, starts = [c.length for c in chunks], [c.start for c in chunks]
+        batch = ForwardBatch.build(lens, slots, starts, self.device)
+        if batch.is_decode:  # every chunk one token long: still prompt rows, not decode
+            batch = ForwardBatch(batch.cu_seqlens, batch.slots, batch.context_lens, False)
         hidden = self.llm(embeds, batch, self.cache)
         last = [i for i, c in enumerate(chunks) if c.is_last]
-        if not last:
-            return {}
         ends = batch.cu_seqlens[1:].long() - 1
-        return self._sample([reqs[i] for i in last], hidden[ends[last]])
-
-    def _sample(self, reqs: list[Request], hidden: torch.Tensor) -> dict[str, int]:
-        """hidden [B, D] last positions -> next token per request."""
-        logits = self.llm.logits(hidden)
-        tokens = sample(logits, [r.params for r in reqs], [r.generator for r in reqs])
-        return dict(zip((r.rid for r in reqs), tokens.tolist(), strict=True))
+        return [chunks[i].request for i in last], hidden[ends[last]]

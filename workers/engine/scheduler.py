@@ -22,6 +22,7 @@ class SlotAllocator(Protocol):
 
     num_free_slots: int
     kv_capacity_tokens: int
+    max_seq_len: int
 
     def alloc_slot(self) -> int: ...
 
@@ -66,7 +67,7 @@ class Scheduler:
         self.reserved_tokens = 0
 
     def add(self, req: Request) -> None:
-        if req.max_total_len > self.slots.kv_capacity_tokens:
+        if req.max_total_len > min(self.slots.kv_capacity_tokens, self.slots.max_seq_len):
             self._finish(req, "rejected")
             return
         self.waiting.append(req)

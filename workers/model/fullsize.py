@@ -13,9 +13,12 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
-from workers.model.config import LLMConfig
+from workers.model.config import LLMConfig, OmniConfig
 from workers.model.nemotron_h import NemotronH
+from workers.model.omni import OmniModel
+from workers.model.projectors import RMSNorm
 
 
 @torch.no_grad()
@@ -57,6 +60,53 @@ def build_fullsize(
     model = NemotronH(config or LLMConfig(), device="meta", dtype=dtype)
     model.to_empty(device=device)
     init_random_(model, std=std, seed=seed)
+    return model.eval()
+
+
+@torch.no_grad()
+def init_tower_random_(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights for a vision or audio tower or a projector, in place.
+
+    Matrices get std 1/√fan_in (unit gain, so activations neither vanish nor blow up
+    through 32 ViT blocks), tables and prefix tokens std 0.02, norms gains near 1, biases 0,
+    BatchNorm running statistics near (0, 1).
+    """
+    device = next(module.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def noise(t: torch.Tensor) -> torch.Tensor:
+        return torch.randn(t.shape, generator=gen, device=device, dtype=torch.float32)
+
+    for t in module.parameters():
+        t.copy_(0.02 * noise(t))
+    for m in module.modules():
+        if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d):
+            m.weight.copy_(noise(m.weight) * (m.weight[0].numel() ** -0.5))
+            if m.bias is not None:
+                m.bias.zero_()
+        elif isinstance(m, nn.LayerNorm | nn.BatchNorm1d | RMSNorm):
+            m.weight.copy_(1 + 0.02 * noise(m.weight))
+        if isinstance(m, nn.LayerNorm | nn.BatchNorm1d):
+            m.bias.zero_()
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.copy_(0.02 * noise(m.running_mean))
+            m.running_var.copy_(1 + 0.1 * noise(m.running_var).abs())
+    return module.eval()
+
+
+def build_fullsize_omni(
+    config: OmniConfig | None = None,
+    device: torch.device | str = "cuda",
+    dtype: torch.dtype = torch.bfloat16,
+    seed: int = 0,
+) -> OmniModel:
+    """The whole Omni model (LLM, ViT, audio encoder, projectors), random, on `device`."""
+    model = OmniModel(config or OmniConfig(), device="meta", dtype=dtype)
+    model.to_empty(device=device)
+    init_random_(model.llm, seed=seed)
+    for i, tower in enumerate((model.vit, model.mlp1, model.sound_encoder, model.sound_projection)):
+        if tower is not None:
+            init_tower_random_(tower, seed=seed + 1 + i)
     return model.eval()
 
 

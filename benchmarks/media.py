@@ -1,0 +1,191 @@
+"""Media decode + sampling throughput on W-video (spec/performance.md), beside the ffmpeg CLI.
+
+    python -m benchmarks.media [--clips 2] [--cache DIR]
+
+Generates 1-minute 1280×720 30 fps H.264 + AAC 48 kHz stereo clips (GOP 2 s, static
+background, moving objects, a speech-like soundtrack) once into a cache directory, then
+times fps 1 / max_frames 512 sampling with audio on:
+  * per core: our pipeline in this process (1 torch thread, 1 decoder thread), once per
+    decoding choice, and `ffmpeg -threads 1` doing the same sampling to raw RGB frames plus
+    16 kHz mono float audio;
+  * whole host: a MediaPool of nproc workers, and nproc ffmpeg processes side by side.
+Reports sampled frames/s and video-hours per hour (video seconds per wall second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+import torch
+
+from workers.media.options import MediaOptions
+from workers.media.pipeline import process
+from workers.media.pool import MediaPool, run_all
+from workers.media.video_decode import DecodeConfig
+
+W, H, FPS, SECONDS, AUDIO_RATE = 1280, 720, 30, 60, 48000
+OPTS = MediaOptions(fps=1.0, max_frames=512, use_audio=True)
+
+
+def _speech_like(seconds: float, seed: int) -> np.ndarray:
+    """float32 [2, n]: a gliding voiced pitch with harmonics, gated at syllable rate."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * AUDIO_RATE)) / AUDIO_RATE
+    pitch = 140 + 40 * np.sin(2 * np.pi * 0.3 * t + rng.uniform(0, 6))
+    phase = 2 * np.pi * np.cumsum(pitch) / AUDIO_RATE
+    voice = sum(np.sin(k * phase) / k for k in range(1, 6))
+    gate = np.clip(np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6)), 0, None) ** 2
+    mono = 0.2 * voice * gate + 0.005 * rng.standard_normal(t.shape)
+    return np.stack([mono, 0.9 * mono]).astype(np.float32)
+
+
+def make_clip(path: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:H, 0:W]
+    background = np.stack([x * 200 // W, y * 200 // H, (x // 40 + y // 40) % 2 * 60 + 40], -1)
+    background = np.clip(background + rng.integers(0, 24, (H, W, 3)), 0, 255).astype(np.uint8)
+    objects = [
+        (rng.integers(40, 160, 2), rng.uniform(-9, 9, 2), rng.integers(0, 256, 3)) for _ in range(5)
+    ]
+    with av.open(path, "w") as out:
+        x264 = {"preset": "fast", "crf": "23", "x264-params": "keyint=60:min-keyint=60:scenecut=0"}
+        vs = out.add_stream("libx264", rate=FPS, options=x264)  # GOP 2 s
+        vs.width, vs.height, vs.pix_fmt = W, H, "yuv420p"
+        aus = out.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
+        for i in range(SECONDS * FPS):
+            frame = background.copy()
+            for n, ((h, w), v, color) in enumerate(objects):
+                cy = int(H / 2 + (H / 2 - h) * np.sin(i * v[0] / 100 + n))
+                cx = int(W / 2 + (W / 2 - w) * np.sin(i * v[1] / 100 + 2 * n))
+                frame[max(0, cy - h // 2) : cy + h // 2, max(0, cx - w // 2) : cx + w // 2] = color
+            for p in vs.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+        audio = _speech_like(SECONDS, seed)
+        for pos in range(0, audio.shape[1], 1024):
+            af = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(audio[:, pos : pos + 1024]), format="fltp", layout="stereo"
+            )
+            af.sample_rate, af.pts, af.time_base = AUDIO_RATE, pos, Fraction(1, AUDIO_RATE)
+            for p in aus.encode(af):
+                out.mux(p)
+        for p in aus.encode(None):
+            out.mux(p)
+
+
+def clips(cache: str, n: int) -> list[str]:
+    os.makedirs(cache, exist_ok=True)
+    paths = []
+    for seed in range(n):
+        path = os.path.join(cache, f"w_video_{seed}.mp4")
+        if not os.path.exists(path):
+            print(f"generating {path} (once)", flush=True)
+            make_clip(path + ".tmp.mp4", seed)
+            os.replace(path + ".tmp.mp4", path)
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class Row:
+    name: str
+    workers: int
+    videos: int
+    frames: int
+    seconds: float
+
+    def line(self) -> str:
+        vh = self.videos * SECONDS / self.seconds
+        return (
+            f"| {self.name} | {self.workers} | {self.frames / self.seconds:.1f} | {vh:.1f} | "
+            f"{vh / self.workers:.1f} |"
+        )
+
+
+def ours_serial(paths: list[str], name: str, cfg: DecodeConfig) -> Row:
+    process(paths[0], OPTS, cfg=cfg)  # warm-up: imports, codec init, page cache
+    frames, t = 0, time.perf_counter()
+    for path in paths:
+        items = process(path, OPTS, cfg=cfg)
+        frames += sum(len(it.timestamps) for it in items)
+    return Row(name, cfg.threads, len(paths), frames, time.perf_counter() - t)
+
+
+def ours_pool(paths: list[str], workers: int) -> Row:
+    with MediaPool(workers) as pool:
+        run_all(pool, [(p, OPTS) for p in paths[:workers]])  # warm every worker
+        jobs = [(p, OPTS) for _ in range(2) for p in paths]
+        t = time.perf_counter()
+        results = run_all(pool, jobs)
+        wall = time.perf_counter() - t
+    frames = sum(len(it.timestamps) for res in results for it in res)
+    return Row(f"ours, MediaPool({workers})", workers, len(jobs), frames, wall)
+
+
+def ffmpeg_cmd(path: str) -> list[str]:
+    """Same sampling to raw frames: 1 fps RGB at full size + 16 kHz mono float audio."""
+    return [
+        "ffmpeg", "-v", "error", "-threads", "1", "-i", path,
+        "-map", "0:v", "-vf", "fps=1", "-pix_fmt", "rgb24", "-f", "rawvideo", "-y", "/dev/null",
+        "-map", "0:a", "-ac", "1", "-ar", "16000", "-f", "f32le", "-y", "/dev/null",
+    ]  # fmt: skip
+
+
+def ffmpeg_rows(paths: list[str], workers: int) -> list[Row]:
+    subprocess.run(ffmpeg_cmd(paths[0]), check=True)
+    t = time.perf_counter()
+    for path in paths:
+        subprocess.run(ffmpeg_cmd(path), check=True)
+    serial = Row(
+        "ffmpeg CLI -threads 1", 1, len(paths), len(paths) * SECONDS, time.perf_counter() - t
+    )
+    jobs = [p for _ in range(2) for p in paths]
+    t = time.perf_counter()
+    with ThreadPoolExecutor(workers) as ex:
+        list(ex.map(lambda p: subprocess.run(ffmpeg_cmd(p), check=True), jobs))
+    host = Row(
+        f"ffmpeg CLI × {workers}", workers, len(jobs), len(jobs) * SECONDS, time.perf_counter() - t
+    )
+    return [serial, host]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clips", type=int, default=2)
+    ap.add_argument(
+        "--cache", default=os.path.join(os.path.dirname(__file__), "..", ".cache", "media_bench")
+    )
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    paths = clips(args.cache, args.clips)
+    nproc = os.cpu_count() or 1
+    rows = [
+        ours_serial(paths, "ours (skip unneeded GOP tails)", DecodeConfig()),
+        ours_serial(paths, "ours, decode every frame", DecodeConfig(skip_gops=False)),
+        ours_serial(paths, "ours, + skip non-ref frames", DecodeConfig(skip_nonref=True)),
+        ours_serial(paths, "ours, 2 decoder threads", DecodeConfig(threads=2)),
+        ours_pool(paths, nproc),
+    ]
+    if shutil.which("ffmpeg"):
+        rows += ffmpeg_rows(paths, nproc)
+    print(f"\nW-video, fps 1 / max_frames 512, audio on; host: {nproc} cores")
+    print("| pipeline | cores | sampled frames/s | video-h/h | video-h/h per core |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(r.line())
+    if not shutil.which("ffmpeg"):
+        print("ffmpeg CLI baseline absent: no `ffmpeg` binary on this host")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""The `omnibatch` command as a user runs it: `run`, `serve` + `submit`, `demo-checkpoint`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.e2e.conftest import ROOT
+
+SAMPLES = sorted((ROOT / "samples").iterdir())
+
+
+def _env(demo_cache, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIBATCH_")}
+    return env | {"XDG_CACHE_HOME": str(demo_cache)} | extra
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "service.cli", *args]
+
+
+def test_run_writes_one_json_line_per_input(tmp_path, demo_cache):
+    garbage = tmp_path / "noise.bin"
+    garbage.write_bytes(os.urandom(3000))
+    out = tmp_path / "results.jsonl"
+    inputs = [*map(str, SAMPLES), str(garbage)]
+    proc = subprocess.run(
+        _cli("run", *inputs, "--max-tokens", "3", "--task", "summarize", "--out", str(out)),
+        cwd=ROOT, env=_env(demo_cache), capture_output=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 1, "one input failed"
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["input"] for line in lines] == inputs
+    for line in lines[:-1]:
+        assert line["status"] == "succeeded", line
+        assert set(line) == {"input", "status", "output", "usage"}
+        assert isinstance(line["output"]["text"], str)
+        assert "meaningless" in line["output"]["warning"]
+        assert 1 <= line["usage"]["output_tokens"] <= 3 * 3  # pages + the summary pass
+    bad = lines[-1]
+    assert bad["status"] == "failed" and bad["output"] is None
+    assert bad["error"]["code"] in {"media_unreadable", "media_unsupported"}
+    assert str(tmp_path) not in bad["error"]["message"], "no server path in errors"
+
+
+def test_run_rejects_invalid_options(demo_cache):
+    proc = subprocess.run(
+        _cli("run", str(SAMPLES[0]), "--evs-rate", "2"),
+        cwd=ROOT, env=_env(demo_cache), capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert b"video.evs_rate" in proc.stderr
+
+
+def test_serve_runs_the_whole_service_and_submit_waits(tmp_path, demo_cache):
+    port = free_port()
+    data = tmp_path / "data"
+    env = _env(demo_cache, OMNIBATCH_DATA_DIR=str(data), OMNIBATCH_LEASE_TTL_S="5")
+    log = (tmp_path / "serve.log").open("wb")
+    serve = subprocess.Popen(
+        _cli("serve", "--port", str(port), "--workers", "1"),
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise AssertionError((tmp_path / "serve.log").read_text()[-3000:])
+
+        request = json.dumps({"task": "caption", "generation": {"max_tokens": 2}})
+        image = ROOT / "samples" / "picture.png"
+        done = subprocess.run(
+            _cli("submit", str(image), "--server", base, "--request", request, "--wait"),
+            cwd=ROOT, env=env, capture_output=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert result["status"] == "succeeded" and result["model"]["name"] == "demo-random"
+        assert result["usage"]["images"] == 1
+    finally:
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(90) == 0
+    assert (data / "redis" / "appendonlydir").is_dir(), "the embedded Redis kept an AOF"
+    assert "without auth" in (tmp_path / "serve.log").read_text()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{base}/healthz")
+
+
+def test_demo_checkpoint_writes_the_published_layout(tmp_path):
+    target = tmp_path / "demo"
+    proc = subprocess.run(_cli("demo-checkpoint", str(target)), cwd=ROOT, timeout=120)
+    assert proc.returncode == 0
+    index = json.loads((target / "model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
+    assert len(shards) >= 2 and all((target / s).is_file() for s in shards)
+    assert (target / "config.json").is_file()

@@ -1,0 +1,120 @@
+"""Mamba-2 and norm kernels against their torch references at the real shapes, on CUDA.
+
+Run alone (`pytest -m gpu tests/gpu`): tests/kernels/conftest.py switches Triton to its CPU
+interpreter for the whole session once it is collected.
+"""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="Triton interpreter on"),
+]
+
+H, P, G, N, K = 64, 64, 8, 128, 4
+MAX_REL = {torch.bfloat16: 1e-2, torch.float32: 1e-3}
+
+
+def assert_rel(name, outs, refs, dtype):
+    """max |out - ref| over max |ref|, across all outputs, within the dtype's bound; no NaN."""
+    assert all(torch.isfinite(o).all() for o in outs), f"{name}: non-finite output"
+    num = max((o.float() - r.float()).abs().max().item() for o, r in zip(outs, refs, strict=True))
+    den = max(r.float().abs().max().item() for r in refs)
+    mean = sum((o.float() - r.float()).abs().mean().item() for o, r in zip(outs, refs, strict=True))
+    assert num <= MAX_REL[dtype] * den, (
+        f"{name}: max diff {num:.3e} (ref max {den:.3e}), mean {mean:.3e}"
+    )
+
+
+def ssm_inputs(T, dtype, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, device="cuda", generator=g)).to(dtype)
+
+    dt_bias = torch.log(
+        torch.expm1(torch.empty(H, device="cuda").uniform_(1e-3, 1e-1, generator=g))
+    )
+    A = -torch.empty(H, device="cuda").uniform_(1, 16, generator=g)
+    D = torch.randn(H, device="cuda", generator=g)
+    return rnd(T, H, P), rnd(T, H, scale=0.5), A, rnd(T, G, N), rnd(T, G, N), D, dt_bias
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_ssd_scan_varlen(dtype):
+    from kernels.ssd_scan import ssd_scan, ssd_scan_ref
+
+    lens = [1, 127, 128, 129, 1000, 2711]
+    cu = F.pad(torch.tensor(lens).cumsum(0), (1, 0)).to(device="cuda", dtype=torch.int32)
+    x, dt, A, B, C, D, dt_bias = ssm_inputs(sum(lens), dtype)
+    init = torch.randn(len(lens), H, P, N, device="cuda")
+    args = (x, dt, A, B, C, D, dt_bias, cu, init, 128)
+    assert_rel("ssd_scan", ssd_scan(*args), ssd_scan_ref(*args), dtype)
+
+
+def test_ssd_scan_long_single_sequence():
+    from kernels.ssd_scan import ssd_scan, ssd_scan_ref
+
+    x, dt, A, B, C, D, dt_bias = ssm_inputs(16384, torch.bfloat16, seed=1)
+    cu = torch.tensor([0, 16384], device="cuda", dtype=torch.int32)
+    args = (x, dt, A, B, C, D, dt_bias, cu, None, 128)
+    assert_rel("ssd_scan 16K", ssd_scan(*args), ssd_scan_ref(*args), torch.bfloat16)
+
+
+@pytest.mark.parametrize("batch", [1, 256])
+def test_ssm_state_update(batch):
+    from kernels.ssm_state_update import ssm_state_update, ssm_state_update_ref
+
+    x, dt, A, B, C, D, dt_bias = ssm_inputs(batch, torch.bfloat16)
+    state = torch.randn(batch + 3, H, P, N, device="cuda")
+    slots = torch.randperm(batch + 3, device="cuda")[:batch]
+    s1, s2 = state.clone(), state.clone()
+    y1 = ssm_state_update(s1, x, dt, A, B, C, D, dt_bias, slots)
+    y2 = ssm_state_update_ref(s2, x, dt, A, B, C, D, dt_bias, slots)
+    assert_rel("ssm_state_update y", [y1], [y2], torch.bfloat16)
+    assert_rel("ssm_state_update state", [s1], [s2], torch.float32)
+
+
+def test_causal_conv1d():
+    from kernels.causal_conv1d import (
+        causal_conv1d_update,
+        causal_conv1d_update_ref,
+        causal_conv1d_varlen,
+        causal_conv1d_varlen_ref,
+    )
+
+    C = H * P + 2 * G * N
+    lens = [1, 2, 3, 64, 65, 3000]
+    cu = F.pad(torch.tensor(lens).cumsum(0), (1, 0)).to(device="cuda", dtype=torch.int32)
+    dt = torch.bfloat16
+    x = torch.randn(sum(lens), C, device="cuda", dtype=dt)
+    w, bias = torch.randn(C, K, device="cuda", dtype=dt), torch.randn(C, device="cuda", dtype=dt)
+    state = torch.randn(8, C, K - 1, device="cuda", dtype=dt)
+    slots = torch.tensor([7, 0, 3, 5, 1, 2], device="cuda")
+    has_init = torch.tensor([True, False, True, True, False, True], device="cuda")
+    s1, s2 = state.clone(), state.clone()
+    y1 = causal_conv1d_varlen(x, w, bias, cu, s1, slots, has_init)
+    y2 = causal_conv1d_varlen_ref(x, w, bias, cu, s2, slots, has_init)
+    assert_rel("causal_conv1d_varlen", [y1, s1], [y2, s2], dt)
+    xb = torch.randn(6, C, device="cuda", dtype=dt)
+    y1 = causal_conv1d_update(xb, s1, w, bias, slots)
+    y2 = causal_conv1d_update_ref(xb, s2, w, bias, slots)
+    assert_rel("causal_conv1d_update", [y1, s1], [y2, s2], dt)
+
+
+def test_norms():
+    from kernels.rmsnorm import gated_group_rmsnorm, gated_group_rmsnorm_ref, rmsnorm, rmsnorm_ref
+
+    dt = torch.bfloat16
+    x, res = (torch.randn(777, 2688, device="cuda", dtype=dt) for _ in range(2))
+    w = torch.randn(2688, device="cuda", dtype=dt)
+    assert_rel("rmsnorm", rmsnorm(x, w, 1e-5, res), rmsnorm_ref(x, w, 1e-5, res), dt)
+    y, z = (torch.randn(777, H * P, device="cuda", dtype=dt) for _ in range(2))
+    wg = torch.randn(H * P, device="cuda", dtype=dt)
+    out = gated_group_rmsnorm(y, z, wg, 512, 1e-5)
+    assert_rel("gated_group_rmsnorm", [out], [gated_group_rmsnorm_ref(y, z, wg, 512, 1e-5)], dt)

@@ -1,0 +1,52 @@
+"""Through the process pool: bad files fail their own future, hung decodes are killed, the
+pool keeps serving, and the good job after them succeeds."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.media.bad_corpus import build, good_image
+from tests.media.corpus import write_video
+from workers.media.errors import MediaError
+from workers.media.options import MediaOptions
+from workers.media.pool import MediaPool, run_all
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with MediaPool(workers=2) as p:
+        yield p
+
+
+def test_bad_corpus_then_good_job(pool, tmp_path):
+    corpus = build(str(tmp_path))
+    jobs = [(path, MediaOptions()) for path, _ in corpus.values()] + [
+        (good_image(str(tmp_path)), MediaOptions())
+    ]
+    t = time.monotonic()
+    results = run_all(pool, jobs)
+    assert time.monotonic() - t < 60
+    for (name, (_, code)), res in zip(corpus.items(), results, strict=False):
+        assert isinstance(res, MediaError) and res.code == code, name
+    (item,) = results[-1]
+    assert item.grid[0] * item.grid[1] >= 1024
+
+
+def test_deadline_kills_the_worker_and_the_pool_recovers(pool, tmp_path):
+    video = write_video(str(tmp_path / "v.mp4"), frames=40, fps=10)
+    slow = pool.submit(video, MediaOptions(fps=10), timeout=0.001)
+    with pytest.raises(MediaError) as err:
+        slow.result(timeout=60)
+    assert err.value.code == "timeout"
+    futures = [pool.submit(video, MediaOptions(fps=2, use_audio=False)) for _ in range(3)]
+    for f in futures:
+        (item,) = f.result(timeout=120)
+        assert len(item.timestamps) == 8
+
+
+def test_results_come_back_in_shared_memory(pool, tmp_path):
+    video = write_video(str(tmp_path / "v.mp4"), frames=4, fps=10)
+    (item,) = pool.submit(video, MediaOptions(fps=10, use_audio=False)).result(timeout=120)
+    assert item.tubelets.is_shared() and item.tubelets.shape[0] == 2

@@ -1,0 +1,284 @@
+"""Checkpoint reading: config parsing, sharded weights, clear errors, quantised variants."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from workers.model.checkpoint_keys import published_shapes
+from workers.model.config import PATTERN_30B, OmniConfig
+from workers.model.demo import demo_config_dict, write_demo_checkpoint
+from workers.model.hf_config import (
+    CheckpointConfigError,
+    parse_omni,
+    parse_quant,
+    read_checkpoint_info,
+)
+from workers.model.loader import CheckpointError, load_model, map_name
+from workers.model.quant import unpack_e2m1
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    return write_demo_checkpoint(tmp_path_factory.mktemp("demo"), seed=1)
+
+
+@pytest.fixture
+def copy(demo_dir, tmp_path):
+    shutil.copytree(demo_dir, tmp_path / "ck")
+    return tmp_path / "ck"
+
+
+def _index(path) -> dict[str, str]:
+    return json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
+
+
+def _published(path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in set(_index(path).values()):
+        out |= load_file(path / f)
+    return out
+
+
+def _ours(model, name: str) -> torch.Tensor:
+    """Our tensor for a published name (experts sliced out of their stack)."""
+    ours = map_name(name)
+    if ".experts." in ours:
+        layer, rest = ours.split(".mixer.experts.")
+        j, which, _ = rest.split(".")
+        moe = model.get_submodule(layer + ".mixer")
+        return (moe.experts_up if which == "up_proj" else moe.experts_down)[int(j)]
+    try:
+        return model.get_parameter(ours)
+    except AttributeError:  # router bias, BatchNorm statistics
+        return model.get_buffer(ours)
+
+
+def test_demo_layout_and_round_trip(demo_dir):
+    files = {p.name for p in demo_dir.iterdir()}
+    assert {
+        "config.json",
+        "preprocessor_config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "model.safetensors.index.json",
+    } <= files
+    assert len(set(_index(demo_dir).values())) >= 2
+    model, info = load_model(demo_dir)
+    assert info.model.llm.pattern == "MEM*EME" and info.model.audio is not None
+    published = _published(demo_dir)
+    shapes = published_shapes(info.model)
+    assert set(shapes) <= set(published)
+    for name in shapes:
+        ours = _ours(model, name)
+        assert torch.equal(ours, published[name].to(ours.dtype)), name
+
+
+def test_demo_is_deterministic(tmp_path):
+    a = write_demo_checkpoint(tmp_path / "a", seed=5)
+    b = write_demo_checkpoint(tmp_path / "b", seed=5)
+    for f in set(_index(a).values()):
+        ta, tb = load_file(a / f), load_file(b / f)
+        assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
+
+
+def test_truncated_shard_names_the_file(copy):
+    shard = sorted(set(_index(copy).values()))[1]
+    data = (copy / shard).read_bytes()
+    (copy / shard).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=shard):
+        load_model(copy)
+
+
+def _rewrite(path, name: str, tensor: torch.Tensor | None) -> str:
+    """Replace (or, with None, drop) one tensor in its shard, keeping the index consistent."""
+    index_file = path / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    shard = index["weight_map"][name]
+    tensors = load_file(path / shard)
+    if tensor is None:
+        del tensors[name], index["weight_map"][name]
+    else:
+        tensors[name] = tensor
+    save_file(tensors, path / shard)
+    index_file.write_text(json.dumps(index))
+    return shard
+
+
+def test_missing_tensor_is_named(copy):
+    name = "language_model.backbone.layers.3.mixer.k_proj.weight"
+    _rewrite(copy, name, None)
+    with pytest.raises(CheckpointError, match=r"llm\.layers\.3\.mixer\.k_proj\.weight"):
+        load_model(copy)
+
+
+def test_missing_expert_is_named(copy):
+    _rewrite(copy, "language_model.backbone.layers.4.mixer.experts.2.down_proj.weight", None)
+    with pytest.raises(CheckpointError, match=r"layers\.4\.mixer\.experts\.2\.down_proj"):
+        load_model(copy)
+
+
+def test_wrong_shape_is_named(copy):
+    name = "vision_model.radio_model.model.blocks.1.mlp.fc1.weight"
+    shard = _rewrite(copy, name, torch.zeros(7, 32))
+    with pytest.raises(CheckpointError, match=rf"{shard}: {name} has shape \(7, 32\)"):
+        load_model(copy)
+
+
+def test_unexpected_tensor_is_named(copy):
+    index = _index(copy)
+    shard = index["mlp1.0.weight"]
+    tensors = load_file(copy / shard) | {"mlp1.9.weight": torch.zeros(3)}
+    save_file(tensors, copy / shard)
+    full = json.loads((copy / "model.safetensors.index.json").read_text())
+    full["weight_map"]["mlp1.9.weight"] = shard
+    (copy / "model.safetensors.index.json").write_text(json.dumps(full))
+    with pytest.raises(CheckpointError, match=r"mlp1\.9\.weight"):
+        load_model(copy)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["llm_config"].update(num_hidden_layers=9), "num_hidden_layers=9"),
+        (lambda d: d["llm_config"].update(n_group=2), "n_group=2"),
+        (lambda d: d["llm_config"].update(hybrid_override_pattern="MEX*"), "unsupported layer"),
+        (lambda d: d["llm_config"].update(tie_word_embeddings=True), "untied"),
+        (lambda d: d.update(quantization_config={"quant_algo": "W4A16_AWQ"}), "W4A16_AWQ"),
+        (lambda d: d.update(downsample_ratio=0.25), "downsample_ratio"),
+        (lambda d: d.update(vit_hidden_size=48), "vit_hidden_size=48"),
+        (lambda d: d["vision_config"].update(video_temporal_patch_size=4), "temporal"),
+        (lambda d: d.pop("llm_config"), "llm_config is missing"),
+    ],
+)
+def test_contradictory_config_is_rejected(edit, message):
+    d = demo_config_dict()
+    edit(d)
+    with pytest.raises(CheckpointConfigError, match=message):
+        parse_omni(d)
+        parse_quant(d)
+
+
+def test_preprocessor_and_generation_files_are_read(demo_dir):
+    info = read_checkpoint_info(demo_dir)
+    assert info.generation.eos_token_ids == (2, 11)
+    assert info.generation.temperature == 0.6
+    assert info.preprocess.max_num_patches == 13312
+    assert info.quant is None
+
+
+# --- quantised checkpoints (ModelOpt layouts, spec §6.4) ---------------------------------
+
+E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+
+
+def quantise_fp8(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    scale = w.abs().max() / 448.0
+    return {"weight": (w / scale).to(torch.float8_e4m3fn), "weight_scale": scale.reshape(())}
+
+
+def quantise_nvfp4(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Nearest E2M1 code per value after per-16 block scaling; low nibble = even index."""
+    out, n = w.shape
+    blocks = w.reshape(out, n // 16, 16)
+    scale_2 = w.abs().max() / (448.0 * 6.0)
+    block_scale = (blocks.abs().amax(-1) / 6.0 / scale_2).to(torch.float8_e4m3fn)
+    scaled = blocks / (block_scale.float()[..., None] * scale_2)
+    codes = (scaled.abs()[..., None] - E2M1).abs().argmin(-1) + 8 * (scaled < 0)
+    codes = codes.reshape(out, n).to(torch.uint8)
+    packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    return {"weight": packed, "weight_scale": block_scale, "weight_scale_2": scale_2.reshape(())}
+
+
+def test_e2m1_unpacking_order():
+    packed = torch.tensor([[0x21, 0xF8]], dtype=torch.uint8)  # codes 1, 2, 8 (-0), 15 (-6)
+    assert unpack_e2m1(packed).tolist() == [[0.5, 1.0, 0.0, -6.0]]
+
+
+@pytest.mark.parametrize("algo", ["FP8", "NVFP4"])
+def test_quantised_checkpoint_dequantises(copy, algo):
+    index = _index(copy)
+    targets = [n for n in index if ".experts." in n or n.endswith("mixer.in_proj.weight")]
+    originals = {}
+    for shard in set(index.values()):
+        tensors = load_file(copy / shard)
+        for n in [n for n in tensors if n in targets]:
+            w = tensors.pop(n)
+            originals[n] = w
+            q = quantise_fp8(w) if algo == "FP8" else quantise_nvfp4(w)
+            base = n.removesuffix("weight")
+            tensors |= {base + k: v for k, v in q.items()}
+            tensors[base + "input_scale"] = torch.tensor(1.0)
+        save_file(tensors, copy / shard)
+        weight_map = json.loads((copy / "model.safetensors.index.json").read_text())
+        with safe_open(str(copy / shard), "pt") as f:
+            weight_map["weight_map"] |= dict.fromkeys(f.keys(), shard)
+        (copy / "model.safetensors.index.json").write_text(json.dumps(weight_map))
+    cfg = json.loads((copy / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "modelopt", "quant_algo": algo}
+    (copy / "config.json").write_text(json.dumps(cfg))
+
+    model, info = load_model(copy)
+    assert info.quant.quant_algo == algo
+    tol = 0.07 if algo == "FP8" else 0.3  # relative to each tensor's max magnitude
+    for n, w in originals.items():
+        got = _ours(model, n)
+        err = (got - w).abs().max() / w.abs().max()
+        assert err < tol, f"{n}: dequantised error {err:.3f}"
+        assert not torch.equal(got, w)  # the weights really went through quantisation
+
+
+def test_missing_shard_file_is_named(copy):
+    shard = sorted(set(_index(copy).values()))[0]
+    (copy / shard).unlink()
+    with pytest.raises(CheckpointError, match=shard):
+        load_model(copy)
+
+
+def test_published_full_size_config_gives_the_real_model():
+    """A config.json shaped like the published one (RADIO given only by its timm name)."""
+    d = demo_config_dict(video_pruning_rate=0.7)
+    d["llm_config"].update(
+        hybrid_override_pattern=PATTERN_30B,
+        num_hidden_layers=52,
+        hidden_size=2688,
+        vocab_size=131072,
+        mamba_num_heads=64,
+        mamba_head_dim=64,
+        n_groups=8,
+        ssm_state_size=128,
+        chunk_size=128,
+        num_attention_heads=32,
+        num_key_value_heads=2,
+        head_dim=128,
+        n_routed_experts=128,
+        num_experts_per_tok=6,
+        moe_intermediate_size=1856,
+        moe_shared_expert_intermediate_size=3712,
+        max_position_embeddings=262144,
+    )
+    d["vision_config"] = {
+        "model_type": "radio",
+        "version": "c-radio_v4-h",
+        "patch_size": 16,
+        "args": {"model": "vit_huge_patch16_224", "cpe_max_size": 2048, "register_multiple": 10},
+    }
+    d["sound_config"].update(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=8,
+        intermediate_size=4096,
+        subsampling_conv_channels=256,
+        projection_hidden_size=4096,
+    )
+    d.update(projector_hidden_size=20480, vit_hidden_size=1280)
+    assert parse_omni(d) == OmniConfig()

@@ -1,0 +1,217 @@
+"""The batch engine: one thread owns the GPU and serves every job of the worker.
+
+Jobs (worker threads) hand in *prepared* requests — a rendered prompt plus model-ready media
+items — and get a future. Each loop iteration the engine
+  1. encodes the visual and audio items of every newly arrived request together, so the
+     ViT sees tubelets and images of many jobs in one call (equal grids batch),
+  2. splices the embeddings into each prompt (EVS drops redundant video rows) and admits
+     the requests to the scheduler,
+  3. runs one scheduler step: decode for every running sequence, prompt chunks up to the
+     token budget.
+Cancel takes effect between steps and frees the request's cache slot at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from workers.engine.cache import HybridCache
+from workers.engine.request import Request, SamplingParams
+from workers.engine.runner import ModelRunner
+from workers.engine.sampler import make_generator
+from workers.engine.scheduler import Scheduler, SchedulerConfig
+from workers.media.items import AudioItem, ImageItem, VideoItem
+from workers.model.omni import OmniModel, PromptStats, encode_items, splice_prompt_embeds
+
+_MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_running: int = 256  # cache slots: sequences decoded together
+    kv_capacity_tokens: int = 1 << 20  # KV pool rows (6 KB each at full size, bf16)
+    max_seq_len: int = 131072
+    prefill_token_budget: int = 16384
+    decode_graph_sizes: tuple[int, ...] = ()  # CUDA-graph decode batch sizes; () = eager
+
+    @classmethod
+    def for_memory(cls, model: OmniModel, gpu_memory_gb: float, **kw) -> EngineConfig:
+        """Slots and KV rows that fit in `gpu_memory_gb` next to the weights.
+
+        A quarter of what is left goes to activations and encoder work; the rest is split
+        between per-slot state (conv + fp32 SSM) and KV rows, sized for the default slots.
+        """
+        c = model.config.llm
+        itemsize = model.llm.embeddings.weight.element_size()
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        free = gpu_memory_gb * 1024 * _MiB - weights
+        if free <= 0:
+            raise ValueError(f"GPU_MEMORY_GB={gpu_memory_gb} is less than the weights need")
+        n_mamba, n_attn = len(c.mamba_layers), len(c.attention_layers)
+        slot_bytes = n_mamba * (
+            c.conv_dim * (c.conv_kernel - 1) * itemsize
+            + c.mamba_num_heads * c.mamba_head_dim * c.ssm_state_size * 4
+        )
+        row_bytes = n_attn * 2 * c.num_key_value_heads * c.head_dim * itemsize
+        usable = free * 3 / 4
+        slots = max(1, min(kw.pop("max_running", cls.max_running), int(usable / 2 / slot_bytes)))
+        rows = int((usable - slots * slot_bytes) / row_bytes)
+        return cls(max_running=slots, kv_capacity_tokens=rows, **kw)
+
+
+def engine_config(model: OmniModel, gpu_memory_gb: float | None) -> EngineConfig:
+    """The worker's engine: sized to GPU_MEMORY_GB (or 90 % of the card) on CUDA, with CUDA
+    graphs for decode; a small eager engine on the CPU (demo checkpoint, tests)."""
+    if model.device.type != "cuda":
+        return EngineConfig(max_running=16, kv_capacity_tokens=1 << 16, max_seq_len=1 << 16)
+    if gpu_memory_gb is None:
+        gpu_memory_gb = 0.9 * torch.cuda.get_device_properties(model.device).total_memory / 2**30
+    config = EngineConfig.for_memory(model, gpu_memory_gb)
+    sizes = tuple(n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n <= config.max_running)
+    return replace(config, decode_graph_sizes=sizes)
+
+
+@dataclass(eq=False)
+class Prepared:
+    """One job's model input before encoding: a rendered prompt with one marker per item."""
+
+    prompt: str
+    items: list[ImageItem | VideoItem | AudioItem]
+    params: SamplingParams
+    evs_rate: float
+    rid: str = ""
+    future: Future = field(default_factory=Future)  # -> (Request, PromptStats)
+
+
+class Engine:
+    def __init__(self, model: OmniModel, tokenizer, config: EngineConfig):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        dtype = model.llm.embeddings.weight.dtype
+        self.cache = HybridCache(
+            model.config.llm,
+            config.max_running,
+            config.kv_capacity_tokens,
+            config.max_seq_len,
+            model.device,
+            dtype,
+        )
+        graphs = None
+        if config.decode_graph_sizes:
+            from workers.engine.decode_graphs import DecodeGraphs
+
+            graphs = DecodeGraphs(model.llm, self.cache, list(config.decode_graph_sizes))
+        self.runner = ModelRunner(model.llm, self.cache, graphs)
+        self.scheduler = Scheduler(SchedulerConfig(config.prefill_token_budget), self.cache)
+        self._inbox: queue.Queue[Prepared | str] = queue.Queue()  # Prepared, or a rid to cancel
+        self._pending: dict[str, tuple[Prepared, PromptStats]] = {}
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # ---- called from job threads -------------------------------------------------------
+    def submit(self, prepared: Prepared) -> Future:
+        """Queue a request; the future resolves to (finished Request, PromptStats)."""
+        prepared.rid = prepared.rid or f"req{next(self._ids)}"
+        self._inbox.put(prepared)
+        return prepared.future
+
+    def cancel(self, rid: str) -> None:
+        self._inbox.put(rid)
+
+    def start(self) -> Engine:
+        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        self._inbox.put("")
+        if self._thread is not None:
+            self._thread.join()
+
+    # ---- the engine thread ---------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            block = not self.scheduler.has_work()
+            self._admit(self._drain(block))
+            if not self.scheduler.has_work():
+                continue
+            try:
+                self.step()
+            except Exception as exc:  # the engine thread must outlive a failed step
+                self._fail_all(exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        """A step raised: its requests' state is unknown, so all running ones fail with it."""
+        for req in [*self.scheduler.waiting, *self.scheduler.running]:
+            self.scheduler.cancel(req.rid)
+            prepared, _ = self._pending.pop(req.rid)
+            prepared.future.set_exception(exc)
+
+    def _drain(self, block: bool) -> list[Prepared]:
+        new = []
+        try:
+            item = self._inbox.get(block=block)
+            while True:
+                if isinstance(item, Prepared):
+                    new.append(item)
+                elif item:
+                    self._cancel(item, new)
+                item = self._inbox.get_nowait()
+        except queue.Empty:
+            pass
+        return new
+
+    def _cancel(self, rid: str, new: list[Prepared]) -> None:
+        for p in new:
+            if p.rid == rid:
+                new.remove(p)
+                p.future.cancel()
+                return
+        req = self.scheduler.cancel(rid)
+        if req is not None:
+            self._resolve(req)
+
+    @torch.no_grad()
+    def _admit(self, new: list[Prepared]) -> None:
+        """Encode all new requests' media together, splice, hand them to the scheduler."""
+        if not new:
+            return
+        try:
+            encoded = encode_items(self.model, [i for p in new for i in p.items])
+        except Exception as exc:  # one bad batch fails its jobs, not the engine
+            for p in new:
+                p.future.set_exception(exc)
+            return
+        for p in new:
+            try:
+                embeds, _, stats = splice_prompt_embeds(
+                    self.model, self.tokenizer, p.prompt, p.items, encoded, p.evs_rate
+                )
+            except Exception as exc:
+                p.future.set_exception(exc)
+                continue
+            req = Request(
+                p.rid, embeds, p.params, generator=make_generator(p.params, self.model.device)
+            )
+            self._pending[p.rid] = (p, stats)
+            self.scheduler.add(req)
+            if req.finished:  # rejected: can never fit in the cache
+                self._resolve(req)
+
+    def step(self) -> list[Request]:
+        plan = self.scheduler.schedule()
+        finished = self.scheduler.update(plan, self.runner.step(plan)) if not plan.empty else []
+        for req in finished:
+            self._resolve(req)
+        return finished
+
+    def _resolve(self, req: Request) -> None:
+        prepared, stats = self._pending.pop(req.rid)
+        prepared.future.set_result((req, stats))

@@ -1,0 +1,45 @@
+"""File on disk -> model-ready items: sniff, dispatch to the media type, map every failure."""
+
+from __future__ import annotations
+
+import av
+
+from workers.media.audio import process_audio
+from workers.media.document import process_document
+from workers.media.errors import MediaError, MediaUnreadable, MediaUnsupported
+from workers.media.image import process_image
+from workers.media.items import MediaItem
+from workers.media.limits import DEFAULT_LIMITS, MediaLimits
+from workers.media.options import DEFAULT_OPTIONS, MediaOptions
+from workers.media.probe import AUDIO, DOCUMENT, IMAGE, VIDEO, kind_of
+from workers.media.video import process_video
+from workers.media.video_decode import DEFAULT_DECODE, DecodeConfig
+
+
+def process(
+    path: str,
+    opts: MediaOptions = DEFAULT_OPTIONS,
+    limits: MediaLimits = DEFAULT_LIMITS,
+    cfg: DecodeConfig = DEFAULT_DECODE,
+) -> list[MediaItem]:
+    """Items for one input: [ImageItem] for an image, one per page for a document, one
+    VideoItem per chunk for a video, [AudioItem] for audio. Raises MediaError only."""
+    try:
+        sniffed = kind_of(path, limits)
+        kind = sniffed.kind
+        if opts.media_type is not None and opts.media_type != kind:
+            if {opts.media_type, kind} != {VIDEO, AUDIO} or sniffed.demuxer is None:
+                raise MediaUnsupported(f"the file is not a {opts.media_type}")
+            kind = opts.media_type  # audio of a video file, or a video-typed audio-only file
+        if kind == IMAGE:
+            return [process_image(path, limits, opts.image_budget)]
+        if kind == DOCUMENT:
+            return list(process_document(path, limits, opts.image_budget))
+        if kind == VIDEO:
+            return list(process_video(path, sniffed.demuxer, opts, limits, cfg))
+        return [process_audio(path, sniffed.demuxer, limits)]
+    except MediaError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError, EOFError, RuntimeError) as e:
+        # Decoders raise many types on hostile input; none of them may reach the client raw.
+        raise MediaUnreadable("the media could not be decoded") from e

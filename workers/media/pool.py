@@ -1,0 +1,179 @@
+"""A process pool that decodes and preprocesses media ahead of the GPU.
+
+Each worker is a spawned process (the GPU worker has CUDA up, so nothing is forked) with its
+own pipe. A dispatcher thread hands one job at a time to each idle worker and watches the
+deadline of every running job: a job that overruns gets its worker killed and replaced, and
+a worker that dies (a crashing decoder) is replaced too. Either way only that job's future
+fails; the pool keeps serving. Tensors travel through shared memory (torch's reducers).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+
+import torch
+import torch.multiprocessing  # noqa: F401  (registers the shared-memory tensor reducers)
+
+from workers.media.errors import MediaError, MediaTimeout, MediaUnreadable
+from workers.media.items import MediaItem
+from workers.media.limits import DEFAULT_LIMITS, MediaLimits
+from workers.media.options import DEFAULT_OPTIONS, MediaOptions
+from workers.media.pipeline import process
+from workers.media.video_decode import DEFAULT_DECODE, DecodeConfig
+
+
+def _serve(conn: Connection, limits: MediaLimits, cfg: DecodeConfig) -> None:
+    torch.set_num_threads(1)  # one core per worker: the pool is the parallelism
+    while (job := conn.recv()) is not None:
+        path, opts = job
+        try:
+            conn.send((True, process(path, opts, limits, cfg)))
+        except MediaError as e:
+            conn.send((False, e))
+        except Exception:  # the job boundary: a bug fails this job, never the worker
+            conn.send((False, MediaUnreadable("the media could not be processed")))
+
+
+@dataclass
+class _Worker:
+    proc: mp.Process
+    conn: Connection
+    job: tuple | None = None  # (future, deadline) while busy
+
+
+@dataclass
+class _Job:
+    path: str
+    opts: MediaOptions
+    timeout: float
+    future: Future = field(default_factory=Future)
+
+
+class MediaPool:
+    def __init__(
+        self,
+        workers: int | None = None,
+        limits: MediaLimits = DEFAULT_LIMITS,
+        cfg: DecodeConfig = DEFAULT_DECODE,
+    ):
+        self.limits, self.cfg = limits, cfg
+        self._ctx = mp.get_context("spawn")
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+        self._workers = [self._spawn() for _ in range(workers or os.cpu_count() or 1)]
+        self._closed = False
+        self._thread = threading.Thread(target=self._dispatch, name="media-pool", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self, path: str, opts: MediaOptions = DEFAULT_OPTIONS, timeout: float | None = None
+    ) -> Future:
+        """Future of list[MediaItem]; fails with a MediaError (MediaTimeout past `timeout` s)."""
+        if self._closed:
+            raise RuntimeError("the media pool is closed")
+        job = _Job(path, opts, timeout or self.limits.decode_timeout_s)
+        self._jobs.put(job)
+        self._wake_w.send(b"")
+        return job.future
+
+    def close(self) -> None:
+        self._closed = True
+        self._jobs.put(None)
+        self._wake_w.send(b"")
+        self._thread.join()
+
+    def __enter__(self) -> MediaPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _spawn(self) -> _Worker:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_serve, args=(child, self.limits, self.cfg), daemon=True)
+        proc.start()
+        child.close()
+        return _Worker(proc, parent)
+
+    def _replace(self, w: _Worker) -> None:
+        w.proc.kill()
+        w.proc.join()
+        w.conn.close()
+        self._workers[self._workers.index(w)] = self._spawn()
+
+    def _dispatch(self) -> None:
+        backlog: list[_Job] = []
+        stopping = False
+        while True:
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                stopping |= job is None
+                if job is not None:
+                    backlog.append(job)
+            if stopping and not backlog and all(w.job is None for w in self._workers):
+                break
+            for w in self._workers:
+                if w.job is None and backlog:
+                    job = backlog.pop(0)
+                    if job.future.set_running_or_notify_cancel():
+                        w.conn.send((job.path, job.opts))
+                        w.job = (job.future, time.monotonic() + job.timeout)
+            busy = [w for w in self._workers if w.job is not None]
+            now = time.monotonic()
+            timeout = min((w.job[1] - now for w in busy), default=None)
+            ready = wait(
+                [self._wake_r] + [w.conn for w in busy], timeout=max(0.0, timeout) if busy else None
+            )
+            if self._wake_r in ready:
+                self._wake_r.recv()
+            self._collect(busy, ready)
+        for w in self._workers:
+            w.conn.send(None)
+            w.proc.join(timeout=5)
+            if w.proc.is_alive():
+                w.proc.kill()
+
+    def _collect(self, busy: list[_Worker], ready: list) -> None:
+        now = time.monotonic()
+        for w in busy:
+            future, deadline = w.job
+            if w.conn in ready:
+                try:
+                    ok, value = w.conn.recv()
+                except (EOFError, OSError):
+                    w.job = None
+                    self._replace(w)
+                    future.set_exception(MediaUnreadable("the decoder crashed on this media"))
+                    continue
+                w.job = None
+                future.set_result(value) if ok else future.set_exception(value)
+            elif now >= deadline:
+                w.job = None
+                self._replace(w)
+                future.set_exception(
+                    MediaTimeout("decoding the media took longer than the time limit")
+                )
+
+
+def run_all(
+    pool: MediaPool, jobs: list[tuple[str, MediaOptions]]
+) -> list[list[MediaItem] | MediaError]:
+    """Submit every job, then gather results or errors in order (benchmarks and tests)."""
+    futures = [pool.submit(p, o) for p, o in jobs]
+    out: list[list[MediaItem] | MediaError] = []
+    for f in futures:
+        try:
+            out.append(f.result())
+        except MediaError as e:
+            out.append(e)
+    return out

@@ -1,0 +1,62 @@
+"""Bicubic + antialias resize on float [0, 255] and CLIP normalisation (spec §2.3 step 5, §3.1).
+
+Shared by images, document pages and video frames so all three see identical pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+PATCH = 16
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def resize_normalize(rgb: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """rgb: uint8 [N, H, W, 3] -> float32 [N, 3, 16·ph, 16·pw], CLIP-normalised.
+
+    The resize runs in float32 without clamping: the bicubic overshoot is part of what the
+    model saw in training (the reference keeps it too).
+    """
+    x = rgb.permute(0, 3, 1, 2).to(torch.float32)
+    size = (grid[0] * PATCH, grid[1] * PATCH)
+    if tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x * (1.0 / 255.0) - mean) / std
+
+
+def _even(ph: int, pw: int, budget: int) -> tuple[int, int]:
+    """Spec §2.3 step 4: round each side up to even while the product fits, else down (min 2)."""
+    if ph % 2:
+        ph = ph + 1 if (ph + 1) * pw <= budget else max(2, ph - 1)
+    if pw % 2:
+        pw = pw + 1 if ph * (pw + 1) <= budget else max(2, pw - 1)
+    return ph, pw
+
+
+def image_grid(height: int, width: int, budget: int, min_patches: int = 1024) -> tuple[int, int]:
+    """Patch grid (ph, pw) of an image under a budget of `budget` patches (spec §2.3)."""
+    ph = round(height / PATCH + 0.5)  # round-half-even on purpose: exact odd multiples get +1
+    pw = round(width / PATCH + 0.5)
+    f = min(math.sqrt(budget / (ph * pw)), 1.0)
+    ph, pw = max(1, math.floor(f * ph)), max(1, math.floor(f * pw))  # extreme aspects
+    if budget > min_patches and ph * pw < min_patches:
+        f = math.sqrt(min_patches / (ph * pw))
+        ph, pw = math.ceil(f * ph), math.ceil(f * pw)
+    return _even(ph, pw, budget)
+
+
+def video_grid(height: int, width: int, target: int = 1024) -> tuple[int, int]:
+    """Per-frame patch grid (ph, pw) near `target` patches keeping the aspect (spec §3.1)."""
+    a = width / max(height, 1)
+    ph = max(round(math.sqrt(target / a)), 1)
+    pw = max(round(math.sqrt(target * a)), 1)
+    up = (ph + ph % 2, pw + pw % 2)
+    if up[0] * up[1] <= target:
+        return up
+    return max(2, ph - ph % 2), max(2, pw - pw % 2)
