@@ -14,22 +14,9 @@ from pathlib import Path
 import torch
 
 from benchmarks import kernels_mamba, kernels_moe_attn
+from benchmarks.common import format_table
 
 SUITES = {"mamba": kernels_mamba.all_rows, "moe_attn": kernels_moe_attn.all_rows}
-
-
-def format_table(rows):
-    lines = [
-        "| op | shape | ms | achieved | % of ceiling | max rel err | baseline ms |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        base = "" if r["baseline_ms"] is None else f"{r['baseline_ms']:.3f}"
-        lines.append(
-            f"| {r['op']} | {r['shape']} | {r['ms']:.3f} | {r['metric']} | "
-            f"{r['pct_of_ceiling']:.1f} | {r['max_rel_err']:.1e} | {base} |"
-        )
-    return "\n".join(lines)
 
 
 def main(names):

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import triton
 
+from benchmarks.common import format_table, median_ms, rel_err, row
 from kernels.causal_conv1d import (
     causal_conv1d_update,
     causal_conv1d_update_ref,
@@ -29,8 +29,6 @@ from kernels.rmsnorm import gated_group_rmsnorm, gated_group_rmsnorm_ref, rmsnor
 from kernels.ssd_scan import ssd_scan, ssd_scan_ref
 from kernels.ssm_state_update import ssm_state_update, ssm_state_update_ref
 
-BF16_TFLOPS = 767.0
-COPY_TBS = 4.24
 MAMBA_SRC = Path(__file__).resolve().parent.parent / ".cache" / "mamba_ssm_src"
 
 H, P, G, N, K, CHUNK = 64, 64, 8, 128, 4, 128
@@ -65,33 +63,6 @@ def load_mamba_triton(root=MAMBA_SRC):
         return None
 
 
-def _rel_err(outs, refs):
-    num = max((o.float() - r.float()).abs().max().item() for o, r in zip(outs, refs, strict=True))
-    den = max(r.float().abs().max().item() for r in refs)
-    assert all(torch.isfinite(o).all() for o in outs), "NaN or inf in the op's output"
-    return num / max(den, 1e-30)
-
-
-def _ms(fn):
-    return triton.testing.do_bench(fn, return_mode="median")
-
-
-def _row(op, shape, ms, amount, kind, err, baseline_ms=None):
-    """amount: FLOPs when kind == 'TFLOP/s', bytes when kind == 'TB/s'; err None for a reference
-    timed on its own."""
-    rate = amount / (ms * 1e-3) / 1e12
-    ceiling = BF16_TFLOPS if kind == "TFLOP/s" else COPY_TBS
-    return dict(
-        op=op,
-        shape=shape,
-        ms=ms,
-        metric=f"{rate:.2f} {kind}",
-        pct_of_ceiling=100 * rate / ceiling,
-        max_rel_err=err,
-        baseline_ms=baseline_ms,
-    )
-
-
 def _ssd_inputs(T, dev, dtype=torch.bfloat16):
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(T, H, P, device=dev, generator=g).to(dtype)
@@ -116,11 +87,11 @@ def _bench_ssd_one(T, mamba):
     x, dt, A, B, C, D, dt_bias = _ssd_inputs(T, "cuda")
     cu = torch.tensor([0, T], device="cuda", dtype=torch.int32)
     args = (x, dt, A, B, C, D, dt_bias, cu, None, CHUNK)
-    err = _rel_err(ssd_scan(*args), ssd_scan_ref(*args))
+    err = rel_err(ssd_scan(*args), ssd_scan_ref(*args))
     base = None
     if mamba is not None:
         combined = mamba.ssd.mamba_chunk_scan_combined
-        base = _ms(
+        base = median_ms(
             lambda: combined(
                 x[None], dt[None], A, B[None], C[None], CHUNK, D=D, dt_bias=dt_bias,
                 dt_softplus=True, return_final_states=True,
@@ -128,10 +99,10 @@ def _bench_ssd_one(T, mamba):
         )  # fmt: skip
     shape = f"T={T} H={H} P={P} G={G} N={N}"
     flops = ssd_flops(T)
-    rows = [_row("ssd_scan", shape, _ms(lambda: ssd_scan(*args)), flops, "TFLOP/s", err, base)]
+    rows = [row("ssd_scan", shape, median_ms(lambda: ssd_scan(*args)), flops, "TFLOP/s", err, base)]
     if T <= 16384:  # the torch reference needs several GB of intermediates beyond that
-        ms = _ms(lambda: ssd_scan_ref(*args))
-        rows.append(_row("ssd_scan_ref (torch)", shape, ms, flops, "TFLOP/s", None))
+        ms = median_ms(lambda: ssd_scan_ref(*args))
+        rows.append(row("ssd_scan_ref (torch)", shape, ms, flops, "TFLOP/s", None))
     return rows
 
 
@@ -150,7 +121,7 @@ def _bench_ssu_one(batch, mamba):
     s1, s2 = state.clone(), state.clone()
     y1 = ssm_state_update(s1, x, dt, A, B, C, D, dt_bias, slots)
     y2 = ssm_state_update_ref(s2, x, dt, A, B, C, D, dt_bias, slots)
-    err = _rel_err([y1, s1], [y2, s2])
+    err = rel_err([y1, s1], [y2, s2])
     base = None
     if mamba is not None:
         # mamba_ssm's per-(head, dim) parameters, tied over dim and state by stride-0 views
@@ -158,16 +129,16 @@ def _bench_ssu_one(batch, mamba):
         dt3, D2 = dt[:, :, None].expand(batch, H, P), D[:, None].expand(H, P)
         bias2 = dt_bias[:, None].expand(H, P)
         ssu = mamba.ssu.selective_state_update
-        base = _ms(
+        base = median_ms(
             lambda: ssu(
                 s1, x, dt3, A3, B, C, D=D2, dt_bias=bias2, dt_softplus=True,
                 state_batch_indices=slots,
             )
         )  # fmt: skip
-    ms = _ms(lambda: ssm_state_update(s1, x, dt, A, B, C, D, dt_bias, slots))
+    ms = median_ms(lambda: ssm_state_update(s1, x, dt, A, B, C, D, dt_bias, slots))
     nbytes = 2 * state.numel() * 4 + 2 * x.numel() * 2 + 2 * B.numel() * 2
     shape = f"B={batch} H={H} P={P} N={N}"
-    return [_row("ssm_state_update", shape, ms, nbytes, "TB/s", err, base)]
+    return [row("ssm_state_update", shape, ms, nbytes, "TB/s", err, base)]
 
 
 def bench_ssm_state_update(batches=(64, 256), mamba=None):
@@ -188,19 +159,19 @@ def bench_causal_conv1d(T=16384, n_seqs=8, batch=256):
     s1, s2 = state.clone(), state.clone()
     y1 = causal_conv1d_varlen(x, w, bias, cu, s1, slots, has_init)
     y2 = causal_conv1d_varlen_ref(x, w, bias, cu, s2, slots, has_init)
-    err = _rel_err([y1, s1], [y2, s2])
-    ms = _ms(lambda: causal_conv1d_varlen(x, w, bias, cu, s1, slots, has_init))
-    rows = [_row("causal_conv1d_varlen", f"T={T} C={CONV_DIM} seqs={n_seqs}", ms,
+    err = rel_err([y1, s1], [y2, s2])
+    ms = median_ms(lambda: causal_conv1d_varlen(x, w, bias, cu, s1, slots, has_init))
+    rows = [row("causal_conv1d_varlen", f"T={T} C={CONV_DIM} seqs={n_seqs}", ms,
                  2 * x.numel() * 2, "TB/s", err)]  # fmt: skip
 
     xb = x[:batch].contiguous()
     slots = torch.randperm(state.shape[0], device=dev)[:batch]
     s1, s2 = state.clone(), state.clone()
-    err = _rel_err([causal_conv1d_update(xb, s1, w, bias, slots), s1],
+    err = rel_err([causal_conv1d_update(xb, s1, w, bias, slots), s1],
                    [causal_conv1d_update_ref(xb, s2, w, bias, slots), s2])  # fmt: skip
-    ms = _ms(lambda: causal_conv1d_update(xb, s1, w, bias, slots))
+    ms = median_ms(lambda: causal_conv1d_update(xb, s1, w, bias, slots))
     nbytes = 2 * xb.numel() * 2 + 2 * batch * CONV_DIM * (K - 1) * 2
-    rows.append(_row("causal_conv1d_update", f"B={batch} C={CONV_DIM}", ms, nbytes, "TB/s", err))
+    rows.append(row("causal_conv1d_update", f"B={batch} C={CONV_DIM}", ms, nbytes, "TB/s", err))
     return rows
 
 
@@ -210,18 +181,18 @@ def bench_norms(T=16384):
     x = torch.randn(T, HIDDEN, device=dev, generator=g, dtype=torch.bfloat16)
     res = torch.randn(T, HIDDEN, device=dev, generator=g, dtype=torch.bfloat16)
     w = torch.randn(HIDDEN, device=dev, generator=g, dtype=torch.bfloat16)
-    err = _rel_err(rmsnorm(x, w, EPS, res), rmsnorm_ref(x, w, EPS, res))
-    ms = _ms(lambda: rmsnorm(x, w, EPS, res))
-    rows = [_row("rmsnorm+residual", f"T={T} D={HIDDEN}", ms, 4 * x.numel() * 2, "TB/s", err)]
+    err = rel_err(rmsnorm(x, w, EPS, res), rmsnorm_ref(x, w, EPS, res))
+    ms = median_ms(lambda: rmsnorm(x, w, EPS, res))
+    rows = [row("rmsnorm+residual", f"T={T} D={HIDDEN}", ms, 4 * x.numel() * 2, "TB/s", err)]
 
     y = torch.randn(T, H * P, device=dev, generator=g, dtype=torch.bfloat16)
     z = torch.randn(T, H * P, device=dev, generator=g, dtype=torch.bfloat16)
     wg = torch.randn(H * P, device=dev, generator=g, dtype=torch.bfloat16)
     gs = H * P // G
-    err = _rel_err([gated_group_rmsnorm(y, z, wg, gs, EPS)],
+    err = rel_err([gated_group_rmsnorm(y, z, wg, gs, EPS)],
                    [gated_group_rmsnorm_ref(y, z, wg, gs, EPS)])  # fmt: skip
-    ms = _ms(lambda: gated_group_rmsnorm(y, z, wg, gs, EPS))
-    rows.append(_row("gated_group_rmsnorm", f"T={T} C={H * P} group={gs}", ms,
+    ms = median_ms(lambda: gated_group_rmsnorm(y, z, wg, gs, EPS))
+    rows.append(row("gated_group_rmsnorm", f"T={T} C={H * P} group={gs}", ms,
                      3 * y.numel() * 2, "TB/s", err))  # fmt: skip
     return rows
 
@@ -234,21 +205,6 @@ def all_rows():
         + bench_causal_conv1d()
         + bench_norms()
     )
-
-
-def format_table(rows):
-    lines = [
-        "| op | shape | ms | achieved | % of ceiling | max rel err | mamba_ssm ms |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        base = "" if r["baseline_ms"] is None else f"{r['baseline_ms']:.3f}"
-        err = "" if r["max_rel_err"] is None else f"{r['max_rel_err']:.1e}"
-        lines.append(
-            f"| {r['op']} | {r['shape']} | {r['ms']:.3f} | {r['metric']} | "
-            f"{r['pct_of_ceiling']:.1f} | {err} | {base} |"
-        )
-    return "\n".join(lines)
 
 
 def main():

@@ -10,9 +10,9 @@ max_rel_err = max|op - ref| / max|ref|.
 """
 
 import torch
-import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from benchmarks.common import median_ms, rel_err, row
 from kernels.attention import (
     attention_decode,
     attention_decode_ref,
@@ -22,36 +22,9 @@ from kernels.attention import (
 from kernels.moe_experts import moe_experts, moe_experts_ref
 from kernels.moe_routing import moe_route, moe_route_ref
 
-BF16_TFLOPS = 767.0
-COPY_TBS = 4.24
 D, E, TOP_K, INNER, ROUTED_SCALE = 2688, 128, 6, 1856, 2.5
 HQ, HKV, HEAD_DIM = 32, 2, 128
 SCALE = HEAD_DIM**-0.5
-
-
-def _ms(fn):
-    return triton.testing.do_bench(fn, return_mode="median")
-
-
-def _rel_err(out, ref):
-    assert torch.isfinite(out).all(), "NaN or inf in the op's output"
-    return ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
-
-
-def _row(op, shape, ms, amount, kind, err, baseline_ms, **extra):
-    """amount: FLOPs when kind == 'TFLOP/s', bytes when kind == 'TB/s'."""
-    rate = amount / (ms * 1e-3) / 1e12
-    ceiling = BF16_TFLOPS if kind == "TFLOP/s" else COPY_TBS
-    return dict(
-        op=op,
-        shape=shape,
-        ms=ms,
-        metric=f"{rate:.2f} {kind}",
-        pct_of_ceiling=100 * rate / ceiling,
-        max_rel_err=err,
-        baseline_ms=baseline_ms,
-        **extra,
-    )
 
 
 def _moe_inputs(T, g):
@@ -73,10 +46,13 @@ def bench_moe_routing(tokens=(16384, 256)):
         ids, order = ids.long().sort(-1)
         rids, rorder = rids.long().sort(-1)
         same = (ids == rids).all(-1)
-        err = _rel_err(w.gather(1, order)[same], rw.gather(1, rorder)[same])
-        ms, base = _ms(lambda a=args: moe_route(*a)), _ms(lambda a=args: moe_route_ref(*a))
+        err = rel_err(w.gather(1, order)[same], rw.gather(1, rorder)[same])
+        ms, base = (
+            median_ms(lambda a=args: moe_route(*a)),
+            median_ms(lambda a=args: moe_route_ref(*a)),
+        )
         rows.append(
-            _row("moe_route", f"T={T}", ms, 2 * T * E * D, "TFLOP/s", err, base,
+            row("moe_route", f"T={T}", ms, 2 * T * E * D, "TFLOP/s", err, base,
                  tokens_with_other_experts=int((~same).sum()))
         )  # fmt: skip
     return rows
@@ -92,15 +68,18 @@ def bench_moe_experts(tokens=(16384, 256, 32)):
         x, gate, bias = _moe_inputs(T, g)
         w, ids = moe_route(x, gate, bias, TOP_K, ROUTED_SCALE)
         args = (x, up, down, w, ids)
-        err = _rel_err(moe_experts(*args), moe_experts_ref(*args))
-        ms, base = _ms(lambda a=args: moe_experts(*a)), _ms(lambda a=args: moe_experts_ref(*a))
+        err = rel_err(moe_experts(*args), moe_experts_ref(*args))
+        ms, base = (
+            median_ms(lambda a=args: moe_experts(*a)),
+            median_ms(lambda a=args: moe_experts_ref(*a)),
+        )
         touched = int(torch.unique(ids).numel())
         if T * TOP_K >= 32 * E:
             amount, kind = 2 * T * TOP_K * D * INNER * 2, "TFLOP/s"
         else:
             amount, kind = touched * 2 * D * INNER * 2, "TB/s"
         rows.append(
-            _row("moe_experts", f"T={T}", ms, amount, kind, err, base, experts_touched=touched)
+            row("moe_experts", f"T={T}", ms, amount, kind, err, base, experts_touched=touched)
         )
     return rows
 
@@ -144,13 +123,13 @@ def bench_attention_prefill(batches=((16384,), (4096,) * 4)):
         slots = torch.arange(B, device="cuda")
         ctx = torch.zeros(B, device="cuda", dtype=torch.int32)
         args = (q, k_pool, v_pool, req, slots, cu, ctx, SCALE)
-        err = _rel_err(attention_prefill(*args), attention_prefill_ref(*args))
-        ms = _ms(lambda a=args: attention_prefill(*a))
+        err = rel_err(attention_prefill(*args), attention_prefill_ref(*args))
+        ms = median_ms(lambda a=args: attention_prefill(*a))
         qb = q.view(B, n, HQ, HEAD_DIM).transpose(1, 2)
         kb, vb = _contiguous_kv(k_pool, req, lengths), _contiguous_kv(v_pool, req, lengths)
-        base = _ms(lambda a=(qb, kb, vb): _sdpa(*a, causal=True))
+        base = median_ms(lambda a=(qb, kb, vb): _sdpa(*a, causal=True))
         flops = sum(2 * HQ * HEAD_DIM * m * (m + 1) for m in lengths)
-        rows.append(_row("attention_prefill", f"{B}x{n}", ms, flops, "TFLOP/s", err, base))
+        rows.append(row("attention_prefill", f"{B}x{n}", ms, flops, "TFLOP/s", err, base))
     return rows
 
 
@@ -163,12 +142,12 @@ def bench_attention_decode(batch=256, context=5000):
     slots = torch.arange(batch, device="cuda")
     seq_lens = torch.full((batch,), context, device="cuda", dtype=torch.int32)
     args = (q, k_pool, v_pool, req, slots, seq_lens, SCALE)
-    err = _rel_err(attention_decode(*args), attention_decode_ref(*args))
-    ms = _ms(lambda: attention_decode(*args))
+    err = rel_err(attention_decode(*args), attention_decode_ref(*args))
+    ms = median_ms(lambda: attention_decode(*args))
     kb, vb = _contiguous_kv(k_pool, req, lengths), _contiguous_kv(v_pool, req, lengths)
-    base = _ms(lambda: _sdpa(q[:, :, None], kb, vb, causal=False))
+    base = median_ms(lambda: _sdpa(q[:, :, None], kb, vb, causal=False))
     amount = 2 * batch * context * HKV * HEAD_DIM * 2
-    return [_row("attention_decode", f"B={batch} L={context}", ms, amount, "TB/s", err, base)]
+    return [row("attention_decode", f"B={batch} L={context}", ms, amount, "TB/s", err, base)]
 
 
 def all_rows():

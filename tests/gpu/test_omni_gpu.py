@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from workers.engine.cache import ForwardBatch, HybridCache
+from workers.engine.generate import generate
 from workers.engine.request import SamplingParams
 from workers.media.items import AudioItem, ImageItem, VideoItem
 from workers.model import ops
 from workers.model.demo import write_demo_checkpoint
-from workers.engine.generate import generate
 from workers.model.loader import load_model
 from workers.model.omni import build_prompt_embeds
 from workers.model.prompt import PromptBuilder

@@ -121,7 +121,7 @@ class AudioConfig:
 
 @dataclass(frozen=True)
 class OmniConfig:
-    """The composite model: towers, projectors and the multimodal token ids (spec §2.5, §4.3, §5)."""
+    """The composite model: towers, projectors, multimodal token ids (spec §2.5, §4.3, §5)."""
 
     llm: LLMConfig = field(default_factory=LLMConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
