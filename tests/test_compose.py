@@ -147,3 +147,11 @@ def test_dockerignore_admits_exactly_what_the_images_copy():
                 copied.update(line.split()[1:-1])
     assert copied == allowed
     assert all((ROOT / path).exists() for path in copied)
+
+
+def test_every_omnibatch_service_builds_its_image():
+    for name, service in SERVICES.items():
+        if service.get("image", "").startswith("omnibatch-"):
+            assert service["build"]["context"] == "..", name
+            dockerfile = ROOT / service["build"]["dockerfile"]
+            assert dockerfile.is_file(), name

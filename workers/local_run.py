@@ -16,6 +16,7 @@ from service.progress_bar import ProgressBar
 from service.schemas import JobCreate, JobStatus
 from service.settings import WorkerSettings
 from workers.outcome import error_of, output_of, usage_of
+from workers.pipeline import Pipeline
 
 
 def request_from_flags(
@@ -56,10 +57,17 @@ def run_files(
     paths: list[Path], request: JobCreate, model: Path | None, device: str | None, out: TextIO
 ) -> int:
     """Process `paths` one after another; returns how many failed."""
-    from workers.pipeline import Pipeline
-
     settings = WorkerSettings()
-    pipeline = Pipeline.load(model or settings.model, device or default_device())
+    pipeline = Pipeline.load(
+        model or settings.model, device or default_device(), settings.gpu_memory_gb
+    )
+    try:
+        return _run_each(pipeline, paths, request, out)
+    finally:
+        pipeline.close()
+
+
+def _run_each(pipeline: Pipeline, paths: list[Path], request: JobCreate, out: TextIO) -> int:
     bar = ProgressBar(len(paths))
     failed = 0
     for path in paths:

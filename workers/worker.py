@@ -157,7 +157,9 @@ class Worker:
         from workers.pipeline import Pipeline
 
         log.info("worker %s loading the model on %s", self.id, self.settings.device)
-        pipeline = Pipeline.load(self.settings.model, self.settings.device)
+        pipeline = Pipeline.load(
+            self.settings.model, self.settings.device, self.settings.gpu_memory_gb
+        )
         ctx = JobContext(
             self.redis, Storage(self.settings.data_dir), self.leases, pipeline,
             ModelInfo.model_validate(pipeline.model_info, from_attributes=True), self.id,

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,8 +21,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from scripts.make_samples import write_pdf, write_png, write_video, write_wav
+from service.schemas import worker_heartbeat_key
 from tests.conftest import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,8 +109,16 @@ class Stack:
         self._wait(lambda: httpx.get(f"{self.base}/healthz").status_code == 200, "gateway")
 
     def start_worker(self, name: str = "worker") -> subprocess.Popen:
+        """Start a worker and wait for its own heartbeat to say its model is loaded (a
+        SIGKILLed one's heartbeat lingers until it expires, so /readyz alone would not do)."""
         proc = self.spawn(name, "worker", "--device", "cpu")
-        self._wait(lambda: httpx.get(f"{self.base}/readyz").status_code == 200, name, 120)
+        r = redis.Redis.from_url(self.redis.url)
+        key = worker_heartbeat_key(f"{socket.gethostname()}:cpu:{proc.pid}")
+        try:
+            self._wait(lambda: r.hget(key, "model_loaded") == b"1", name, 120)
+        finally:
+            r.close()
+        assert httpx.get(f"{self.base}/readyz").status_code == 200
         return proc
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:

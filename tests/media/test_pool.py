@@ -50,3 +50,12 @@ def test_results_come_back_in_shared_memory(pool, tmp_path):
     video = write_video(str(tmp_path / "v.mp4"), frames=4, fps=10)
     (item,) = pool.submit(video, MediaOptions(fps=10, use_audio=False)).result(timeout=120)
     assert item.tubelets.is_shared() and item.tubelets.shape[0] == 2
+
+
+def test_a_worker_that_died_idle_is_replaced(pool, tmp_path):
+    video = write_video(str(tmp_path / "v.mp4"), frames=4, fps=10)
+    for w in pool._workers:  # simulate crashes between jobs
+        w.proc.kill()
+        w.proc.join()
+    futures = [pool.submit(video, MediaOptions(fps=10, use_audio=False)) for _ in range(2)]
+    assert all(len(f.result(timeout=120)[0].timestamps) == 4 for f in futures)

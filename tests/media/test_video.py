@@ -65,11 +65,14 @@ def test_codec_container_decodes_every_frame(tmp_path, ext, codec, pix_fmt, w, h
     assert identify(item, w, h, 7) == list(range(7))
 
 
-def test_sparse_sampling_skips_gops_and_is_frame_exact(tmp_path):
-    path = write_video(str(tmp_path / "v.mp4"), frames=40, fps=10, gop=4)
+@pytest.mark.parametrize(
+    "ext,codec", [("mp4", "libx264"), ("mkv", "libx265"), ("webm", "libvpx-vp9"), ("avi", "mpeg4")]
+)
+def test_sparse_sampling_skips_gops_and_is_frame_exact(tmp_path, ext, codec):
+    path = write_video(str(tmp_path / f"v.{ext}"), codec=codec, frames=40, fps=10, gop=4)
     opts = MediaOptions(fps=1, use_audio=False)
     (fast,) = process(path, opts, LIMITS, DecodeConfig(skip_gops=True))
-    (full,) = process(path, opts, LIMITS, DecodeConfig(skip_gops=False))
+    (full,) = process(path, opts, LIMITS, DecodeConfig(skip_gops=False, skip_nonref=False))
     assert fast.timestamps == [0.0, 1.0, 2.0, 3.0]
     assert torch.equal(fast.tubelets, full.tubelets)
     assert identify(fast, 64, 48, 40) == [0, 10, 20, 30]

@@ -26,6 +26,7 @@ from workers.engine.request import Request, SamplingParams
 from workers.engine.runner import ModelRunner
 from workers.engine.sampler import make_generator
 from workers.engine.scheduler import Scheduler, SchedulerConfig
+from workers.engine.stats import StageStats, vision_patches
 from workers.media.items import AudioItem, ImageItem, VideoItem
 from workers.model.omni import OmniModel, PromptStats, encode_items, splice_prompt_embeds
 
@@ -39,6 +40,10 @@ class EngineConfig:
     max_seq_len: int = 131072
     prefill_token_budget: int = 16384
     decode_graph_sizes: tuple[int, ...] = ()  # CUDA-graph decode batch sizes; () = eager
+    # ViT patch positions encoded together at most: bounds the encoders' activation memory
+    # when many requests arrive at once (20 pages of 16 documents would be 4 M patches)
+    encode_patch_budget: int = 1 << 18
+    profile: bool = False  # time each stage in `Engine.stats` (synchronises the GPU: benchmarks)
 
     @classmethod
     def for_memory(cls, model: OmniModel, gpu_memory_gb: float, **kw) -> EngineConfig:
@@ -106,7 +111,8 @@ class Engine:
             from workers.engine.decode_graphs import DecodeGraphs
 
             graphs = DecodeGraphs(model.llm, self.cache, list(config.decode_graph_sizes))
-        self.runner = ModelRunner(model.llm, self.cache, graphs)
+        self.stats = StageStats(config.profile)
+        self.runner = ModelRunner(model.llm, self.cache, graphs, self.stats)
         self.scheduler = Scheduler(SchedulerConfig(config.prefill_token_budget), self.cache)
         self._inbox: queue.Queue[Prepared | str] = queue.Queue()  # Prepared, or a rid to cancel
         self._pending: dict[str, tuple[Prepared, PromptStats]] = {}
@@ -178,22 +184,37 @@ class Engine:
         if req is not None:
             self._resolve(req)
 
-    @torch.no_grad()
     def _admit(self, new: list[Prepared]) -> None:
-        """Encode all new requests' media together, splice, hand them to the scheduler."""
-        if not new:
-            return
+        """Encode new requests' media together, in groups of at most `encode_patch_budget`
+        patches, splice, hand them to the scheduler."""
+        group, patches = [], 0
+        for p in new:
+            n = vision_patches(p.items)
+            if group and patches + n > self.config.encode_patch_budget:
+                self._admit_group(group)
+                group, patches = [], 0
+            group.append(p)
+            patches += n
+        if group:
+            self._admit_group(group)
+
+    @torch.no_grad()
+    def _admit_group(self, new: list[Prepared]) -> None:
+        items = [i for p in new for i in p.items]
         try:
-            encoded = encode_items(self.model, [i for p in new for i in p.items])
+            with self.stats.stage("encode", self.model.device):
+                encoded = encode_items(self.model, items)
         except Exception as exc:  # one bad batch fails its jobs, not the engine
             for p in new:
                 p.future.set_exception(exc)
             return
+        self.stats.count_media(items)
         for p in new:
             try:
-                embeds, _, stats = splice_prompt_embeds(
-                    self.model, self.tokenizer, p.prompt, p.items, encoded, p.evs_rate
-                )
+                with self.stats.stage("encode", self.model.device):
+                    embeds, _, stats = splice_prompt_embeds(
+                        self.model, self.tokenizer, p.prompt, p.items, encoded, p.evs_rate
+                    )
             except Exception as exc:
                 p.future.set_exception(exc)
                 continue

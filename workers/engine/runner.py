@@ -3,6 +3,7 @@
 Decode and prefill run as two forwards because `ForwardBatch.is_decode` selects the
 one-token kernels (state update, conv update, paged decode attention) for the whole batch.
 Decode batches of a captured size replay a CUDA graph (`DecodeGraphs`).
+Each stage's work is counted in a `StageStats` (benchmarks).
 """
 
 from __future__ import annotations
@@ -14,40 +15,58 @@ from workers.engine.decode_graphs import DecodeGraphs
 from workers.engine.request import Request
 from workers.engine.sampler import sample
 from workers.engine.scheduler import StepPlan
+from workers.engine.stats import StageStats
 from workers.model.nemotron_h import NemotronH
 
 
 class ModelRunner:
-    def __init__(self, llm: NemotronH, cache: HybridCache, graphs: DecodeGraphs | None = None):
+    def __init__(
+        self,
+        llm: NemotronH,
+        cache: HybridCache,
+        graphs: DecodeGraphs | None = None,
+        stats: StageStats | None = None,
+    ):
         self.llm = llm
         self.cache = cache
         self.device = llm.embeddings.weight.device
         self.graphs = graphs
+        self.stats = stats or StageStats()
 
     @torch.no_grad()
     def step(self, plan: StepPlan) -> dict[str, int]:
         """Compute `plan`; return the sampled next token of every request that has one."""
-        reqs, logits = self.logits(plan)
+        reqs, hidden = self._forward(plan)
         if not reqs:
             return {}
-        tokens = sample(logits, [r.params for r in reqs], [r.generator for r in reqs])
-        return dict(zip((r.rid for r in reqs), tokens.tolist(), strict=True))
+        with self.stats.stage("sample", self.device):
+            logits = self.llm.logits(hidden)
+            tokens = sample(logits, [r.params for r in reqs], [r.generator for r in reqs])
+            self.stats.sampled_tokens += len(reqs)
+            return dict(zip((r.rid for r in reqs), tokens.tolist(), strict=True))
 
     @torch.no_grad()
     def logits(self, plan: StepPlan) -> tuple[list[Request], torch.Tensor]:
         """Compute `plan`; next-token logits [n, V] fp32 of the requests that sample now:
         every decode request, then every request whose prompt this step completes."""
+        reqs, hidden = self._forward(plan)
+        return reqs, self.llm.logits(hidden) if reqs else torch.empty(0)
+
+    def _forward(self, plan: StepPlan) -> tuple[list[Request], torch.Tensor]:
+        """(requests that sample now, their last hidden rows [n, D])."""
         reqs, hidden = [], []
         if plan.decode:
             reqs += plan.decode
-            hidden.append(self._decode(plan.decode))
+            with self.stats.stage("decode", self.device):
+                hidden.append(self._decode(plan.decode))
+            self.stats.decode_tokens += len(plan.decode)
         if plan.prefill:
-            done, h = self._prefill(plan)
+            with self.stats.stage("prefill", self.device):
+                done, h = self._prefill(plan)
+            self.stats.prefill_tokens += sum(c.length for c in plan.prefill)
             reqs += done
             hidden.append(h)
-        if not reqs:
-            return [], torch.empty(0)
-        return reqs, self.llm.logits(torch.cat(hidden))
+        return reqs, torch.cat(hidden) if reqs else torch.empty(0)
 
     def _decode(self, reqs: list[Request]) -> torch.Tensor:
         slots = [r.slot for r in reqs]

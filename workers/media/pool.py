@@ -57,6 +57,8 @@ class _Job:
 
 
 class MediaPool:
+    """`submit(path, options)` -> Future of that file's items; nproc spawned workers by default."""
+
     def __init__(
         self,
         workers: int | None = None,
@@ -67,6 +69,7 @@ class MediaPool:
         self._ctx = mp.get_context("spawn")
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+        self._wake_lock = threading.Lock()  # submit() may be called from several threads
         self._workers = [self._spawn() for _ in range(workers or os.cpu_count() or 1)]
         self._closed = False
         self._thread = threading.Thread(target=self._dispatch, name="media-pool", daemon=True)
@@ -80,14 +83,18 @@ class MediaPool:
             raise RuntimeError("the media pool is closed")
         job = _Job(path, opts, timeout or self.limits.decode_timeout_s)
         self._jobs.put(job)
-        self._wake_w.send(b"")
+        self._wake()
         return job.future
 
     def close(self) -> None:
         self._closed = True
         self._jobs.put(None)
-        self._wake_w.send(b"")
+        self._wake()
         self._thread.join()
+
+    def _wake(self) -> None:
+        with self._wake_lock:
+            self._wake_w.send_bytes(b"")
 
     def __enter__(self) -> MediaPool:
         return self
@@ -102,11 +109,13 @@ class MediaPool:
         child.close()
         return _Worker(proc, parent)
 
-    def _replace(self, w: _Worker) -> None:
+    def _replace(self, w: _Worker) -> _Worker:
         w.proc.kill()
         w.proc.join()
         w.conn.close()
-        self._workers[self._workers.index(w)] = self._spawn()
+        new = self._spawn()
+        self._workers[self._workers.index(w)] = new
+        return new
 
     def _dispatch(self) -> None:
         backlog: list[_Job] = []
@@ -122,20 +131,25 @@ class MediaPool:
                     backlog.append(job)
             if stopping and not backlog and all(w.job is None for w in self._workers):
                 break
-            for w in self._workers:
+            for w in list(self._workers):
                 if w.job is None and backlog:
                     job = backlog.pop(0)
-                    if job.future.set_running_or_notify_cancel():
+                    if not job.future.set_running_or_notify_cancel():
+                        continue
+                    try:
                         w.conn.send((job.path, job.opts))
-                        w.job = (job.future, time.monotonic() + job.timeout)
+                    except OSError:  # the idle worker died: its replacement takes the job
+                        w = self._replace(w)
+                        w.conn.send((job.path, job.opts))
+                    w.job = (job.future, time.monotonic() + job.timeout)
             busy = [w for w in self._workers if w.job is not None]
             now = time.monotonic()
             timeout = min((w.job[1] - now for w in busy), default=None)
             ready = wait(
                 [self._wake_r] + [w.conn for w in busy], timeout=max(0.0, timeout) if busy else None
             )
-            if self._wake_r in ready:
-                self._wake_r.recv()
+            while self._wake_r.poll():
+                self._wake_r.recv_bytes()
             self._collect(busy, ready)
         for w in self._workers:
             w.conn.send(None)

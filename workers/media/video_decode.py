@@ -20,15 +20,13 @@ import torch
 from workers.media.errors import MediaUnreadable
 
 MAX_GOP_PACKETS = 1024  # a stream without keyframe flags is decoded in slices this long
-# Frames may legitimately stop a little before the declared end (a held last frame); a gap
-# longer than max(1 s, 2 frames) means the file was cut short.
 
 
 @dataclass(frozen=True)
 class DecodeConfig:
     threads: int = 1  # decoder threads; 1 per pool worker gives the best host throughput
-    skip_gops: bool = True  # drop GOPs that hold no target without decoding them
-    skip_nonref: bool = False  # codec skip_frame=NONREF: faster, but frames may be a few off
+    skip_gops: bool = True  # never decode a GOP, or a GOP's tail, that holds no target
+    skip_nonref: bool = True  # don't decode non-reference frames that are not sampled
 
 
 DEFAULT_DECODE = DecodeConfig()
@@ -52,6 +50,10 @@ class _Sampler:
     def pending_before(self, t: float) -> bool:
         return not self.done and self.times[self.next] < t - self.slack
 
+    def before_next(self, pts: int) -> bool:
+        """Whether a frame at `pts` is shown before the next target's window."""
+        return not self.done and float(pts * self.time_base) < self.times[self.next] - self.slack
+
     def push(self, frame: av.VideoFrame) -> None:
         if frame.pts is None:
             return
@@ -63,6 +65,8 @@ class _Sampler:
             self._emit(frame)  # the nearest frame: served now, no need to see the next one
 
     def finish(self) -> None:
+        # Frames may stop a little before the declared end (a held last frame); a gap longer
+        # than max(1 s, 2 frames) means the file was cut short.
         if self.prev is not None and not self.done:
             last = float(self.prev.pts * self.time_base)
             if self.times[-1] - last > max(1.0, 4 * self.slack):
@@ -93,8 +97,6 @@ def configure(stream: av.video.stream.VideoStream, cfg: DecodeConfig) -> None:
     ctx = stream.codec_context
     ctx.thread_count = cfg.threads
     ctx.thread_type = "AUTO" if cfg.threads > 1 else "SLICE"
-    if cfg.skip_nonref:
-        ctx.skip_frame = "NONREF"
 
 
 def decode_frames(
@@ -121,7 +123,7 @@ def decode_frames(
                 # Only a keyframe boundary lets the decoder stop here and restart cleanly.
                 end = float(packet.pts * stream.time_base) if key and cfg.skip_gops else math.inf
                 if sampler.pending_before(end):
-                    restart = _decode_gop(ctx, gop, sampler, restart, end)
+                    restart = _decode_gop(ctx, gop, sampler, restart, end, cfg.skip_nonref)
                     yield from sampler.drain()
                 else:
                     restart = True
@@ -130,7 +132,7 @@ def decode_frames(
                     break
             gop.append(packet)
         if not sampler.done:
-            _decode_gop(ctx, gop, sampler, restart, math.inf)
+            _decode_gop(ctx, gop, sampler, restart, math.inf, cfg.skip_nonref)
             for frame in ctx.decode(None):
                 sampler.push(frame)
     except av.error.FFmpegError as e:
@@ -148,16 +150,23 @@ def _decode_gop(
     sampler: _Sampler,
     restart: bool,
     end: float,
+    skip_nonref: bool,
 ) -> bool:
     """Decode packets until no target before `end` (the next keyframe's time) is pending.
 
-    Returns whether it stopped before the GOP's last packet (the decoder must then restart).
+    With skip_nonref, a packet shown before the next target is decoded only if other frames
+    reference it: the codec drops it otherwise (skip_frame NONREF), which is exact because
+    nothing else depends on it. Returns whether it stopped before the GOP's last packet
+    (the decoder must then restart).
     """
     if restart:
         for frame in ctx.decode(None):
             sampler.push(frame)
         ctx.flush_buffers()
     for n, packet in enumerate(gop, start=1):
+        if skip_nonref:
+            early = packet.pts is not None and sampler.before_next(packet.pts)
+            ctx.skip_frame = "NONREF" if early else "DEFAULT"
         for frame in ctx.decode(packet):
             sampler.push(frame)
         if not sampler.pending_before(end):

@@ -1,0 +1,336 @@
+"""W-video, W-doc and W-audio end to end (spec/performance.md "Standard workloads").
+
+    python -m benchmarks.e2e [--workload video|doc|audio|all] [--model full|demo] [--jobs N]
+                             [--small] [--reference] [--cache DIR] [--results DIR]
+
+From files on disk to stored results: every job's media decode goes to the process pool at
+once (one worker per core); as each finishes, its units' prompts are rendered and handed to
+the batch engine, so CPU decode overlaps GPU work; each finished job's result is written as
+JSON. Wall time runs from the first decode submitted to the last result written.
+
+`--model full`: the real-size model with random bf16 weights on CUDA; the real tokenizer is
+not available here, so prompts use the demo checkpoint's tokenizer and chat template (its
+special-token ids match the real config; text tokens differ, token counts barely).
+`--model demo`: the tiny demo checkpoint (CPU smoke run; its FLOP counts are still the real
+model's, so its MFU means nothing). `--small` shrinks the inputs (see e2e_inputs) and
+renders pages near 1 K patches.
+`--reference` adds, after our model is freed, transformers' NemotronH `generate` floor.
+
+Counting (spec "Counting"): 5.75 GFLOP per LLM token fed (prefill or decode), + 0.7 GFLOP LM
+head per sampled token, 1.43 GFLOP per ViT patch position (a 2-frame tubelet shares one);
+the audio encoder has no spec figure and is not counted. MFU = those FLOPs / wall / 767
+TFLOP/s. Stage shares come from the engine's synchronised stage timers (EngineConfig.profile):
+"media" is the wall time before the GPU got its first request (decode later overlaps GPU work;
+its total CPU seconds and the pool's busy share are reported beside), "other" is the rest
+(engine idle, scheduling, result writing).
+Prints a short table last; full JSON to $OUT/e2e.json when OUT is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from benchmarks.e2e_inputs import workload_files
+from benchmarks.e2e_pool import UnitPool
+from workers.engine.engine import Engine, Prepared, engine_config
+from workers.engine.request import SamplingParams
+from workers.engine.stats import StageStats
+from workers.media.options import MediaOptions
+from workers.media_units import Unit
+from workers.model.prompt import PromptBuilder, task_text
+
+BF16_PEAK = 767e12
+LLM_FLOP_PER_TOKEN, LM_HEAD_FLOP, VIT_FLOP_PER_PATCH = 5.75e9, 0.7e9, 1.43e9
+ROOT = Path(__file__).resolve().parent.parent
+SMALL_PAGE_PATCHES = 1024  # --small: pages rendered near 1 K patches instead of 13 K
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    media: str  # the input kind named in the task text
+    task: str
+    prompt: str | None
+    opts: MediaOptions
+    evs_rate: float
+    metric: str
+    target: float
+
+    def max_tokens(self, unit: Unit) -> int:
+        if self.name == "video":
+            return 256
+        if self.name == "doc":
+            return 512  # per page: each page is a unit
+        return round(13 * (unit.end_s - unit.start_s))  # ≈ 13 tokens per audio second
+
+    def amount(self, usage: dict) -> float:
+        """The metric's numerator for one job: hours of video or audio, or pages."""
+        if self.name == "doc":
+            return usage["pages"]
+        return usage["video_seconds" if self.name == "video" else "audio_seconds"] / 3600
+
+
+WORKLOADS = {
+    "video": Workload(
+        "video", "video", "caption", None, MediaOptions(fps=1.0, max_frames=512, use_audio=True),
+        0.5, "video-hours/hour", 300.0,
+    ),
+    "doc": Workload(
+        "doc", "document", "ask", "Convert this page to markdown.",
+        MediaOptions(media_type="document"), 0.0, "pages/hour", 40000.0,
+    ),
+    "audio": Workload(
+        "audio", "audio", "transcribe", None, MediaOptions(media_type="audio"), 0.0,
+        "audio-hours/hour", 800.0,
+    ),
+}  # fmt: skip
+
+
+def load(kind: str) -> tuple:
+    """(OmniModel, PromptBuilder, note) for `--model full|demo`."""
+    from workers.pipeline import demo_checkpoint_dir
+
+    demo_dir = demo_checkpoint_dir()
+    prompts = PromptBuilder.from_dir(demo_dir)
+    if kind == "full":
+        from workers.model.fullsize import build_fullsize_omni
+
+        note = "full-size random bf16 weights; demo tokenizer and chat template (real one absent)"
+        return build_fullsize_omni(), prompts, note
+    from workers.model.loader import load_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_model(demo_dir, device)[0], prompts, "demo checkpoint (tiny, random)"
+
+
+def _delta(after: StageStats, before: StageStats) -> dict:
+    out = {k: getattr(after, k) - getattr(before, k) for k in vars(after) if k != "seconds"}
+    out["seconds"] = {k: v - before.seconds.get(k, 0.0) for k, v in after.seconds.items()}
+    return out
+
+
+def warm_up(w: Workload, engine: Engine, prompts: PromptBuilder, pool, workers: int, path: str):
+    """Start every pool worker's decoder and the engine's kernels on this workload's shapes."""
+    futures = [pool.submit(path, w.opts) for _ in range(workers)]
+    decoded = futures[0].result()[0]
+    text = task_text(w.task, w.prompt, w.media)
+    params = SamplingParams(max_tokens=4, ignore_eos=True)
+    preps = [
+        Prepared(prompts.render(u.items, text, False), u.items, params, w.evs_rate)
+        for u in decoded.units
+    ]
+    for f in [engine.submit(p) for p in preps] + futures:
+        f.result()
+
+
+def run_workload(
+    w: Workload,
+    engine: Engine,
+    prompts: PromptBuilder,
+    pool,
+    files: list[str],
+    jobs: int,
+    out: Path,
+) -> dict:
+    """All `jobs` through decode → engine → result files; the workload's measurements."""
+    out.mkdir(parents=True, exist_ok=True)
+    text = task_text(w.task, w.prompt, w.media)
+    cap = 2 * engine.config.max_running  # requests handed to the engine at once
+    cuda = engine.model.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    before = copy.deepcopy(engine.stats)
+    t0 = time.perf_counter()
+    decodes = {pool.submit(files[j % len(files)], w.opts): j for j in range(jobs)}
+    pending: set[Future] = set(decodes)
+    backlog: deque[tuple[int, int, Prepared]] = deque()
+    owner: dict[Future, tuple[int, int]] = {}
+    state: dict[int, dict] = {}
+    first_submit, amount, cpu_s, busy_s, units = None, 0.0, 0.0, 0.0, 0
+    while pending or backlog:
+        while backlog and len(owner) < cap:
+            j, k, p = backlog.popleft()
+            owner[engine.submit(p)] = (j, k)
+            pending.add(p.future)
+            first_submit = first_submit or time.perf_counter()
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for f in done:
+            if f in decodes:
+                j = decodes.pop(f)
+                decoded, cpu, busy = f.result()
+                cpu_s, busy_s, units = cpu_s + cpu, busy_s + busy, units + len(decoded.units)
+                amount += w.amount(decoded.usage)
+                state[j] = {"decoded": decoded, "cpu_s": cpu, "calls": [None] * len(decoded.units)}
+                for k, u in enumerate(decoded.units):
+                    params = SamplingParams(max_tokens=w.max_tokens(u), ignore_eos=True)
+                    rendered = prompts.render(u.items, text, False)
+                    backlog.append((j, k, Prepared(rendered, u.items, params, w.evs_rate)))
+            else:
+                j, k = owner.pop(f)
+                req, stats = f.result()
+                calls = state[j]["calls"]
+                calls[k] = {
+                    "text": prompts.decode(req.output_ids),
+                    "output_tokens": len(req.output_ids),
+                    "finish_reason": req.finish_reason,
+                    **vars(stats),
+                }
+                if all(c is not None for c in calls):
+                    _write(out, j, files[j % len(files)], state.pop(j))
+    wall = time.perf_counter() - t0
+    counts = {
+        "jobs": jobs,
+        "units": units,
+        "amount": amount,
+        "media_exposed_s": first_submit - t0,
+        "decode_cpu_s": cpu_s,
+        "decode_busy_s": busy_s,  # wall seconds workers spent decoding, summed
+    }
+    return _measure(w, _delta(engine.stats, before), wall, counts, cuda)
+
+
+def _write(out: Path, j: int, path: str, job: dict) -> None:
+    d = job["decoded"]
+    segments = [
+        {"start_s": u.start_s, "end_s": u.end_s, "page": u.page, **c}
+        for u, c in zip(d.units, job["calls"], strict=True)
+    ]
+    result = {
+        "job": j,
+        "input": path,
+        "kind": d.kind,
+        "usage": d.usage,
+        "decode_cpu_s": job["cpu_s"],
+        "segments": segments,
+    }
+    tmp = out / f".job{j:04d}.json"
+    tmp.write_text(json.dumps(result))
+    tmp.rename(out / f"job{j:04d}.json")
+
+
+def _measure(w: Workload, s: dict, wall: float, counts: dict, cuda: bool) -> dict:
+    secs = s["seconds"]
+    decode_s = secs.get("decode", 0.0) + secs.get("sample", 0.0)  # forward, LM head, sampling
+    llm_tokens = s["prefill_tokens"] + s["decode_tokens"]
+    flops = (
+        llm_tokens * LLM_FLOP_PER_TOKEN
+        + s["sampled_tokens"] * LM_HEAD_FLOP
+        + s["vision_patches"] * VIT_FLOP_PER_PATCH
+    )
+    shares = {
+        "media": counts["media_exposed_s"],
+        "encoders": secs.get("encode", 0.0),
+        "prefill": secs.get("prefill", 0.0),
+        "decode": decode_s,
+    }
+    shares = {k: v / wall for k, v in shares.items()}
+    shares["other"] = 1.0 - sum(shares.values())
+    metric = counts["amount"] / (wall / 3600)
+    return {
+        "workload": w.name,
+        "metric_name": w.metric,
+        "metric": metric,
+        "target": w.target,
+        "vs_target": metric / w.target,
+        "wall_s": wall,
+        **counts,
+        "prefill_tok_s": s["prefill_tokens"] / secs["prefill"] if secs.get("prefill") else None,
+        "decode_tok_s": s["decode_tokens"] / decode_s if decode_s else None,
+        "output_tok_s_wall": s["sampled_tokens"] / wall,
+        "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
+        "useful_tflop": flops / 1e12,
+        "mfu": flops / wall / BF16_PEAK,
+        "stage_shares": shares,
+        "engine": s,
+    }
+
+
+def _table(report: dict) -> None:
+    print(f"\n{report['model']}; {report['device']}; pool {report['pool_workers']} workers")
+    print(
+        f"{'workload':8} {'jobs':>4} {'wall s':>8} {'metric':>26} {'×target':>7} "
+        f"{'prefill/s':>9} {'decode/s':>9} {'peak GB':>7} {'MFU':>6}  "
+        "media/encoders/prefill/decode/other % of wall"
+    )
+    for r in report["workloads"].values():
+        peak = f"{r['peak_gpu_gb']:7.1f}" if r["peak_gpu_gb"] is not None else f"{'-':>7}"
+        shares = "/".join(f"{100 * v:.0f}" for v in r["stage_shares"].values())
+        print(
+            f"{r['workload']:8} {r['jobs']:4d} {r['wall_s']:8.1f} "
+            f"{r['metric']:10.1f} {r['metric_name']:>15} {r['vs_target']:7.3f} "
+            f"{r['prefill_tok_s'] or 0:9.0f} {r['decode_tok_s'] or 0:9.0f} {peak} "
+            f"{r['mfu']:6.1%}  {shares}"
+        )
+    if ref := report.get("reference"):
+        print(
+            f"transformers NemotronH generate, {ref['batch']}×{ref['prompt_tokens']} tokens + "
+            f"{ref['new_tokens']} new: {ref['video_hours_per_hour']:.1f} video-h/h equivalent, "
+            f"prefill {ref['prefill_tok_s']:.0f} tok/s, decode {ref['decode_tok_s']:.0f} tok/s"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
+    ap.add_argument("--model", choices=["full", "demo"], default="full")
+    ap.add_argument("--jobs", type=int, default=64)
+    ap.add_argument("--small", action="store_true", help="short inputs (CPU smoke run)")
+    ap.add_argument("--reference", action="store_true", help="add transformers' generate floor")
+    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
+    ap.add_argument("--results", type=Path, default=ROOT / ".cache" / "bench" / "results")
+    args = ap.parse_args(argv)
+    names = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    files = {n: workload_files(n, args.cache, args.small) for n in names}
+    model, prompts, note = load(args.model)
+    device = model.device
+    engine = Engine(model, prompts.tokenizer, replace(engine_config(model, None), profile=True))
+    engine.start()
+    workers = os.cpu_count() or 1
+    report = {
+        "model": note,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "pool_workers": workers,
+        "engine": {k: v for k, v in vars(engine.config).items()},
+        "workloads": {},
+    }
+    try:
+        with UnitPool(workers) as pool:
+            for n in names:
+                w = WORKLOADS[n]
+                if args.small:
+                    w = replace(w, opts=replace(w.opts, image_budget=SMALL_PAGE_PATCHES))
+                warm_up(w, engine, prompts, pool, workers, files[n][0])
+                row = run_workload(w, engine, prompts, pool, files[n], args.jobs, args.results / n)
+                row["pool_workers"] = workers
+                report["workloads"][n] = row
+                print(f"W-{n}: {row['metric']:.2f} {w.metric} in {row['wall_s']:.1f} s", flush=True)
+    finally:
+        engine.close()
+    if args.reference:
+        from benchmarks.e2e_reference import reference_floor
+
+        llm_config = model.config.llm
+        del engine, model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        sizes = {"batch": 2, "prompt_len": 64, "new_tokens": 8} if args.small else {}
+        report["reference"] = reference_floor(llm_config, str(device), **sizes)
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "e2e.json"), "w") as f:
+            json.dump(report, f, indent=1, default=str)
+    _table(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""What the engine did per stage, for the benchmarks: work counts and (when profiling) seconds."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from workers.media.items import AudioItem, ImageItem, VideoItem
+
+
+@dataclass
+class StageStats:
+    """Work done per engine stage since creation: counts always (plain integers), seconds
+    only when `profile` is on, because each timed stage is then bracketed by
+    `torch.cuda.synchronize` so its GPU time lands in it, a stall production steps skip.
+
+    Stages: "encode" (towers, EVS, splicing), "prefill" and "decode" (LLM forwards),
+    "sample" (LM head and sampling of both).
+    """
+
+    profile: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+    prefill_tokens: int = 0
+    decode_tokens: int = 0  # tokens fed to decode forwards
+    sampled_tokens: int = 0
+    vision_patches: int = 0  # ViT patch positions (a tubelet's two frames share one)
+    audio_seconds: float = 0.0
+
+    @contextmanager
+    def stage(self, name: str, device: torch.device) -> Iterator[None]:
+        if not self.profile:
+            yield
+            return
+        sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+        sync()
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync()
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+    def count_media(self, items: list[ImageItem | VideoItem | AudioItem]) -> None:
+        self.vision_patches += vision_patches(items)
+        for item in items:
+            audio = item.audio if isinstance(item, VideoItem) else item
+            if isinstance(audio, AudioItem):
+                self.audio_seconds += audio.seconds
+
+
+def vision_patches(items: list[ImageItem | VideoItem | AudioItem]) -> int:
+    """ViT patch positions of `items`: the encoder's work (a tubelet's two frames share one)."""
+    n = 0
+    for item in items:
+        if not isinstance(item, AudioItem):
+            frames = item.num_tubelets if isinstance(item, VideoItem) else 1
+            n += frames * item.grid[0] * item.grid[1]
+    return n
