@@ -125,7 +125,9 @@ class WorkerSettings(CommonSettings):
     gpu_memory_gb: float | None = Field(None, gt=0)
     max_video_s: float = Field(4 * 3600, gt=0)
     max_pages: int = Field(500, gt=0)
-    max_concurrent_jobs: int = Field(16, gt=0)  # jobs the engine holds at once
+    max_concurrent_jobs: int = Field(64, gt=0)  # jobs in flight: what the engine can batch
+    lease_ttl_s: float = Field(30.0, gt=0)  # a job whose worker is silent this long is requeued
+    shutdown_grace_s: float = Field(300.0, ge=0)  # SIGTERM: time the jobs in flight get
 
 
 class DeliverySettings(CommonSettings):

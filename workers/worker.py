@@ -23,7 +23,6 @@ import time
 import uuid
 
 import redis
-from pydantic import Field
 from rq import Queue
 
 from service import jobstore
@@ -43,13 +42,8 @@ log = logging.getLogger("omnibatch.worker")
 IDLE_POLL_S = 0.2  # queues are polled (the lease pop is a script, not a blocking pop)
 
 
-class GpuWorkerSettings(WorkerSettings):
-    lease_ttl_s: float = Field(30.0, gt=0)  # a job whose worker is silent this long is requeued
-    shutdown_grace_s: float = Field(300.0, ge=0)  # SIGTERM: time the jobs in flight get
-
-
 class Worker:
-    def __init__(self, settings: GpuWorkerSettings):
+    def __init__(self, settings: WorkerSettings):
         self.settings = settings
         self.redis = jobstore.connect(settings.redis_url)
         self.id = f"{socket.gethostname()}:{settings.device}:{os.getpid()}"
@@ -178,7 +172,7 @@ class Worker:
 
 
 def run_worker(device: str | None) -> int:
-    settings = GpuWorkerSettings(**({"device": device} if device else {}))
+    settings = WorkerSettings(**({"device": device} if device else {}))
     Worker(settings).serve()
     # Jobs handed back may still be unwinding in their threads, inside torch; a normal
     # interpreter exit would tear torch down under them (abort), so leave without it.

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from workers.media.items import ImageItem, VideoItem
+from workers.model import vision
 from workers.model.config import VisionConfig
 from workers.model.pixel_shuffle import pixel_shuffle
 from workers.model.projectors import VisionProjector
@@ -148,6 +149,19 @@ def test_mixed_batch_equals_separate_calls(towers):
     for item, t in zip(items, together, strict=True):
         alone = encode_visual(vit, mlp1, [item])[0]
         assert _rel(t, alone) < 1e-5
+
+
+def test_token_cap_splits_forwards_without_changing_results(towers, monkeypatch):
+    _, vit, mlp1 = towers
+    items = [_video(3, (4, 6), seed=7), _image((6, 4), 11), _image((6, 4), 3)]
+    whole = encode_visual(vit, mlp1, items)
+    monkeypatch.setattr(vision, "MAX_VIT_TOKENS", 30)  # every item is 34 tokens a sequence
+    calls = []
+    monkeypatch.setattr(vit, "forward", lambda x, f=vit.forward: calls.append(x.shape[0]) or f(x))
+    split = encode_visual(vit, mlp1, items)
+    assert calls == [3, 1, 1]  # the video alone (over the cap), then one image per forward
+    for a, b in zip(whole, split, strict=True):
+        assert _rel(b, a) < 1e-5
 
 
 def test_pixel_shuffle_channel_order():
