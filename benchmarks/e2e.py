@@ -3,10 +3,11 @@
     python -m benchmarks.e2e [--workload video|doc|audio|all] [--model full|demo] [--jobs N]
                              [--small] [--reference] [--cache DIR] [--results DIR]
 
-From files on disk to stored results: every job's media decode goes to the process pool at
-once (one worker per core); as each finishes, its units' prompts are rendered and handed to
-the batch engine, so CPU decode overlaps GPU work; each finished job's result is written as
-JSON. Wall time runs from the first decode submitted to the last result written.
+From files on disk to stored results (e2e_flow): all jobs queued at once, their media decoded
+by the process pool (one worker per core) ahead of the GPU as far as host memory allows; as
+each decode lands its units' prompts are rendered and handed to the batch engine, so CPU
+decode overlaps GPU work; each finished job's result is written as JSON. Wall time runs
+from the first decode submitted to the last result written.
 
 `--model full`: the real-size model with random bf16 weights on CUDA; the real tokenizer is
 not available here, so prompts use the demo checkpoint's tokenizer and chat template (its
@@ -30,16 +31,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
-import time
-from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from benchmarks.e2e_flow import Flow
 from benchmarks.e2e_inputs import workload_files
 from benchmarks.e2e_pool import UnitPool
 from workers.engine.engine import Engine, Prepared, engine_config
@@ -114,111 +114,50 @@ def load(kind: str) -> tuple:
 
 
 def _delta(after: StageStats, before: StageStats) -> dict:
-    out = {k: getattr(after, k) - getattr(before, k) for k in vars(after) if k != "seconds"}
+    counts = [k for k in vars(after) if k not in ("profile", "seconds")]
+    out = {k: getattr(after, k) - getattr(before, k) for k in counts}
     out["seconds"] = {k: v - before.seconds.get(k, 0.0) for k, v in after.seconds.items()}
     return out
 
 
-def warm_up(w: Workload, engine: Engine, prompts: PromptBuilder, pool, workers: int, path: str):
-    """Start every pool worker's decoder and the engine's kernels on this workload's shapes."""
-    futures = [pool.submit(path, w.opts) for _ in range(workers)]
-    decoded = futures[0].result()[0]
+def warm_up(w: Workload, engine: Engine, prompts: PromptBuilder, pool, workers: int, files):
+    """One decode per pool worker (all started and warm before the clock runs), then up to
+    32 of their units through the engine, 4 tokens each: encoder, full prefill chunks and
+    decode kernels meet this workload's shapes once."""
+    futures = [pool.submit(files[i % len(files)], w.opts) for i in range(workers)]
+    units = [u for f in futures for u in f.result()[0].units][:32]
     text = task_text(w.task, w.prompt, w.media)
     params = SamplingParams(max_tokens=4, ignore_eos=True)
     preps = [
-        Prepared(prompts.render(u.items, text, False), u.items, params, w.evs_rate)
-        for u in decoded.units
+        Prepared(prompts.render(u.items, text, False), u.items, params, w.evs_rate) for u in units
     ]
-    for f in [engine.submit(p) for p in preps] + futures:
+    for f in [engine.submit(p) for p in preps]:
         f.result()
 
 
 def run_workload(
-    w: Workload,
-    engine: Engine,
-    prompts: PromptBuilder,
-    pool,
-    files: list[str],
-    jobs: int,
-    out: Path,
+    w: Workload, engine: Engine, prompts: PromptBuilder, pool, files: list[str], args, workers: int
 ) -> dict:
-    """All `jobs` through decode → engine → result files; the workload's measurements."""
-    out.mkdir(parents=True, exist_ok=True)
-    text = task_text(w.task, w.prompt, w.media)
-    cap = 2 * engine.config.max_running  # requests handed to the engine at once
+    """All jobs through decode → engine → result files; the workload's measurements."""
     cuda = engine.model.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     before = copy.deepcopy(engine.stats)
-    t0 = time.perf_counter()
-    decodes = {pool.submit(files[j % len(files)], w.opts): j for j in range(jobs)}
-    pending: set[Future] = set(decodes)
-    backlog: deque[tuple[int, int, Prepared]] = deque()
-    owner: dict[Future, tuple[int, int]] = {}
-    state: dict[int, dict] = {}
-    first_submit, amount, cpu_s, busy_s, units = None, 0.0, 0.0, 0.0, 0
-    while pending or backlog:
-        while backlog and len(owner) < cap:
-            j, k, p = backlog.popleft()
-            owner[engine.submit(p)] = (j, k)
-            pending.add(p.future)
-            first_submit = first_submit or time.perf_counter()
-        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-        for f in done:
-            if f in decodes:
-                j = decodes.pop(f)
-                decoded, cpu, busy = f.result()
-                cpu_s, busy_s, units = cpu_s + cpu, busy_s + busy, units + len(decoded.units)
-                amount += w.amount(decoded.usage)
-                state[j] = {"decoded": decoded, "cpu_s": cpu, "calls": [None] * len(decoded.units)}
-                for k, u in enumerate(decoded.units):
-                    params = SamplingParams(max_tokens=w.max_tokens(u), ignore_eos=True)
-                    rendered = prompts.render(u.items, text, False)
-                    backlog.append((j, k, Prepared(rendered, u.items, params, w.evs_rate)))
-            else:
-                j, k = owner.pop(f)
-                req, stats = f.result()
-                calls = state[j]["calls"]
-                calls[k] = {
-                    "text": prompts.decode(req.output_ids),
-                    "output_tokens": len(req.output_ids),
-                    "finish_reason": req.finish_reason,
-                    **vars(stats),
-                }
-                if all(c is not None for c in calls):
-                    _write(out, j, files[j % len(files)], state.pop(j))
-    wall = time.perf_counter() - t0
-    counts = {
-        "jobs": jobs,
-        "units": units,
-        "amount": amount,
-        "media_exposed_s": first_submit - t0,
-        "decode_cpu_s": cpu_s,
-        "decode_busy_s": busy_s,  # wall seconds workers spent decoding, summed
-    }
-    return _measure(w, _delta(engine.stats, before), wall, counts, cuda)
+    media_bytes = int(args.media_gb * 1e9)
+    if os.path.isdir("/dev/shm"):  # decoded tensors travel through shared memory
+        shm = os.statvfs("/dev/shm")
+        media_bytes = min(media_bytes, shm.f_blocks * shm.f_frsize // 2)
+    max_requests = engine.config.max_running * 3 // 2
+    flow = Flow(
+        w, engine, prompts, pool, files, args.jobs, args.results / w.name, workers,
+        media_bytes, max_requests,
+    )  # fmt: skip
+    counts = flow.run()
+    return _measure(w, _delta(engine.stats, before), counts, cuda)
 
 
-def _write(out: Path, j: int, path: str, job: dict) -> None:
-    d = job["decoded"]
-    segments = [
-        {"start_s": u.start_s, "end_s": u.end_s, "page": u.page, **c}
-        for u, c in zip(d.units, job["calls"], strict=True)
-    ]
-    result = {
-        "job": j,
-        "input": path,
-        "kind": d.kind,
-        "usage": d.usage,
-        "decode_cpu_s": job["cpu_s"],
-        "segments": segments,
-    }
-    tmp = out / f".job{j:04d}.json"
-    tmp.write_text(json.dumps(result))
-    tmp.rename(out / f"job{j:04d}.json")
-
-
-def _measure(w: Workload, s: dict, wall: float, counts: dict, cuda: bool) -> dict:
+def _measure(w: Workload, s: dict, counts: dict, cuda: bool) -> dict:
+    wall = counts["wall_s"]
     secs = s["seconds"]
     decode_s = secs.get("decode", 0.0) + secs.get("sample", 0.0)  # forward, LM head, sampling
     llm_tokens = s["prefill_tokens"] + s["decode_tokens"]
@@ -236,17 +175,18 @@ def _measure(w: Workload, s: dict, wall: float, counts: dict, cuda: bool) -> dic
     shares = {k: v / wall for k, v in shares.items()}
     shares["other"] = 1.0 - sum(shares.values())
     metric = counts["amount"] / (wall / 3600)
+    pool_busy = counts["decode_busy_s"] / (wall * counts["pool_workers"])
     return {
         "workload": w.name,
         "metric_name": w.metric,
         "metric": metric,
         "target": w.target,
         "vs_target": metric / w.target,
-        "wall_s": wall,
         **counts,
         "prefill_tok_s": s["prefill_tokens"] / secs["prefill"] if secs.get("prefill") else None,
         "decode_tok_s": s["decode_tokens"] / decode_s if decode_s else None,
         "output_tok_s_wall": s["sampled_tokens"] / wall,
+        "pool_busy_share": pool_busy,  # of the pool's worker-seconds, spent decoding
         "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
         "useful_tflop": flops / 1e12,
         "mfu": flops / wall / BF16_PEAK,
@@ -286,6 +226,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--jobs", type=int, default=64)
     ap.add_argument("--small", action="store_true", help="short inputs (CPU smoke run)")
     ap.add_argument("--reference", action="store_true", help="add transformers' generate floor")
+    ap.add_argument(
+        "--media-gb", type=float, default=16.0, help="decoded media held in host memory at most"
+    )
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
     ap.add_argument("--results", type=Path, default=ROOT / ".cache" / "bench" / "results")
     args = ap.parse_args(argv)
@@ -309,9 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
                 w = WORKLOADS[n]
                 if args.small:
                     w = replace(w, opts=replace(w.opts, image_budget=SMALL_PAGE_PATCHES))
-                warm_up(w, engine, prompts, pool, workers, files[n][0])
-                row = run_workload(w, engine, prompts, pool, files[n], args.jobs, args.results / n)
-                row["pool_workers"] = workers
+                warm_up(w, engine, prompts, pool, workers, files[n])
+                row = run_workload(w, engine, prompts, pool, files[n], args, workers)
                 report["workloads"][n] = row
                 print(f"W-{n}: {row['metric']:.2f} {w.metric} in {row['wall_s']:.1f} s", flush=True)
     finally:
@@ -321,12 +263,14 @@ def main(argv: list[str] | None = None) -> dict:
 
         llm_config = model.config.llm
         del engine, model
+        gc.collect()  # our weights and cache must be gone before the reference model loads
         if device.type == "cuda":
             torch.cuda.empty_cache()
         sizes = {"batch": 2, "prompt_len": 64, "new_tokens": 8} if args.small else {}
         report["reference"] = reference_floor(llm_config, str(device), **sizes)
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "e2e.json"), "w") as f:
+    if out := os.environ.get("OUT"):
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "e2e.json"), "w") as f:
             json.dump(report, f, indent=1, default=str)
     _table(report)
     return report

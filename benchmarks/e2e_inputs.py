@@ -37,15 +37,15 @@ def make_pdf(path: str, pages: int, seed: int) -> None:
     for n in range(pages):
         page = Image.new("RGB", (PAGE_W, PAGE_H), "white")
         draw = ImageDraw.Draw(page)
-        draw.text((80, 70), f"Report {seed} - section {n + 1}", fill="black", font_size=40)
+        draw.text((80, 70), f"Report {seed} - section {n + 1}", fill="black")
         y = 160
         while y < PAGE_H - 420:
             x = 80
             while x < PAGE_W - 120:  # one "word": a run of letters
                 word = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), rng.integers(2, 10)))
-                draw.text((x, y), word, fill="black", font_size=18)
-                x += 11 * len(word) + 12
-            y += 30 if rng.random() > 0.15 else 60  # paragraph break
+                draw.text((x, y), word, fill="black")  # PIL's built-in bitmap font
+                x += 6 * len(word) + 7
+            y += 16 if rng.random() > 0.15 else 32  # paragraph break
         for r in range(6):  # a table with numbers
             for c in range(4):
                 x0, y0 = 80 + 210 * c, PAGE_H - 380 + 45 * r

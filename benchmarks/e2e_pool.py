@@ -1,7 +1,7 @@
 """The media process pool as the end-to-end benchmark drives it.
 
-Each worker runs `media_units.decode` (the units and media usage the pipeline builds a job
-from; default decoding choices) instead of the bare item decode, and reports the CPU and
+Each worker also turns the items into units (`media_units.to_units`: the units and media
+usage the pipeline builds a job from), and reports the CPU and
 wall seconds it spent on the job, measured inside the worker so queueing is not counted.
 """
 
@@ -14,8 +14,9 @@ import torch
 
 from workers.media.errors import MediaError, MediaUnreadable
 from workers.media.limits import MediaLimits
+from workers.media.pipeline import process
 from workers.media.pool import MediaPool, _Worker
-from workers.media_units import decode
+from workers.media_units import to_units
 
 
 def _serve_units(conn: Connection, limits: MediaLimits) -> None:
@@ -24,7 +25,7 @@ def _serve_units(conn: Connection, limits: MediaLimits) -> None:
         path, opts = job
         wall, cpu = time.perf_counter(), time.process_time()
         try:
-            decoded = decode(path, opts, limits)
+            decoded = to_units(path, opts, limits, process(path, opts, limits))
             conn.send((True, (decoded, time.process_time() - cpu, time.perf_counter() - wall)))
         except MediaError as e:
             conn.send((False, e))

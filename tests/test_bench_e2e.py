@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.e2e import main
+from benchmarks.e2e import ROOT, SMALL_PAGE_PATCHES, main
 from benchmarks.e2e_reference import reference_floor
 from workers.model.demo import demo_config_dict
 from workers.model.hf_config import parse_omni
@@ -29,7 +29,7 @@ def test_every_workload_end_to_end(tmp_path, monkeypatch):
             assert row[key] > 0, (name, key)
         shares = row["stage_shares"]
         assert all(shares[k] > 0 for k in ("media", "encoders", "prefill", "decode")), shares
-        assert abs(sum(shares.values()) - 1) < 1e-9
+        assert shares["other"] >= 0  # the engine's stages are serial: they fit in the wall time
         assert row["engine"]["vision_patches"] > 0 or name == "audio"
         expected_out = 0
         for j in range(JOBS):
@@ -56,3 +56,25 @@ def test_reference_floor_tiny():
     assert ref["generated_per_sequence"] == 24 + 5  # EOS suppressed: every new token made
     assert ref["prefill_tok_s"] > 0 and ref["decode_tok_s"] > 0
     assert ref["video_hours_per_hour"] == 2 * 60 / ref["wall_s"]
+
+
+def test_decode_ahead_stays_in_the_media_budget(tmp_path):
+    """With room for almost nothing, the pool still decodes one job per worker to start, then
+    only as finished jobs free their media, and every job completes."""
+    from benchmarks.e2e_flow import media_nbytes
+    from benchmarks.e2e_inputs import workload_files
+    from workers.media.limits import MediaLimits
+    from workers.media.options import MediaOptions
+    from workers.media.pipeline import process
+    from workers.media_units import to_units
+
+    args = ["--model", "demo", "--small", "--workload", "doc", "--jobs", str(JOBS)]
+    report = main([*args, "--media-gb", "1e-9", "--results", str(tmp_path)])
+    (path,) = workload_files("doc", ROOT / ".cache" / "bench", small=True)
+    opts, limits = MediaOptions(image_budget=SMALL_PAGE_PATCHES), MediaLimits()
+    job_bytes = media_nbytes(to_units(path, opts, limits, process(path, opts, limits)))
+    row = report["workloads"]["doc"]
+    assert row["peak_media_gb"] * 1e9 <= row["pool_workers"] * job_bytes
+    assert sorted(p.name for p in (tmp_path / "doc").iterdir()) == [
+        f"job{j:04d}.json" for j in range(JOBS)
+    ]

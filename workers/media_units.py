@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from workers.media.items import AudioItem, ImageItem, VideoItem
+from workers.media.items import AudioItem, ImageItem, MediaItem, VideoItem
 from workers.media.limits import MediaLimits
 from workers.media.options import MediaOptions
-from workers.media.pipeline import process
-from workers.media.probe import AUDIO, DOCUMENT, IMAGE, VIDEO, kind_of, open_container
-from workers.media.video import plan_chunks, probe_video
+from workers.media.pool import MediaPool
+from workers.media.probe import AUDIO, DOCUMENT, IMAGE, kind_of
 
 CLIPS_PER_UNIT = 10  # 5 minutes of audio per model call
 
@@ -46,10 +45,14 @@ def audio_units(audio: AudioItem) -> list[Unit]:
     return units
 
 
-def decode(path: str, opts: MediaOptions, limits: MediaLimits) -> Decoded:
-    items = process(path, opts, limits)
-    sniffed = kind_of(path, limits)
-    kind = opts.media_type or sniffed.kind
+def decode(path: str, opts: MediaOptions, limits: MediaLimits, pool: MediaPool) -> Decoded:
+    """Decode in the pool (a process per core, with a deadline per file) -> units + usage."""
+    return to_units(path, opts, limits, pool.submit(path, opts).result())
+
+
+def to_units(path: str, opts: MediaOptions, limits: MediaLimits, items: list[MediaItem]) -> Decoded:
+    """The decoded items of `path` -> the model calls they make and the media usage."""
+    kind = opts.media_type or kind_of(path, limits).kind
     if kind == IMAGE:
         return Decoded(kind, [Unit(items)], {"images": len(items)})
     if kind == DOCUMENT:
@@ -58,12 +61,9 @@ def decode(path: str, opts: MediaOptions, limits: MediaLimits) -> Decoded:
     if kind == AUDIO:
         (audio,) = items
         return Decoded(kind, audio_units(audio), {"audio_seconds": audio.seconds})
-    with open_container(path, sniffed.demuxer, limits) as c:
-        chunks = plan_chunks(probe_video(c, limits), opts)
-    units = [Unit([v], a, b) for (a, b, _), v in zip(chunks, items, strict=True)]
     usage = {
-        "video_seconds": sum(b - a for a, b, _ in chunks),
+        "video_seconds": sum(v.end_s - v.start_s for v in items),
         "frames_sampled": sum(len(v.timestamps) for v in items),
         "audio_seconds": sum(v.audio.seconds for v in items if v.audio is not None),
     }
-    return Decoded(VIDEO, units, usage)
+    return Decoded(kind, [Unit([v], v.start_s, v.end_s) for v in items], usage)

@@ -25,6 +25,7 @@ from workers.engine.request import SamplingParams
 from workers.media.errors import MediaTooLong
 from workers.media.limits import MediaLimits
 from workers.media.options import MediaOptions
+from workers.media.pool import MediaPool
 from workers.media_units import Unit, decode
 from workers.model.demo import DEMO_NAME, DEMO_VERSION, write_demo_checkpoint
 from workers.model.loader import load_model
@@ -93,6 +94,7 @@ class Pipeline:
         self.model_info = model_info
         self.demo = demo
         self.limits = MediaLimits()
+        self.media = MediaPool(limits=self.limits)  # decoding runs ahead, one process per core
         # The worker runs several jobs in threads: their media decoding overlaps, and their
         # model calls meet in the one engine, which batches them.
         self.engine = Engine(model, prompts.tokenizer, engine_config(model, gpu_memory_gb)).start()
@@ -119,6 +121,7 @@ class Pipeline:
 
     def close(self) -> None:
         self.engine.close()
+        self.media.close()
 
     def _sampling(self, request) -> SamplingParams:
         g = request.generation
@@ -181,7 +184,7 @@ class Pipeline:
             chunk_s=v.chunk_s,
             use_audio=v.use_audio,
         )
-        decoded = decode(str(input_path), opts, self.limits)
+        decoded = decode(str(input_path), opts, self.limits, self.media)
         progress("decoding", 1, 1)
         task = request.task.value
         text = task_text(task, request.prompt, decoded.kind)

@@ -127,6 +127,8 @@ def test_chunks_and_time_range(tmp_path):
     items = process(path, MediaOptions(fps=10, max_frames=4))
     assert [it.timestamps for it in items] == [[0.0, 0.1, 0.2, 0.3], [0.4, 0.5, 0.6, 0.7], [0.8]]
     assert [identify(it, 64, 48, 9) for it in items] == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+    spans = [x for it in items for x in (it.start_s, it.end_s)]
+    assert spans == pytest.approx([0, 0.4, 0.4, 0.8, 0.8, 0.9])
     assert sum(it.audio.num_samples for it in items) == pytest.approx(14400, abs=16)
     (part,) = process(path, MediaOptions(fps=10, start_s=0.3, end_s=0.6, use_audio=False))
     assert part.timestamps == [0.3, 0.4, 0.5]

@@ -2,8 +2,9 @@
 
 Jobs (worker threads) hand in *prepared* requests — a rendered prompt plus model-ready media
 items — and get a future. Each loop iteration the engine
-  1. encodes the visual and audio items of every newly arrived request together, so the
-     ViT sees tubelets and images of many jobs in one call (equal grids batch),
+  1. encodes the visual and audio items of the newly arrived requests together, so the
+     ViT sees tubelets and images of many jobs in one call (equal grids batch; at most
+     `encode_patch_budget` patches per call),
   2. splices the embeddings into each prompt (EVS drops redundant video rows) and admits
      the requests to the scheduler,
   3. runs one scheduler step: decode for every running sequence, prompt chunks up to the
@@ -40,8 +41,9 @@ class EngineConfig:
     max_seq_len: int = 131072
     prefill_token_budget: int = 16384
     decode_graph_sizes: tuple[int, ...] = ()  # CUDA-graph decode batch sizes; () = eager
-    # ViT patch positions encoded together at most: bounds the encoders' activation memory
-    # when many requests arrive at once (20 pages of 16 documents would be 4 M patches)
+    # ViT patch positions per `encode_items` call: bounds the pixels, patch embeddings and
+    # features one call holds on the GPU when many requests arrive at once (20 pages of 16
+    # documents are 4 M patches, ≈ 30 GB); vision.py caps each forward's activations itself
     encode_patch_budget: int = 1 << 18
     profile: bool = False  # time each stage in `Engine.stats` (synchronises the GPU: benchmarks)
 

@@ -61,6 +61,8 @@ class VideoItem:
     grid: tuple[int, int]  # (ph, pw) patches per frame
     timestamps: list[float]
     audio: AudioItem | None = None  # the soundtrack of the same time range, when used
+    start_s: float = 0.0  # the chunk's time range in the file (seconds from the first frame)
+    end_s: float = 0.0
 
     @property
     def num_tubelets(self) -> int:

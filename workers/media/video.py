@@ -138,6 +138,8 @@ def process_video(
             tubelets=buf.view(-1, 2, *buf.shape[1:]),
             grid=grid,
             timestamps=[i * step_ms / 1000.0 for i in idx],
+            start_s=a,
+            end_s=b,
         )
         if soundtrack is not None:
             item.audio = _soundtrack_of(soundtrack, a + info.start, b + info.start)
