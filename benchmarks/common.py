@@ -11,6 +11,7 @@ import triton
 
 BF16_TFLOPS = 767.0
 COPY_TBS = 4.24
+LLM_FLOP_PER_TOKEN = 5.75e9  # 2 x 2.87 B active LLM parameters (no embeddings) per token
 
 
 def median_ms(fn) -> float:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import BF16_TFLOPS, LLM_FLOP_PER_TOKEN
 from benchmarks.e2e_flow import Flow
 from benchmarks.e2e_inputs import workload_files
 from benchmarks.e2e_pool import UnitPool
@@ -49,8 +50,7 @@ from workers.media.options import MediaOptions
 from workers.media_units import Unit
 from workers.model.prompt import PromptBuilder, task_text
 
-BF16_PEAK = 767e12
-LLM_FLOP_PER_TOKEN, LM_HEAD_FLOP, VIT_FLOP_PER_PATCH = 5.75e9, 0.7e9, 1.43e9
+LM_HEAD_FLOP, VIT_FLOP_PER_PATCH = 0.7e9, 1.43e9
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_PAGE_PATCHES = 1024  # --small: pages rendered near 1 K patches instead of 13 K
 
@@ -189,7 +189,7 @@ def _measure(w: Workload, s: dict, counts: dict, cuda: bool) -> dict:
         "pool_busy_share": pool_busy,  # of the pool's worker-seconds, spent decoding
         "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
         "useful_tflop": flops / 1e12,
-        "mfu": flops / wall / BF16_PEAK,
+        "mfu": flops / wall / (BF16_TFLOPS * 1e12),
         "stage_shares": shares,
         "engine": s,
     }

@@ -21,7 +21,8 @@ from workers.model.config import LLMConfig
 _LAYER_TYPES = {"M": "linear_attention", "E": "moe", "*": "full_attention"}
 
 
-def hf_config(c: LLMConfig):
+def hf_config(c: LLMConfig, **overrides):
+    """transformers' `NemotronHConfig` of `c`; `overrides` are further NemotronHConfig keys."""
     from transformers import NemotronHConfig
 
     return NemotronHConfig(
@@ -48,6 +49,7 @@ def hf_config(c: LLMConfig):
         eos_token_id=c.eos_token_id,
         pad_token_id=c.pad_token_id,
         max_position_embeddings=c.max_position_embeddings,
+        **overrides,
     )
 
 

@@ -18,19 +18,16 @@ import statistics
 
 import torch
 
+from benchmarks.common import BF16_TFLOPS, LLM_FLOP_PER_TOKEN
 from workers.engine.cache import ForwardBatch, HybridCache
 from workers.engine.decode_graphs import DecodeGraphs
 from workers.model import ops
 from workers.model.fullsize import build_fullsize, parameter_counts
 
-BF16_PEAK = 767e12
-PREFILL_FLOP_PER_TOKEN = 5.75e9
 
-
-def timed(fn, repeats: int, warmup: int = 1) -> float:
-    """Median milliseconds of `fn()` over `repeats` runs, CUDA events."""
-    for _ in range(warmup):
-        fn()
+def timed(fn, repeats: int) -> float:
+    """Median milliseconds of `fn()` over `repeats` runs after one warm-up, CUDA events."""
+    fn()
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -140,7 +137,7 @@ def main() -> None:
             "ms": ms,
             "tok_s": tok / ms * 1e3,
             "us_per_token": ms * 1e3 / tok,
-            "mfu": tok * PREFILL_FLOP_PER_TOKEN / (ms * 1e-3) / BF16_PEAK,
+            "mfu": tok * LLM_FLOP_PER_TOKEN / (ms * 1e-3) / (BF16_TFLOPS * 1e12),
             "peak_gb": torch.cuda.max_memory_allocated() / 1e9,
         }
         rows.append(row)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -15,11 +14,11 @@ from service import jobstore
 from service.auth import KeyRing
 from service.errors import NotFound
 from service.jobstore import JobRecord
+from service.schemas import JOB_ID_RE
 from service.settings import GatewaySettings
 from service.storage import Storage
 from service.urlguard import UrlGuard
 
-_JOB_ID = re.compile(r"^job_[0-9a-f]{28}$")
 _bearer = HTTPBearer(auto_error=False, description="API key")
 
 
@@ -55,10 +54,10 @@ async def get_job(
 ) -> JobRecord:
     """The caller's job; another key's job is indistinguishable from a missing one."""
     rec = None
-    if _JOB_ID.match(job_id):
+    if JOB_ID_RE.match(job_id):
         rec = await run_in_threadpool(jobstore.load, state.redis, job_id)
     if rec is None or rec.owner != owner:
-        raise NotFound(f"no job {job_id}" if _JOB_ID.match(job_id) else "no such job")
+        raise NotFound(f"no job {job_id}" if JOB_ID_RE.match(job_id) else "no such job")
     return rec
 
 

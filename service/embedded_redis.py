@@ -1,7 +1,9 @@
-"""A private `redis-server` for `omnibatch serve` when no OMNIBATCH_REDIS_URL is set.
+"""A private `redis-server` on a free loopback port: `omnibatch serve` starts one when no
+OMNIBATCH_REDIS_URL is set, and the tests start theirs through the same class.
 
-Loopback only, append-only file in DATA_DIR (fsync every second) so a restart loses no job,
-`noeviction` so Redis refuses writes rather than dropping queued jobs when memory runs out.
+Loopback only, append-only file in its data dir (fsync every second by default) so a restart
+loses no job, `noeviction` so Redis refuses writes rather than dropping queued jobs when
+memory runs out.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import redis
 
+START_TIMEOUT_S = 10.0  # AOF replay of a large queue included
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -22,16 +26,22 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path, port: int | None = None):
+    """`appendfsync` is Redis's AOF fsync policy ("always", "everysec", "no"); None turns the
+    AOF off, so the server keeps nothing across a restart."""
+
+    def __init__(
+        self, data_dir: Path, port: int | None = None, appendfsync: str | None = "everysec"
+    ):
         self.dir = Path(data_dir).resolve()
         self.port = port or free_port()
+        self.appendfsync = appendfsync
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 10.0) -> str:
+    def start(self) -> str:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError(
@@ -39,13 +49,16 @@ class EmbeddedRedis:
                 " or set OMNIBATCH_REDIS_URL"
             )
         self.dir.mkdir(parents=True, exist_ok=True)
+        if self.appendfsync is None:
+            aof = ["--appendonly", "no"]
+        else:
+            aof = ["--appendonly", "yes", "--appendfsync", self.appendfsync]
         args = [
             binary,
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--dir", str(self.dir),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            *aof,
             "--save", "",
             "--maxmemory-policy", "noeviction",
             "--daemonize", "no",
@@ -53,7 +66,7 @@ class EmbeddedRedis:
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:
                 # AOF replay finishes before Redis answers PING with anything but LOADING.
@@ -70,10 +83,10 @@ class EmbeddedRedis:
             finally:
                 client.close()
 
-    def stop(self, kill: bool = False) -> None:
-        """SIGTERM (Redis flushes the AOF and exits) or SIGKILL (a crash)."""
+    def stop(self) -> None:
+        """SIGTERM: Redis flushes the AOF and exits."""
         if self.proc is None:
             return
-        self.proc.kill() if kill else self.proc.terminate()
+        self.proc.terminate()
         self.proc.wait(timeout=30)
         self.proc = None

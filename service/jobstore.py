@@ -17,7 +17,8 @@ Worker-facing API (all take the Redis client first, all are safe to call from an
         finished segments), removes the input file, starts the record's retention, updates
         metrics and enqueues the webhook event.
     mark_requeued(r, job_id) -> bool
-        running → queued, for a job whose worker was lost and which RQ runs again.
+        running → queued, for a job handed back to its queue: its worker stopped before
+        finishing it, or died and its lease expired (workers/leases.py).
 
 Record: hash `omnibatch:job:{id}`; times are unix seconds; JSON fields hold the schema models.
 Index:  sorted set `omnibatch:owner:{owner}:jobs` (read by service/joblist.py).

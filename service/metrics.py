@@ -47,10 +47,10 @@ _COUNTERS = {
 }  # fmt: skip
 
 
-def incr(r: redis.Redis, field: str, amount: float = 1) -> None:
+def incr(r: redis.Redis, field: str) -> None:
     if field not in _COUNTERS:
         raise KeyError(f"unknown metric {field}")
-    r.hincrbyfloat(METRICS_KEY, field, amount)
+    r.hincrbyfloat(METRICS_KEY, field, 1)
 
 
 def record_finish(r: redis.Redis, status: JobStatus, usage: Usage, seconds: float) -> None:

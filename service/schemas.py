@@ -15,6 +15,7 @@ Redis names every process agrees on (documented once, here):
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -35,8 +36,11 @@ JOB_QUEUES = (QUEUE_HIGH, QUEUE_NORMAL, QUEUE_LOW)  # the order a worker takes t
 WEBHOOK_QUEUE = "webhooks"
 JOB_FUNCTION = "workers.tasks.run_job"
 
+# `job_` + 12 hex digits of creation milliseconds + 16 random (service.jobstore.new_job_id)
+JOB_ID_RE = re.compile(r"^job_[0-9a-f]{28}$")
+
 KEY_PREFIX = "omnibatch:"
-WORKER_HEARTBEAT_PREFIX = "omnibatch:workers:"
+WORKER_HEARTBEAT_PREFIX = f"{KEY_PREFIX}workers:"
 WORKER_HEARTBEAT_TTL_S = 30
 
 

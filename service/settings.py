@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from workers.media.limits import MediaLimits
+
 PLACEHOLDER_SECRETS = frozenset(
     {"changethis", "changeme", "change-me", "secret", "password", "test", "example", "xxx"}
 )
@@ -124,10 +126,14 @@ class WorkerSettings(CommonSettings):
     device: str = "cuda:0"
     gpu_memory_gb: float | None = Field(None, gt=0)
     max_video_s: float = Field(4 * 3600, gt=0)
-    max_pages: int = Field(500, gt=0)
+    max_pages: int = Field(200, gt=0)
     max_concurrent_jobs: int = Field(64, gt=0)  # jobs in flight: what the engine can batch
     lease_ttl_s: float = Field(30.0, gt=0)  # a job whose worker is silent this long is requeued
     shutdown_grace_s: float = Field(300.0, ge=0)  # SIGTERM: time the jobs in flight get
+
+    @property
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(max_duration_s=self.max_video_s, max_pages=self.max_pages)
 
 
 class DeliverySettings(CommonSettings):

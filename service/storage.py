@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import secrets
 import shutil
 from pathlib import Path
 
 from service.errors import PayloadTooLarge
-from service.schemas import JobResult
+from service.schemas import JOB_ID_RE, JobResult
 
-_JOB_ID = re.compile(r"^job_[0-9a-f]{28}$")
 HEAD_BYTES = 4096  # kept in memory for content sniffing
 
 
 def _checked(job_id: str) -> str:
-    if not _JOB_ID.match(job_id):
+    if not JOB_ID_RE.match(job_id):
         raise ValueError("malformed job id")
     return job_id
 

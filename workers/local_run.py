@@ -59,7 +59,10 @@ def run_files(
     """Process `paths` one after another; returns how many failed."""
     settings = WorkerSettings()
     pipeline = Pipeline.load(
-        model or settings.model, device or default_device(), settings.gpu_memory_gb
+        model or settings.model,
+        device or default_device(),
+        settings.gpu_memory_gb,
+        settings.media_limits,
     )
     try:
         return _run_each(pipeline, paths, request, out)

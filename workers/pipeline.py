@@ -23,7 +23,7 @@ from pathlib import Path
 from workers.engine.engine import Engine, Prepared, engine_config
 from workers.engine.request import SamplingParams
 from workers.media.errors import MediaTooLong
-from workers.media.limits import MediaLimits
+from workers.media.limits import DEFAULT_LIMITS, MediaLimits
 from workers.media.options import MediaOptions
 from workers.media.pool import MediaPool
 from workers.media_units import Unit, decode
@@ -89,11 +89,12 @@ class Pipeline:
         model_info: ModelInfo,
         demo: bool,
         gpu_memory_gb: float | None = None,
+        limits: MediaLimits = DEFAULT_LIMITS,
     ):
         self.model, self.info, self.prompts = model, info, prompts
         self.model_info = model_info
         self.demo = demo
-        self.limits = MediaLimits()
+        self.limits = limits
         self.media = MediaPool(limits=self.limits)  # decoding runs ahead, one process per core
         # The worker runs several jobs in threads: their media decoding overlaps, and their
         # model calls meet in the one engine, which batches them.
@@ -104,7 +105,11 @@ class Pipeline:
 
     @classmethod
     def load(
-        cls, model_dir: str | Path | None, device: str = "cpu", gpu_memory_gb: float | None = None
+        cls,
+        model_dir: str | Path | None,
+        device: str = "cpu",
+        gpu_memory_gb: float | None = None,
+        limits: MediaLimits = DEFAULT_LIMITS,
     ) -> Pipeline:
         demo = model_dir is None
         if demo:
@@ -117,7 +122,8 @@ class Pipeline:
         )
         name = DEMO_NAME if demo else Path(model_dir).resolve().name
         info_ = ModelInfo(name, None, precision)
-        return cls(model, info, PromptBuilder.from_dir(model_dir), info_, demo, gpu_memory_gb)
+        prompts = PromptBuilder.from_dir(model_dir)
+        return cls(model, info, prompts, info_, demo, gpu_memory_gb, limits)
 
     def close(self) -> None:
         self.engine.close()

@@ -151,9 +151,8 @@ class Worker:
         from workers.pipeline import Pipeline
 
         log.info("worker %s loading the model on %s", self.id, self.settings.device)
-        pipeline = Pipeline.load(
-            self.settings.model, self.settings.device, self.settings.gpu_memory_gb
-        )
+        s = self.settings
+        pipeline = Pipeline.load(s.model, s.device, s.gpu_memory_gb, s.media_limits)
         ctx = JobContext(
             self.redis, Storage(self.settings.data_dir), self.leases, pipeline,
             ModelInfo.model_validate(pipeline.model_info, from_attributes=True), self.id,

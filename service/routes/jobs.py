@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from datetime import UTC, datetime
 from typing import Annotated
@@ -16,6 +15,7 @@ from service.deps import AppState, OwnedJob, Owner, State
 from service.errors import PROBLEM_JSON, Conflict, InvalidRequest, UnsupportedMediaType
 from service.jobstore import JobRecord
 from service.schemas import (
+    JOB_ID_RE,
     JobList,
     JobPublic,
     JobResult,
@@ -27,7 +27,6 @@ from service.schemas import (
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 POLL_INTERVAL_S = 0.2
-_CURSOR = re.compile(r"^job_[0-9a-f]{28}$")
 _ERRORS = {
     code: {"model": Problem, "content": {PROBLEM_JSON: {}}}
     for code in (401, 404, 409, 413, 415, 422, 429, 503)
@@ -117,7 +116,7 @@ async def list_jobs(
     cursor: str | None = None,
 ) -> JobList:
     """The caller's jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
-    if cursor is not None and not _CURSOR.match(cursor):
+    if cursor is not None and not JOB_ID_RE.match(cursor):
         raise InvalidRequest("malformed cursor")
     page, next_cursor = await run_in_threadpool(
         joblist.list_jobs, state.redis, owner, status, limit, cursor

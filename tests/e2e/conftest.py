@@ -24,8 +24,8 @@ import pytest
 import redis
 
 from scripts.make_samples import write_pdf, write_png, write_video, write_wav
+from service.embedded_redis import EmbeddedRedis, free_port
 from service.schemas import worker_heartbeat_key
-from tests.conftest import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"alice": "alice-" + "a" * 24, "bob": "bob-" + "b" * 26}
@@ -72,7 +72,7 @@ class WebhookReceiver:
 class Stack:
     """The processes of one deployment, started and stopped by the tests."""
 
-    def __init__(self, root: Path, redis: RedisServer, cache_dir: Path):
+    def __init__(self, root: Path, redis: EmbeddedRedis, cache_dir: Path):
         self.root = root
         self.redis = redis
         self.port = free_port()
@@ -217,8 +217,7 @@ def receiver():
 
 
 def make_stack(tmp_path: Path, demo_cache: Path) -> Stack:
-    redis = RedisServer(tmp_path / "redis", aof=True)
-    redis.dir.mkdir(parents=True)
+    redis = EmbeddedRedis(tmp_path / "redis", appendfsync="always")
     redis.start()
     return Stack(tmp_path, redis, demo_cache)
 

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from service.embedded_redis import free_port
 from tests.e2e.conftest import ROOT
 
 SAMPLES = sorted((ROOT / "samples").iterdir())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.model.parity import TINY_TEXT_CONFIG, rel_err
 from workers.media.items import AudioItem
 from workers.model.audio import AudioEncoder, encode_audio, encode_audios
 from workers.model.config import AudioConfig
@@ -18,7 +19,8 @@ from workers.model.projectors import SoundProjector
 omni = pytest.importorskip("transformers.models.nemotron_h_omni.modeling_nemotron_h_omni")
 omni_cfg = pytest.importorskip("transformers.models.nemotron_h_omni.configuration_nemotron_h_omni")
 
-WIDTH, PROJ_HIDDEN, LLM_WIDTH, MEL = 64, 96, 48, 128
+WIDTH, PROJ_HIDDEN, MEL = 64, 96, 128
+LLM_WIDTH = TINY_TEXT_CONFIG["hidden_size"]
 TINY = AudioConfig(
     hidden_size=WIDTH,
     num_layers=2,
@@ -38,15 +40,7 @@ def _reference():
             num_attention_heads=2,
             video_temporal_patch_size=2,
         ),
-        text_config=dict(
-            model_type="nemotron_h",
-            vocab_size=64,
-            hidden_size=LLM_WIDTH,
-            layers_block_type=["attention"],
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=24,
-        ),
+        text_config=TINY_TEXT_CONFIG,
         audio_config=dict(
             hidden_size=WIDTH,
             num_hidden_layers=2,
@@ -107,11 +101,6 @@ def _item(seconds: float, gen) -> AudioItem:
     return AudioItem([_clip(n, gen) for n in sizes], num_samples=total, clip_samples=sizes)
 
 
-def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
-
-
 @torch.no_grad()
 def test_audio_matches_reference(towers):
     ref, encoder, projector = towers
@@ -133,7 +122,7 @@ def test_audio_matches_reference(towers):
         ours_clips = g.split([-(-(n // 160) // 8) for n in item.clip_samples])
         for o, r in zip(ours_clips, ref_clips[start : start + len(item.clips)], strict=True):
             assert r.shape[0] - o.shape[0] in (0, 1)
-            assert _rel(o, r[: o.shape[0]]) < 1e-4
+            assert rel_err(o, r[: o.shape[0]]) < 1e-4
         start += len(item.clips)
     assert [g.shape[0] for g in got] == [375 + 63, 38]
 
@@ -145,7 +134,7 @@ def test_single_item_call_equals_batched(towers):
     items = [_item(3.0, gen), _item(3.0, gen), _item(1.234, gen)]
     batched = encode_audios(encoder, projector, items)
     for item, b in zip(items, batched, strict=True):
-        assert _rel(encode_audio(encoder, projector, item), b) < 1e-5
+        assert rel_err(encode_audio(encoder, projector, item), b) < 1e-5
 
 
 def test_missing_clip_samples_is_an_error(towers):

@@ -7,8 +7,10 @@ time_step_min is set to 1e-12 so the clamp never fires and both sides compute th
 
 import pytest
 import torch
-from transformers import NemotronHConfig, NemotronHForCausalLM
+from transformers import NemotronHForCausalLM
 
+from benchmarks.e2e_reference import hf_config
+from tests.model.parity import rel_err
 from workers.engine.cache import ForwardBatch, HybridCache
 from workers.model.config import LLMConfig
 from workers.model.fullsize import parameter_counts
@@ -35,36 +37,10 @@ CFG = LLMConfig(
     shared_expert_intermediate_size=48,
 )
 PROMPT_LEN, STEPS = 37, 16
-LAYER_TYPES = {"M": "linear_attention", "E": "moe", "*": "full_attention"}
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 def reference_model() -> NemotronHForCausalLM:
-    c = CFG
-    hf = NemotronHConfig(
-        vocab_size=c.vocab_size,
-        hidden_size=c.hidden_size,
-        layers_block_type=[LAYER_TYPES[ch] for ch in c.pattern],
-        num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.num_key_value_heads,
-        head_dim=c.head_dim,
-        mamba_num_heads=c.mamba_num_heads,
-        mamba_head_dim=c.mamba_head_dim,
-        n_groups=c.n_groups,
-        ssm_state_size=c.ssm_state_size,
-        conv_kernel=c.conv_kernel,
-        chunk_size=c.chunk_size,
-        n_routed_experts=c.n_routed_experts,
-        num_experts_per_tok=c.num_experts_per_tok,
-        moe_intermediate_size=c.moe_intermediate_size,
-        moe_shared_expert_intermediate_size=c.shared_expert_intermediate_size,
-        routed_scaling_factor=c.routed_scaling_factor,
-        layer_norm_epsilon=c.norm_eps,
-        time_step_min=1e-12,
-    )
+    hf = hf_config(CFG, time_step_min=1e-12)
     hf._attn_implementation = "eager"
     torch.manual_seed(0)
     ref = NemotronHForCausalLM(hf).eval()

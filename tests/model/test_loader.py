@@ -10,15 +10,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from workers.model.checkpoint_info import parse_quant, read_checkpoint_info
 from workers.model.checkpoint_keys import published_shapes
 from workers.model.config import PATTERN_30B, OmniConfig
 from workers.model.demo import demo_config_dict, write_demo_checkpoint
-from workers.model.hf_config import (
-    CheckpointConfigError,
-    parse_omni,
-    parse_quant,
-    read_checkpoint_info,
-)
+from workers.model.hf_config import CheckpointConfigError, parse_omni
 from workers.model.loader import CheckpointError, load_model, map_name
 from workers.model.quant import unpack_e2m1
 

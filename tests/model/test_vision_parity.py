@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.model.parity import TINY_TEXT_CONFIG, rel_err
 from workers.media.items import ImageItem, VideoItem
 from workers.model import vision
 from workers.model.config import VisionConfig
@@ -15,7 +16,8 @@ from workers.model.vision import RadioViT, encode_images, encode_video, encode_v
 omni = pytest.importorskip("transformers.models.nemotron_h_omni.modeling_nemotron_h_omni")
 omni_cfg = pytest.importorskip("transformers.models.nemotron_h_omni.configuration_nemotron_h_omni")
 
-WIDTH, PATCH, POS_GRID, PROJ_HIDDEN, LLM_WIDTH = 64, 16, 16, 80, 48
+WIDTH, PATCH, POS_GRID, PROJ_HIDDEN = 64, 16, 16, 80
+LLM_WIDTH = TINY_TEXT_CONFIG["hidden_size"]
 TINY = VisionConfig(
     hidden_size=WIDTH, num_layers=2, num_heads=4, mlp_size=4 * WIDTH, pos_grid=POS_GRID
 )
@@ -33,15 +35,7 @@ def _reference():
             num_registers=6,
             video_temporal_patch_size=2,
         ),
-        text_config=dict(
-            model_type="nemotron_h",
-            vocab_size=64,
-            hidden_size=LLM_WIDTH,
-            layers_block_type=["attention"],
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=24,
-        ),
+        text_config=TINY_TEXT_CONFIG,
         audio_config=None,
         projector_hidden_size=PROJ_HIDDEN,
         vision_hidden_size=WIDTH,
@@ -95,11 +89,6 @@ def towers():
     return ref, *_ours_from(ref)
 
 
-def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
-
-
 def _image(grid, seed) -> ImageItem:
     gen = torch.Generator().manual_seed(seed)
     return ImageItem(torch.randn(3, PATCH * grid[0], PATCH * grid[1], generator=gen), grid)
@@ -127,7 +116,7 @@ def test_images_match_reference(towers):
     got = encode_images(vit, mlp1, images)
     for im, e, g in zip(images, expected, got, strict=True):
         assert g.shape == (im.num_tokens, LLM_WIDTH)
-        assert _rel(g, e) < 1e-4
+        assert rel_err(g, e) < 1e-4
 
 
 @torch.no_grad()
@@ -137,7 +126,7 @@ def test_video_matches_reference(towers):
     expected = ref.get_video_features(video.tubelets.flatten(1, 2)[None]).pooler_output[0]
     got = encode_video(vit, mlp1, video)
     assert got.shape == (3, 2, 3, LLM_WIDTH)
-    assert _rel(got.reshape(-1, LLM_WIDTH), expected) < 1e-4
+    assert rel_err(got.reshape(-1, LLM_WIDTH), expected) < 1e-4
 
 
 @torch.no_grad()
@@ -148,7 +137,7 @@ def test_mixed_batch_equals_separate_calls(towers):
     together = encode_visual(vit, mlp1, items)
     for item, t in zip(items, together, strict=True):
         alone = encode_visual(vit, mlp1, [item])[0]
-        assert _rel(t, alone) < 1e-5
+        assert rel_err(t, alone) < 1e-5
 
 
 def test_token_cap_splits_forwards_without_changing_results(towers, monkeypatch):
@@ -161,7 +150,7 @@ def test_token_cap_splits_forwards_without_changing_results(towers, monkeypatch)
     split = encode_visual(vit, mlp1, items)
     assert calls == [3, 1, 1]  # the video alone (over the cap), then one image per forward
     for a, b in zip(whole, split, strict=True):
-        assert _rel(b, a) < 1e-5
+        assert rel_err(b, a) < 1e-5
 
 
 def test_pixel_shuffle_channel_order():

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from service.embedded_redis import free_port
 from tests.service.conftest import AUTH_A, KEY_A, png_bytes
 
 MiB = 1024 * 1024

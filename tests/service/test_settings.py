@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from service.auth import LOCAL_OWNER, KeyRing
 from service.errors import Unauthorized
-from service.settings import GatewaySettings
+from service.settings import GatewaySettings, WorkerSettings
 
 GOOD = "a-real-random-key-0123456789"
 
@@ -52,3 +52,10 @@ def test_open_mode_only_on_loopback():
     with pytest.raises(ValidationError, match="without API keys"):
         GatewaySettings(host="0.0.0.0")
     GatewaySettings(host="0.0.0.0", api_keys=[f"alpha:{GOOD}"])
+
+
+def test_worker_media_caps_reach_the_media_limits(monkeypatch):
+    monkeypatch.setenv("OMNIBATCH_MAX_VIDEO_S", "90")
+    monkeypatch.setenv("OMNIBATCH_MAX_PAGES", "3")
+    limits = WorkerSettings().media_limits
+    assert (limits.max_duration_s, limits.max_pages) == (90.0, 3)

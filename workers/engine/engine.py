@@ -156,7 +156,8 @@ class Engine:
                 self._fail_all(exc)
 
     def _fail_all(self, exc: Exception) -> None:
-        """A step raised: its requests' state is unknown, so all running ones fail with it."""
+        """A step raised: its requests' state is unknown, so every waiting and running one fails
+        with it."""
         for req in [*self.scheduler.waiting, *self.scheduler.running]:
             self.scheduler.cancel(req.rid)
             prepared, _ = self._pending.pop(req.rid)

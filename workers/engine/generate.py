@@ -1,5 +1,5 @@
 """Synchronous generation for a fixed set of prompts: the engine's scheduler and runner,
-driven to completion on the calling thread (tests, `omnibatch run`-style batch calls).
+driven to completion on the calling thread, with no media and no threads (tests).
 
 The threaded `Engine` serves the worker; both use the same Scheduler and ModelRunner, so a
 request computes the same tokens whichever way it runs.

@@ -46,17 +46,12 @@ class Request:
     slot: int = -1
     num_computed: int = 0  # tokens of prompt + output already in the cache
     output_ids: list[int] = field(default_factory=list)
-    finish_reason: str | None = None  # "stop", "length", "cancelled"
+    finish_reason: str | None = None  # "stop", "length", "cancelled", "rejected"
     generator: torch.Generator | None = None
 
     @property
     def prompt_len(self) -> int:
         return self.prompt_embeds.shape[0]
-
-    @property
-    def total_len(self) -> int:
-        """Tokens the cache will hold once the last sampled token is fed back."""
-        return self.prompt_len + len(self.output_ids)
 
     @property
     def max_total_len(self) -> int:

@@ -17,8 +17,6 @@ from workers.media.limits import MediaLimits
 
 IMAGE, VIDEO, AUDIO, DOCUMENT = "image", "video", "audio", "document"
 DEMUXERS = ("mov", "matroska", "avi", "ogg", "wav", "flac", "mp3", "aac")
-# Container formats that hold audio or video: decided by their streams after opening.
-AV_CONTAINERS = ("mov", "matroska", "avi", "ogg")
 
 _REJECT = (
     (b"#EXTM3U", "playlists (HLS, M3U) are not accepted"),

@@ -1,8 +1,8 @@
 """Model configuration: frozen dataclasses, one per tower plus the composite.
 
 Defaults are the published Nemotron 3 Nano Omni 30B-A3B values (shared/spec/model.md).
-The checkpoint's `config.json` is parsed once, in `workers.model.loader`; nothing below the
-loader sees a dict or an HF config object.
+The checkpoint's `config.json` is parsed once, by `workers.model.hf_config` when the loader
+reads the checkpoint; nothing below the loader sees a dict or an HF config object.
 """
 
 from __future__ import annotations
@@ -70,10 +70,6 @@ class LLMConfig:
     @cached_property
     def attention_layers(self) -> tuple[int, ...]:
         return tuple(i for i, c in enumerate(self.pattern) if c == "*")
-
-    @cached_property
-    def moe_layers(self) -> tuple[int, ...]:
-        return tuple(i for i, c in enumerate(self.pattern) if c == "E")
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,15 @@
-"""Parse a checkpoint directory's JSON files into our frozen config dataclasses.
+"""Parse a checkpoint's `config.json` into our frozen model config dataclasses.
 
 The published `config.json` is composite: `llm_config` (NemotronH keys), `vision_config`
 (RADIO), `sound_config` (Parakeet) and top-level multimodal keys (spec §6.1). Anything we
 cannot honour (a layer type we don't build, grouped routing, a quantisation scheme we don't
 know, sizes that contradict each other) raises `CheckpointConfigError` naming the key.
+Quantisation and the other JSON files are read in `checkpoint_info.py`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from workers.model.config import AudioConfig, LLMConfig, OmniConfig, VisionConfig
@@ -25,7 +25,6 @@ _VIT_TABLE = {
     "vit_large_patch16_224": (1024, 24, 16, 4096),
     "vit_base_patch16_224": (768, 12, 12, 3072),
 }
-_QUANT_ALGOS = ("FP8", "NVFP4", "MIXED_PRECISION")
 _ALIASES = {
     "text_config": "llm_config",
     "audio_config": "sound_config",
@@ -33,39 +32,6 @@ _ALIASES = {
     "image_token_id": "img_context_token_id",
     "audio_token_id": "sound_context_token_id",
 }
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """`preprocessor_config.json`: image/video resolution budgets and pixel normalisation."""
-
-    patch_size: int = 16
-    min_num_patches: int = 1024
-    max_num_patches: int = 13312
-    video_target_num_patches: int = 1024
-    max_model_len: int = 16384
-    norm_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    norm_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass(frozen=True)
-class GenerationDefaults:
-    """`generation_config.json` (spec §5.3)."""
-
-    temperature: float = 0.6
-    top_p: float = 0.95
-    top_k: int = 0
-    max_new_tokens: int = 16384
-    eos_token_ids: tuple[int, ...] = (2, 11)
-    repetition_penalty: float = 1.0
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    """ModelOpt `quantization_config`; per-layer details come from the tensor dtypes."""
-
-    quant_algo: str
-    kv_cache_fp8: bool = False
 
 
 def read_json(path: Path) -> dict:
@@ -262,68 +228,4 @@ def parse_omni(d: dict) -> OmniConfig:
         video_pruning_rate=q,
         img_context_token_id=_get(d, "img_context_token_id", "config", 18),
         sound_context_token_id=_get(d, "sound_context_token_id", "config", 27),
-    )
-
-
-def parse_quant(d: dict) -> QuantConfig | None:
-    q = d.get("quantization_config")
-    if not q:
-        return None
-    if q.get("quant_method", "modelopt") != "modelopt":
-        raise CheckpointConfigError(f"quantization_config.quant_method={q['quant_method']!r}")
-    algo = q.get("quant_algo")
-    if algo not in _QUANT_ALGOS:
-        raise CheckpointConfigError(f"quantization_config.quant_algo={algo!r} is not supported")
-    kv = q.get("kv_cache_quant_algo") or (q.get("kv_cache_scheme") or {}).get("type")
-    return QuantConfig(quant_algo=algo, kv_cache_fp8=kv is not None)
-
-
-def parse_preprocess(d: dict) -> PreprocessConfig:
-    p = PreprocessConfig()
-    return PreprocessConfig(
-        patch_size=d.get("patch_size", p.patch_size),
-        min_num_patches=d.get("min_num_patches", p.min_num_patches),
-        max_num_patches=d.get("max_num_patches", p.max_num_patches),
-        video_target_num_patches=d.get("video_target_num_patches", p.video_target_num_patches),
-        max_model_len=d.get("max_model_len", p.max_model_len),
-        norm_mean=tuple(d.get("norm_mean", p.norm_mean)),
-        norm_std=tuple(d.get("norm_std", p.norm_std)),
-    )
-
-
-def parse_generation(d: dict) -> GenerationDefaults:
-    g = GenerationDefaults()
-    eos = d.get("eos_token_id", list(g.eos_token_ids))
-    return GenerationDefaults(
-        temperature=float(d.get("temperature", g.temperature)),
-        top_p=float(d.get("top_p", g.top_p)),
-        top_k=int(d.get("top_k") or 0),
-        max_new_tokens=int(d.get("max_new_tokens", g.max_new_tokens)),
-        eos_token_ids=tuple(eos if isinstance(eos, list) else [eos]),
-        repetition_penalty=float(d.get("repetition_penalty", g.repetition_penalty)),
-    )
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """Everything the JSON files of one checkpoint directory say."""
-
-    path: Path
-    model: OmniConfig
-    preprocess: PreprocessConfig
-    generation: GenerationDefaults
-    quant: QuantConfig | None
-
-
-def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
-    path = Path(path)
-    cfg = read_json(path / "config.json")
-    pre = path / "preprocessor_config.json"
-    gen = path / "generation_config.json"
-    return CheckpointInfo(
-        path=path,
-        model=parse_omni(cfg),
-        preprocess=parse_preprocess(read_json(pre)) if pre.exists() else PreprocessConfig(),
-        generation=parse_generation(read_json(gen)) if gen.exists() else GenerationDefaults(),
-        quant=parse_quant(cfg),
     )

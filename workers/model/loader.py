@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from workers.model.checkpoint_info import CheckpointInfo, read_checkpoint_info
 from workers.model.checkpoint_keys import is_skipped
-from workers.model.hf_config import CheckpointInfo, read_checkpoint_info
 from workers.model.moe import MoE, parse_expert_key
 from workers.model.omni import OmniModel
 from workers.model.quant import dequantise, is_quantised
