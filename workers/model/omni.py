@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from workers.media.evs import retention_mask
 from workers.media.items import AudioItem, ImageItem, VideoItem
+from workers.model import ops
 from workers.model.audio import AudioEncoder, encode_audios
 from workers.model.config import OmniConfig
 from workers.model.expand import expand_prompt
@@ -78,7 +78,7 @@ def _evs_mask(video_emb: torch.Tensor, q: float) -> torch.Tensor:
     """video_emb [n, r, c, D] -> bool keep mask [n·r·c] (tubelet-major, raster order)."""
     if q <= 0:
         return torch.ones(video_emb.shape[:3].numel(), dtype=torch.bool, device=video_emb.device)
-    return retention_mask(video_emb, q).reshape(-1)
+    return ops.evs_keep_mask(video_emb, q).reshape(-1)
 
 
 Encoded = dict[int, torch.Tensor]  # id(item) -> its projected embeddings

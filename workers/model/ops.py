@@ -18,6 +18,7 @@ import torch
 
 from kernels import attention as _attention
 from kernels import causal_conv1d as _conv
+from kernels import evs as _evs
 from kernels import moe_experts as _experts
 from kernels import moe_routing as _routing
 from kernels import rmsnorm as _rmsnorm
@@ -89,3 +90,8 @@ def attention_prefill(q, k_pool, v_pool, req_to_token, slots, cu_seqlens, contex
 def attention_decode(q, k_pool, v_pool, req_to_token, slots, seq_lens, scale):
     op = _attention.attention_decode if _triton(q) else _attention.attention_decode_ref
     return op(q, k_pool, v_pool, req_to_token, slots, seq_lens, scale)
+
+
+def evs_keep_mask(emb, q):
+    op = _evs.evs_keep_mask if _triton(emb) else _evs.evs_keep_mask_ref
+    return op(emb, q)
