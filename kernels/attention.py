@@ -15,12 +15,13 @@ head as the M dimension of the tile, so K/V are read from HBM once per sequence;
 contexts are cut into splits whose partial results a second kernel merges by log-sum-exp.
 """
 
-import os
 from functools import lru_cache
 
 import torch
 import triton
 import triton.language as tl
+
+from kernels.interpreter import interpreting
 
 _LOG2E = 1.4426950408889634
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) for prefill, (BLOCK_N, num_warps, num_stages)
@@ -261,10 +262,6 @@ def _attn_merge_kernel(
     tl.store(o_ptr + b * stride_ob + h * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty))
 
 
-def _interpret():
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _check_pool(q, k_pool, v_pool, req_to_token):
     Hq, d = q.shape[1], q.shape[2]
     Hkv = k_pool.shape[1]
@@ -286,7 +283,7 @@ def _attention_prefill_launch(
     assert cu_seqlens.shape == (B + 1,) and context_lens.shape == (B,), (cu_seqlens.shape, B)
     group = _check_pool(q, k_pool, v_pool, req_to_token)
     assert q.stride(2) == 1
-    block_m, block_n, warps, stages = (16, 16, 4, 1) if _interpret() else _PREFILL_CFG
+    block_m, block_n, warps, stages = (16, 16, 4, 1) if interpreting() else _PREFILL_CFG
     lens = cu_seqlens[1:] - cu_seqlens[:-1]
     block_end = torch.cumsum(torch.div(lens + block_m - 1, block_m, rounding_mode="floor"), 0)
     block_end = block_end.to(torch.int32)
@@ -298,7 +295,7 @@ def _attention_prefill_launch(
         q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1),
         v_pool.stride(0), v_pool.stride(1), o.stride(0), o.stride(1), req_to_token.stride(0),
         GROUP=group, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_S=max(16, triton.next_power_of_2(B)), UPCAST=_interpret(),
+        BLOCK_S=max(16, triton.next_power_of_2(B)), UPCAST=interpreting(),
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return o
@@ -328,7 +325,7 @@ def _attention_decode_launch(
     assert q.stride(2) == 1
     Hkv = k_pool.shape[1]
     splits = num_splits or decode_splits(B, Hkv, q.device)
-    block_n, warps, stages = (16, 4, 1) if _interpret() else _DECODE_CFG
+    block_n, warps, stages = (16, 4, 1) if interpreting() else _DECODE_CFG
     o = torch.empty_like(q)
     part_o = part_lse = o  # unused when there is a single split
     if splits > 1:
@@ -339,7 +336,7 @@ def _attention_decode_launch(
         q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1),
         v_pool.stride(0), v_pool.stride(1), o.stride(0), o.stride(1), req_to_token.stride(0),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=d,
-        BLOCK_N=block_n, NUM_SPLITS=splits, UPCAST=_interpret(),
+        BLOCK_N=block_n, NUM_SPLITS=splits, UPCAST=interpreting(),
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     if splits > 1:

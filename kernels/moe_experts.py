@@ -18,13 +18,13 @@ every touched expert's weight slab then comes from HBM once, and untouched exper
 tiles, so their weights are never read.
 """
 
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.interpreter import interpreting
 from kernels.moe_align import moe_align
 
 
@@ -172,7 +172,7 @@ def _gemm(a, w, c, sorted_ids, block_expert, topk_w, num_valid, top_k, up, cfg, 
 
 def pick_config(num_tokens, top_k, num_experts):
     """GemmConfig of both GEMMs: the decode one when prefill tiles would be mostly padding."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
+    if interpreting():
         return _INTERPRET
     if num_tokens * top_k < _DECODE_ROWS_PER_EXPERT * num_experts:
         return _DECODE
@@ -192,7 +192,7 @@ def _moe_experts_launch(x, up, down, topk_weights, topk_ids):
     x = x.contiguous()
     topk_weights = topk_weights.contiguous()
     cfg = pick_config(T, k, E)
-    upcast = os.environ.get("TRITON_INTERPRET") == "1"
+    upcast = interpreting()
 
     sorted_ids, block_expert, _ = moe_align(topk_ids, E, cfg.block_m)
     h = torch.empty(sorted_ids.numel(), inner, device=x.device, dtype=x.dtype)  # [R, I]

@@ -8,11 +8,11 @@ One program routes BLOCK_T tokens: the whole [BLOCK_T, E] logit tile stays in re
 so selection needs no second pass over memory.
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from kernels.interpreter import interpreting
 
 
 @triton.jit
@@ -95,7 +95,7 @@ def _moe_route_launch(hidden, gate_weight, correction_bias, top_k, routed_scalin
     gate_weight = gate_weight.contiguous()
     topk_weights = torch.empty(T, top_k, device=hidden.device, dtype=torch.float32)
     topk_ids = torch.empty(T, top_k, device=hidden.device, dtype=torch.int32)
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    interpret = interpreting()
     both_bf16 = hidden.dtype == gate_weight.dtype == torch.bfloat16
     block_t = 16 if interpret else 64
     grid = (triton.cdiv(T, block_t),)
