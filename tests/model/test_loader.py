@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from workers.model.checkpoint_info import parse_quant, read_checkpoint_info
+from workers.model.checkpoint_info import parse_preprocess, parse_quant, read_checkpoint_info
 from workers.model.checkpoint_keys import published_shapes
 from workers.model.config import PATTERN_30B, OmniConfig
 from workers.model.demo import demo_config_dict, write_demo_checkpoint
@@ -170,6 +170,14 @@ def test_preprocessor_and_generation_files_are_read(demo_dir):
     assert info.generation.temperature == 0.6
     assert info.preprocess.max_num_patches == 13312
     assert info.quant is None
+
+
+@pytest.mark.parametrize(
+    "key, value", [("max_num_patches", 8192), ("norm_mean", [0.5, 0.5, 0.5]), ("patch_size", 14)]
+)
+def test_preprocessing_the_media_pipeline_does_not_implement_is_refused(key, value):
+    with pytest.raises(CheckpointConfigError, match=f"preprocessor_config.json: {key}="):
+        parse_preprocess({key: value})
 
 
 # --- quantised checkpoints (ModelOpt layouts, spec §6.4) ---------------------------------

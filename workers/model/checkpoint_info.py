@@ -61,8 +61,10 @@ def parse_quant(d: dict) -> QuantConfig | None:
 
 
 def parse_preprocess(d: dict) -> PreprocessConfig:
+    """The file's values, which must be the ones workers/media implements (the defaults):
+    a checkpoint asking for another budget or normalisation is refused, not half-honoured."""
     p = PreprocessConfig()
-    return PreprocessConfig(
+    got = PreprocessConfig(
         patch_size=d.get("patch_size", p.patch_size),
         min_num_patches=d.get("min_num_patches", p.min_num_patches),
         max_num_patches=d.get("max_num_patches", p.max_num_patches),
@@ -71,6 +73,13 @@ def parse_preprocess(d: dict) -> PreprocessConfig:
         norm_mean=tuple(d.get("norm_mean", p.norm_mean)),
         norm_std=tuple(d.get("norm_std", p.norm_std)),
     )
+    for name, want in vars(p).items():
+        if getattr(got, name) != want:
+            raise CheckpointConfigError(
+                f"preprocessor_config.json: {name}={getattr(got, name)!r}; the media pipeline "
+                f"implements {want!r}"
+            )
+    return got
 
 
 def parse_generation(d: dict) -> GenerationDefaults:
