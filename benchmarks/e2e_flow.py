@@ -26,6 +26,8 @@ from workers.model.prompt import PromptBuilder, task_text
 
 
 def media_nbytes(decoded: Decoded) -> int:
+    """Host bytes a decoded job holds: float pixels, uint8 video frames at decoded size, mel."""
+
     def size(item: ImageItem | VideoItem | AudioItem | None) -> int:
         if isinstance(item, ImageItem):
             return item.pixels.nbytes

@@ -15,15 +15,19 @@ def make_image(grid: tuple[int, int], gen: torch.Generator) -> ImageItem:
 def make_video(
     frames: int, grid: tuple[int, int], gen: torch.Generator, audio: AudioItem | None = None
 ) -> VideoItem:
-    """Frames that change a little around a common base, so EVS has something to prune."""
-    h, w = grid
-    base = torch.randn(3, 16 * h, 16 * w, generator=gen)
-    f = base + 0.5 * torch.randn(frames, 3, 16 * h, 16 * w, generator=gen)
+    """uint8 frames that change a little around a common base, so EVS has something to prune.
+
+    The decoded size is taller and narrower than the target grid's pixels, so the model's
+    resize both shrinks (antialiased) and stretches.
+    """
+    h, w = 20 * grid[0] + 3, 12 * grid[1] + 1
+    base = torch.randint(0, 256, (3, h, w), generator=gen)
+    noise = torch.randint(-24, 25, (frames, 3, h, w), generator=gen)
+    f = (base + noise).clamp(0, 255).to(torch.uint8)
     if frames % 2:
         f = torch.cat([f, f[-1:]])  # an odd last frame is repeated (spec §3.2)
-    tubelets = f.reshape(-1, 2, 3, 16 * h, 16 * w)
     stamps = [0.5 * k for k in range(frames)]
-    return VideoItem(tubelets=tubelets, grid=grid, timestamps=stamps, audio=audio)
+    return VideoItem(tubelets=f.reshape(-1, 2, 3, h, w), grid=grid, timestamps=stamps, audio=audio)
 
 
 def make_audio(clip_samples: list[int], gen: torch.Generator) -> AudioItem:

@@ -24,8 +24,8 @@ pytestmark = pytest.mark.gpu
 
 def _items(g: torch.Generator) -> list:
     image = ImageItem(torch.randn(3, 16 * 12, 16 * 20, generator=g), (12, 20))
-    frames = torch.randn(5, 3, 128, 192, generator=g)
-    tubelets = torch.cat([frames, frames[-1:]]).reshape(3, 2, 3, 128, 192)
+    frames = torch.randint(0, 256, (5, 3, 150, 230), generator=g, dtype=torch.uint8)  # decoded
+    tubelets = torch.cat([frames, frames[-1:]]).reshape(3, 2, 3, 150, 230)
     video = VideoItem(tubelets, (8, 12), [0.5 * k for k in range(5)])
     clips = [torch.randn(3001, 128, generator=g), torch.randn(1001, 128, generator=g)]
     audio = AudioItem(clips, 640000, [480000, 160000])

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from workers.media.items import AudioItem, ImageItem, VideoItem
+from workers.media.resize import video_pixels
 from workers.model.audio import AudioEncoder, encode_audios
 from workers.model.config import AudioConfig, OmniConfig, VisionConfig
 from workers.model.fullsize import init_tower_random_
@@ -58,7 +59,11 @@ def test_vision_tower_full_size():
         ImageItem(torch.randn(3, 16 * 32, 16 * 48, generator=gen), (32, 48)),
         ImageItem(torch.randn(3, 16 * 48, 16 * 32, generator=gen), (48, 32)),  # same length
         ImageItem(torch.randn(3, 16 * 68, 16 * 120, generator=gen), (68, 120)),  # 1080p
-        VideoItem(torch.randn(4, 2, 3, 16 * 24, 16 * 42, generator=gen), (24, 42), [0.0] * 8),
+        VideoItem(  # 720p frames as decoded: the resize runs on the GPU
+            torch.randint(0, 256, (4, 2, 3, 720, 1280), generator=gen, dtype=torch.uint8),
+            (24, 42),
+            [0.0] * 8,
+        ),
     ]
     out32 = encode_visual(vit32, mlp32, items)
     out16 = encode_visual(vit16, mlp16, items)
@@ -88,6 +93,16 @@ def test_audio_tower_full_size():
     # CPU: the centred error grows from 1 % after layer 0 to ~11 % by layer 8, then stays), so
     # the centred tolerance is looser than the vision tower's
     _assert_close_bf16(out16, out32, centred_tol=0.3)
+
+
+def test_video_resize_on_gpu_matches_cpu():
+    """The GPU resize + normalise gives the pixels the CPU one does (the goldens check CPU)."""
+    gen = torch.Generator().manual_seed(3)
+    u8 = torch.randint(0, 256, (2, 2, 3, 720, 1280), generator=gen, dtype=torch.uint8)
+    cpu = video_pixels(u8, (24, 42))
+    gpu = video_pixels(u8.cuda(), (24, 42))
+    assert gpu.is_cuda and gpu.shape == cpu.shape == (2, 2, 3, 384, 672)
+    assert (gpu.cpu() - cpu).abs().max() < 1e-3  # normalised units: ≈ 0.07 grey levels
 
 
 @torch.no_grad()

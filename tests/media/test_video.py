@@ -10,7 +10,7 @@ from workers.media.limits import MediaLimits
 from workers.media.options import MediaOptions
 from workers.media.pipeline import process
 from workers.media.probe import open_container
-from workers.media.resize import resize_normalize
+from workers.media.resize import resize_normalize, video_pixels
 from workers.media.video import plan_chunks, probe_video
 from workers.media.video_decode import DecodeConfig
 
@@ -18,8 +18,8 @@ LIMITS = MediaLimits()
 
 
 def frames_of(item) -> torch.Tensor:
-    """[F, 3, H, W] sampled frames (the repeated tail frame dropped)."""
-    return item.tubelets.flatten(0, 1)[: len(item.timestamps)]
+    """[F, 3, H, W] sampled frames as the model sees them (the repeated tail frame dropped)."""
+    return video_pixels(item.tubelets, item.grid).flatten(0, 1)[: len(item.timestamps)]
 
 
 def identify(item, width, height, candidates: int, rotation_k: int = 0) -> list[int]:
@@ -60,7 +60,13 @@ def test_codec_container_decodes_every_frame(tmp_path, ext, codec, pix_fmt, w, h
     )
     (item,) = process(path, MediaOptions(fps=10, use_audio=False))
     assert item.timestamps == pytest.approx([i / 10 for i in range(7)])
-    assert item.tubelets.shape[:3] == (4, 2, 3)
+    assert item.tubelets.dtype == torch.uint8 and item.tubelets.shape == (
+        4,
+        2,
+        3,
+        h,
+        w,
+    )  # as decoded
     assert torch.equal(item.tubelets[3, 0], item.tubelets[3, 1])  # odd count: last frame repeated
     assert identify(item, w, h, 7) == list(range(7))
 
@@ -92,6 +98,7 @@ def test_rotation_metadata_is_applied(tmp_path, rotation, k):
     (item,) = process(path, MediaOptions(fps=10, use_audio=False))
     ph, pw = item.grid
     assert (ph > pw) == (rotation % 180 != 0)
+    assert item.tubelets.shape[-2:] == ((64, 48) if rotation % 180 else (48, 64))  # upright
     assert identify(item, 64, 48, 3, rotation_k=k) == [0, 1, 2]
 
 

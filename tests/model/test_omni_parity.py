@@ -33,6 +33,7 @@ from workers.engine.request import Request, SamplingParams  # noqa: E402
 from workers.engine.runner import ModelRunner  # noqa: E402
 from workers.engine.scheduler import Scheduler, SchedulerConfig  # noqa: E402
 from workers.media.items import AudioItem, ImageItem, VideoItem  # noqa: E402
+from workers.media.resize import video_pixels  # noqa: E402
 from workers.model.demo import write_demo_checkpoint  # noqa: E402
 from workers.model.expand import expand_prompt  # noqa: E402
 from workers.model.loader import load_model  # noqa: E402
@@ -77,7 +78,9 @@ def reference_inputs(items) -> dict:
         kw["pixel_values"] = torch.cat([patchify(i.pixels[None], 16)[0] for i in images])
         kw["image_grid_hw"] = torch.tensor([i.grid for i in images])
     if videos:
-        kw["pixel_values_videos"] = torch.stack([v.tubelets.flatten(1, 2) for v in videos])
+        # our model resizes the uint8 frames itself: the reference gets the same float pixels
+        pixels = [video_pixels(v.tubelets, v.grid).flatten(1, 2) for v in videos]
+        kw["pixel_values_videos"] = torch.stack(pixels)
     if audios:
         clips = [
             c[: n // 160] for a in audios for c, n in zip(a.clips, a.clip_samples, strict=True)

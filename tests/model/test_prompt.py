@@ -26,7 +26,7 @@ def image(grid=(4, 6)) -> ImageItem:
 def video(frames: int, grid=(4, 4), audio=None) -> VideoItem:
     n = (frames + 1) // 2
     stamps = [0.25 * k for k in range(frames)]
-    return VideoItem(torch.zeros(n, 2, 3, 64, 64), grid, stamps, audio)
+    return VideoItem(torch.zeros(n, 2, 3, 64, 64, dtype=torch.uint8), grid, stamps, audio)
 
 
 def audio(samples: int) -> AudioItem:

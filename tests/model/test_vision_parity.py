@@ -7,6 +7,7 @@ import torch
 
 from tests.model.parity import TINY_TEXT_CONFIG, rel_err
 from workers.media.items import ImageItem, VideoItem
+from workers.media.resize import video_pixels
 from workers.model import vision
 from workers.model.config import VisionConfig
 from workers.model.pixel_shuffle import pixel_shuffle
@@ -95,8 +96,10 @@ def _image(grid, seed) -> ImageItem:
 
 
 def _video(n_tubelets, grid, seed) -> VideoItem:
+    """uint8 frames at a decoded size the model must resize (shrink rows, stretch columns)."""
     gen = torch.Generator().manual_seed(seed)
-    tubelets = torch.randn(n_tubelets, 2, 3, PATCH * grid[0], PATCH * grid[1], generator=gen)
+    size = (20 * grid[0] + 3, 12 * grid[1] + 1)
+    tubelets = torch.randint(0, 256, (n_tubelets, 2, 3, *size), generator=gen, dtype=torch.uint8)
     return VideoItem(tubelets, grid, timestamps=[0.5 * i for i in range(2 * n_tubelets)])
 
 
@@ -123,7 +126,8 @@ def test_images_match_reference(towers):
 def test_video_matches_reference(towers):
     ref, vit, mlp1 = towers
     video = _video(3, (4, 6), seed=7)
-    expected = ref.get_video_features(video.tubelets.flatten(1, 2)[None]).pooler_output[0]
+    pixels = video_pixels(video.tubelets, video.grid).flatten(1, 2)  # what ours computes itself
+    expected = ref.get_video_features(pixels[None]).pooler_output[0]
     got = encode_video(vit, mlp1, video)
     assert got.shape == (3, 2, 3, LLM_WIDTH)
     assert rel_err(got.reshape(-1, LLM_WIDTH), expected) < 1e-4
@@ -151,6 +155,19 @@ def test_token_cap_splits_forwards_without_changing_results(towers, monkeypatch)
     assert calls == [3, 1, 1]  # the video alone (over the cap), then one image per forward
     for a, b in zip(whole, split, strict=True):
         assert rel_err(b, a) < 1e-5
+
+
+def test_video_resize_in_slices_gives_the_same_result(towers, monkeypatch):
+    _, vit, mlp1 = towers
+    video = _video(3, (4, 6), seed=5)
+    whole = encode_video(vit, mlp1, video)
+    monkeypatch.setattr(vision, "RESIZE_SLICE_VALUES", 1)  # one tubelet per slice
+    calls = []
+    monkeypatch.setattr(
+        vision, "video_pixels", lambda x, g, f=video_pixels: calls.append(x.shape[0]) or f(x, g)
+    )
+    assert torch.equal(encode_video(vit, mlp1, video), whole)
+    assert calls == [1, 1, 1]
 
 
 def test_pixel_shuffle_channel_order():

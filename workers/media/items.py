@@ -52,13 +52,16 @@ class AudioItem:
 class VideoItem:
     """Sampled frames of one video chunk as 2-frame tubelets (spec §3).
 
-    tubelets: [n_tubelets, 2, 3, 16·ph, 16·pw], CLIP-normalised; an odd last frame is
-    repeated. timestamps: seconds of each sampled frame (len = frames sampled, before the
-    repeat), used for the per-tubelet prompt labels (spec §3.4).
+    tubelets: uint8 [n_tubelets, 2, 3, H, W], the sampled frames exactly as decoded to RGB
+    (H, W: the upright size after rotation); an odd last frame is repeated. The resize to
+    `grid` and the CLIP normalisation happen on the vision encoder's device
+    (`workers.media.resize.video_pixels` -> float [n_tubelets, 2, 3, 16·ph, 16·pw]).
+    timestamps: seconds of each sampled frame (len = frames sampled, before the repeat),
+    used for the per-tubelet prompt labels (spec §3.4).
     """
 
     tubelets: torch.Tensor
-    grid: tuple[int, int]  # (ph, pw) patches per frame
+    grid: tuple[int, int]  # (ph, pw) patches per frame after the resize
     timestamps: list[float]
     audio: AudioItem | None = None  # the soundtrack of the same time range, when used
     start_s: float = 0.0  # the chunk's time range in the file (seconds from the first frame)

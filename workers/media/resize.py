@@ -1,6 +1,8 @@
 """Bicubic + antialias resize on float [0, 255] and CLIP normalisation (spec §2.3 step 5, §3.1).
 
-Shared by images, document pages and video frames so all three see identical pixels.
+Shared by images, document pages and video frames so all three see identical pixels. Images
+and pages are resized on CPU in the media pool; video frames on the vision encoder's device
+(`video_pixels`, called by workers/model/vision.py).
 """
 
 from __future__ import annotations
@@ -16,17 +18,33 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def resize_normalize(rgb: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """rgb: uint8 [N, H, W, 3] -> float32 [N, 3, 16·ph, 16·pw], CLIP-normalised.
+    """rgb: uint8 [N, H, W, 3] -> float32 [N, 3, 16·ph, 16·pw], CLIP-normalised."""
+    return _planar_pixels(rgb.permute(0, 3, 1, 2).contiguous(), grid)  # planar: ~30% cheaper
+
+
+def video_pixels(tubelets: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """tubelets: uint8 [n, 2, 3, H, W] as decoded -> float32 [n, 2, 3, 16·ph, 16·pw].
+
+    The same pixels `resize_normalize` gives each frame, computed on the tubelets' device:
+    the model runs it on the GPU so the CPU pool only decodes.
+    """
+    n, t = tubelets.shape[:2]
+    pixels = _planar_pixels(tubelets.flatten(0, 1), grid)
+    return pixels.view(n, t, *pixels.shape[1:])
+
+
+def _planar_pixels(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> float32 [N, 3, 16·ph, 16·pw], CLIP-normalised, on x's device.
 
     The resize runs in float32 without clamping: the bicubic overshoot is part of what the
     model saw in training (the reference keeps it too).
     """
-    x = rgb.permute(0, 3, 1, 2).contiguous().to(torch.float32)  # planar first: ~30% cheaper
+    x = x.to(torch.float32)
     size = (grid[0] * PATCH, grid[1] * PATCH)
     if tuple(x.shape[-2:]) != size:
         x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
     return (x * (1.0 / 255.0) - mean) / std
 
 

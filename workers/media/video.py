@@ -22,7 +22,7 @@ from workers.media.limits import MediaLimits
 from workers.media.mel import SAMPLE_RATE
 from workers.media.options import MediaOptions
 from workers.media.probe import open_container
-from workers.media.resize import PATCH, resize_normalize, video_grid
+from workers.media.resize import video_grid
 from workers.media.video_decode import DEFAULT_DECODE, DecodeConfig, configure, decode_frames
 
 
@@ -112,10 +112,12 @@ def process_video(
         configure(video_stream(c), cfg)
         info = probe_video(c, limits)
         chunks = plan_chunks(info, opts)
-        ph, pw = grid = video_grid(info.height, info.width)
-        # Frames go straight into their chunk's tubelet tensor: [2·ceil(F/2), 3, 16ph, 16pw].
+        grid = video_grid(info.height, info.width)
+        # Frames go straight into their chunk's tubelet tensor, as decoded (the resize runs on
+        # the GPU): uint8 [2·ceil(F/2), 3, H, W].
+        size = (info.height, info.width)
         buffers = [
-            torch.empty(len(idx) + len(idx) % 2, 3, ph * PATCH, pw * PATCH) for *_, idx in chunks
+            torch.empty(len(idx) + len(idx) % 2, 3, *size, dtype=torch.uint8) for *_, idx in chunks
         ]
         slots: dict[int, list[tuple[int, int]]] = {}
         for ci, (*_, idx) in enumerate(chunks):
@@ -125,7 +127,9 @@ def process_video(
         times = [info.start + i / info.fps for i in wanted]
         frames = decode_frames(c, video_stream(c), times, info.fps, cfg)
         for i, rgb in zip(wanted, frames, strict=True):
-            pixels = resize_normalize(_rotate(rgb, info.rotation)[None], grid)[0]
+            pixels = _rotate(rgb, info.rotation).permute(2, 0, 1)
+            if tuple(pixels.shape[1:]) != size:
+                raise MediaUnreadable("the video changes frame size mid-stream (not supported)")
             for ci, k in slots[i]:
                 buffers[ci][k] = pixels
     soundtrack = decode_audio(path, demuxer, limits) if opts.use_audio else None

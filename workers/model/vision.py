@@ -9,6 +9,9 @@ API (the omni model calls these; `vit` is mounted as `vision_model.radio_model`,
         VideoItem -> [n_tubelets, ph/2, pw/2, 2688]   (the 4-D layout EVS needs, spec §3.3)
     encode_images(vit, mlp1, images), encode_video(vit, mlp1, video): the same for one kind.
 
+A video's uint8 tubelets are resized and normalised here, on the ViT's device
+(`workers.media.resize.video_pixels`), so the CPU media pool only decodes.
+
 Sequences of equal length (same patch count, whatever the kind or aspect) share one batched
 forward with no mask, so a video's tubelets and equal-sized images cost one SDPA call per block;
 different lengths run as separate forwards. Each item attends only within itself (spec §2.1).
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.media.items import ImageItem, VideoItem
+from workers.media.resize import PATCH, video_pixels
 from workers.model.config import VisionConfig
 from workers.model.pixel_shuffle import pixel_shuffle
 
@@ -142,17 +146,34 @@ def patchify(pixels: torch.Tensor, patch: int) -> torch.Tensor:
 
 def _embed_item(vit: RadioViT, item: ImageItem | VideoItem) -> torch.Tensor:
     w = vit.model.patch_generator.embedder.weight
-    p = vit.cfg.patch_size
     if isinstance(item, ImageItem):
-        pixels = item.pixels.unsqueeze(0)
-        video = False
+        pixels = item.pixels.unsqueeze(0).to(device=w.device, dtype=w.dtype)
     elif isinstance(item, VideoItem):
-        pixels = item.tubelets.flatten(1, 2)  # [n, T·3, H, W]
-        video = True
+        pixels = _video_pixels(item, w)  # [n, T·3, H, W]
     else:
         raise TypeError(f"not a visual item: {type(item).__name__}")
-    pixels = pixels.to(device=w.device, dtype=w.dtype)
-    return vit.embed(patchify(pixels, p), item.grid, video)
+    return vit.embed(patchify(pixels, vit.cfg.patch_size), item.grid, isinstance(item, VideoItem))
+
+
+# Decoded float32 values per resize slice (1 GiB): a long 4K chunk resized at once would
+# hold tens of GB of float frames on the GPU.
+RESIZE_SLICE_VALUES = 1 << 28
+
+
+def _video_pixels(item: VideoItem, like: torch.Tensor) -> torch.Tensor:
+    """uint8 tubelets [n, 2, 3, H, W] -> model pixels [n, 2·3, 16·ph, 16·pw] (like's dtype).
+
+    The decoded frames cross to the device as uint8 and are resized there, a slice of
+    tubelets at a time so only the slice's float intermediates exist at once.
+    """
+    u8 = item.tubelets.to(like.device)
+    n, t, c, h, w = u8.shape
+    ph, pw = item.grid
+    out = torch.empty(n, t * c, PATCH * ph, PATCH * pw, device=like.device, dtype=like.dtype)
+    step = max(1, RESIZE_SLICE_VALUES // (t * c * h * w))
+    for a in range(0, n, step):
+        out[a : a + step] = video_pixels(u8[a : a + step], item.grid).flatten(1, 2)
+    return out
 
 
 # Tokens per ViT forward. 32 tubelets of 1024 patches already run at ≈ 470 TFLOP/s on an
