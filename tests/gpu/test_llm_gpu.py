@@ -8,6 +8,7 @@ prefill.
 import pytest
 import torch
 
+from tests.gpu.layer_parity import assert_layers_match, compare_layers, token_cos
 from workers.engine.cache import ForwardBatch, HybridCache
 from workers.model import ops
 from workers.model.fullsize import build_fullsize, parameter_counts
@@ -56,55 +57,14 @@ def make_plan(V):
     return plan + [([nxt[i, :1], nxt[i, 1:]], [300 + i, 178 + i]) for i in range(4)]
 
 
-def token_cos(x, y):
-    return torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)
-
-
 @torch.no_grad()
 def test_every_layer_matches_reference_path(model):
     """Each layer's kernels against its references on the same input and the same starting
     state (the reference path's), so bf16 differences cannot compound across layers."""
-    c = model.config
-    caches = [HybridCache(c, 2, 4096, 1024, "cuda", torch.bfloat16) for _ in range(2)]
-    ref_cache, fast_cache = caches
-    slots = [ref_cache.alloc_slot() for _ in range(2)]
-    assert [fast_cache.alloc_slot() for _ in range(2)] == slots
-    cos = {kind: [] for kind in "nM*E"}
-    state_err = []
-    for ids, ctx in make_plan(c.vocab_size):
-        lens = [len(i) for i in ids]
-        for cc in caches:
-            cc.reserve(slots, [x + n for x, n in zip(ctx, lens, strict=True)])
-        batch = ForwardBatch.build(lens, slots, ctx, "cuda")
-        hidden, residual = model.embed(torch.cat(ids)), None
-        for i, layer in enumerate(model.layers):
-            kind, mixer = c.pattern[i], layer.mixer
-            with ops.reference():
-                normed, new_residual = layer.norm(hidden, residual)
-            cos["n"].append(token_cos(layer.norm(hidden, residual)[0], normed))
-            if kind == "M":
-                j = mixer.cache_index
-                fast_cache.conv_state[j].copy_(ref_cache.conv_state[j])
-                fast_cache.ssm_state[j].copy_(ref_cache.ssm_state[j])
-            with ops.reference():
-                out = mixer(normed, batch, ref_cache)
-            cos[kind].append(token_cos(mixer(normed, batch, fast_cache), out))
-            if kind == "M":
-                want = ref_cache.ssm_state[j][slots]
-                got = fast_cache.ssm_state[j][slots]
-                state_err.append(((got - want).norm() / want.norm()).item())
-            hidden, residual = out, new_residual
-    names = {"n": "rmsnorm", "M": "mamba", "*": "attention", "E": "moe"}
-    for kind, values in cos.items():
-        v = torch.cat(values)
-        print(
-            f"{names[kind]:>9s}: mean token cosine {v.mean():.6f}, min {v.min():.5f}, "
-            f"tokens below 0.99: {(v < 0.99).float().mean():.2%}"
-        )
-        assert v.mean() > 0.999
-        assert (v < 0.99).float().mean() <= 0.02
-    print(f"    state: max relative error of the SSM state {max(state_err):.2e}")
-    assert max(state_err) < 0.05
+    plan = make_plan(model.config.vocab_size)
+    steps = [(model.embed(torch.cat(ids)), [len(i) for i in ids], ctx) for ids, ctx in plan]
+    cos, state_err = compare_layers(model, steps)
+    assert_layers_match(cos, state_err, "text")
 
 
 def test_whole_model_stays_close_to_reference_path(model):
