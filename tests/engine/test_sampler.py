@@ -38,3 +38,27 @@ def test_seed_reproduces_and_temperature_spreads():
     b = _draw(logits, SamplingParams(temperature=1.0, seed=7), 1)
     assert a == b
     assert len(_draw(logits, SamplingParams(temperature=1.0, seed=3), 100)) > 20
+
+
+def test_a_seeded_row_draws_the_same_alone_or_in_any_batch():
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(5, 64, generator=g)
+    seeded = SamplingParams(temperature=0.8, top_p=0.9, seed=11)
+    alone = sample(logits[2:3], [seeded], [make_generator(seeded, torch.device("cpu"))])
+    others = [SamplingParams(temperature=0), SamplingParams(temperature=1.5, top_k=5)]
+    params = [others[0], others[1], seeded, others[1], others[0]]
+    gens = [None, None, make_generator(seeded, torch.device("cpu")), None, None]
+    batch = sample(logits, params, gens)
+    assert batch[2] == alone[0]
+    assert batch[0] == logits[0].argmax() and batch[4] == logits[4].argmax()
+    assert batch[1] in logits[1].topk(5).indices and batch[3] in logits[3].topk(5).indices
+
+
+def test_draws_follow_the_distribution():
+    probs = torch.tensor([0.6, 0.3, 0.1])
+    p = SamplingParams(temperature=1.0, seed=5)
+    gen = make_generator(p, torch.device("cpu"))
+    rows = probs.log().expand(4000, 3)
+    picks = sample(rows, [p] * 4000, [gen] * 4000)
+    freq = torch.bincount(picks, minlength=3) / 4000
+    assert (freq - probs).abs().max() < 0.03, freq
