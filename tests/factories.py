@@ -1,10 +1,26 @@
-"""Model-ready media items with random contents, for model and engine tests."""
+"""Tiny configs and model-ready media items with random contents, for model and engine tests."""
 
 from __future__ import annotations
 
 import torch
 
 from workers.media.items import AudioItem, ImageItem, VideoItem
+from workers.model.config import LLMConfig
+
+# The smallest LLM config with a Mamba, an attention and an MoE layer: for cache and
+# scheduler tests, which need the cache's shapes but never run the model.
+TINY_LLM = LLMConfig(
+    hidden_size=16,
+    vocab_size=32,
+    pattern="M*E",
+    mamba_num_heads=2,
+    mamba_head_dim=4,
+    n_groups=1,
+    ssm_state_size=4,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=4,
+)
 
 
 def make_image(grid: tuple[int, int], gen: torch.Generator) -> ImageItem:

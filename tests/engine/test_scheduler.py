@@ -4,28 +4,16 @@ import itertools
 
 import torch
 
+from tests.factories import TINY_LLM
 from workers.engine.cache import HybridCache
 from workers.engine.request import Request, RequestState, SamplingParams
 from workers.engine.scheduler import Scheduler, SchedulerConfig
-from workers.model.config import LLMConfig
 
 _ids = itertools.count()
-TINY = LLMConfig(
-    hidden_size=8,
-    vocab_size=16,
-    pattern="M*",
-    mamba_num_heads=2,
-    mamba_head_dim=2,
-    n_groups=1,
-    ssm_state_size=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=2,
-)
 
 
 def make_scheduler(max_running: int = 4, kv_capacity_tokens: int = 1000, **kw) -> Scheduler:
-    cache = HybridCache(TINY, max_running, kv_capacity_tokens, 512, "cpu", torch.float32)
+    cache = HybridCache(TINY_LLM, max_running, kv_capacity_tokens, 512, "cpu", torch.float32)
     return Scheduler(SchedulerConfig(**kw), cache)
 
 

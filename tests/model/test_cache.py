@@ -3,21 +3,10 @@
 import pytest
 import torch
 
+from tests.factories import TINY_LLM
 from workers.engine.cache import CacheFullError, ForwardBatch, HybridCache
-from workers.model.config import LLMConfig
 
-CFG = LLMConfig(
-    hidden_size=16,
-    vocab_size=32,
-    pattern="M*E",
-    mamba_num_heads=2,
-    mamba_head_dim=4,
-    n_groups=1,
-    ssm_state_size=4,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    head_dim=4,
-)
+CFG = TINY_LLM
 
 
 def make_cache(slots=3, rows=16, max_len=10):
