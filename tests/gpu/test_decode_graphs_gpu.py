@@ -21,8 +21,8 @@ pytestmark = [
 def llm(tmp_path_factory):
     d = tmp_path_factory.mktemp("demo")
     write_demo_checkpoint(d)
-    model, _ = load_model(d, "cuda")
-    return model.llm.to(torch.bfloat16)
+    model, _ = load_model(d, "cuda")  # bf16 weights; the router's fp32 buffers stay fp32
+    return model.llm
 
 
 def prefilled(llm, lens: list[int]) -> tuple[HybridCache, list[int]]:
