@@ -36,14 +36,17 @@ class GemmConfig:
     group_m: int
     num_warps: int
     num_stages: int
+    # N % block_n columns go to a second, narrower launch instead of mostly-masked tiles
+    # (I = 1856 = 7.25 x 256: the last up tile would do 4x the work it keeps).
+    split_tail: bool = False
 
 
 # Best of a small sweep on the H200 (2026-11-28). Prefill T=16K: up 514 / down 550 TFLOP/s
 # (3 stages: 476 / 517; BLOCK_N 128: 445 / 471), whole op with align and sum ~450. Decode
 # T=256: up 4.0 / down 3.6 TB/s of touched weights. group_m 0 = all tiles of a column block.
-_PREFILL = GemmConfig(128, 256, 64, 8, 8, 4)
+_PREFILL = GemmConfig(128, 256, 64, 8, 8, 4, split_tail=True)
 _DECODE = GemmConfig(16, 64, 128, 0, 4, 5)
-_INTERPRET = GemmConfig(16, 16, 16, 4, 4, 1)
+_INTERPRET = GemmConfig(16, 16, 16, 4, 4, 1, split_tail=True)
 # Below this many assignments per expert on average, tiles are mostly padding: decode path.
 _DECODE_ROWS_PER_EXPERT = 32
 
@@ -57,7 +60,8 @@ def _moe_gemm_kernel(
     block_expert_ptr,
     topk_w_ptr,
     num_valid,
-    N,
+    n_start,
+    n_end,
     K,
     num_blocks_m,
     stride_am,
@@ -75,8 +79,9 @@ def _moe_gemm_kernel(
 ):
     # UP: a = x [T, K] gathered by token, c = h [R, N] at padded rows, relu^2 applied.
     # down: a = h [R, K] contiguous, c = y [A, N] at assignment rows, combine weight applied.
+    # This launch covers output columns [n_start, n_end).
     pid = tl.program_id(0)
-    num_blocks_n = tl.cdiv(N, BLOCK_N)
+    num_blocks_n = tl.cdiv(n_end - n_start, BLOCK_N)
     width = group_m * num_blocks_n
     group = pid // width
     first_m = group * group_m
@@ -92,8 +97,8 @@ def _moe_gemm_kernel(
     valid = ids < num_valid
     # Up gathers token rows (padding rows read token 0, never stored); down reads h in order.
     a_rows = tl.where(valid, ids // TOP_K, 0) if UP else rows
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    w_rows = tl.where(offs_n < N, offs_n, 0)
+    offs_n = n_start + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    w_rows = tl.where(offs_n < n_end, offs_n, 0)
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_rows[:, None].to(tl.int64) * stride_am + offs_k[None, :]
     w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + w_rows[None, :] * stride_wn + offs_k[:, None]
@@ -114,7 +119,7 @@ def _moe_gemm_kernel(
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
-    n_ok = offs_n < N
+    n_ok = offs_n < n_end
     if UP:
         acc = tl.maximum(acc, 0.0)
         acc = acc * acc
@@ -139,9 +144,24 @@ def _moe_sum_kernel(y_ptr, out_ptr, D, TOP_K: tl.constexpr, BLOCK_D: tl.constexp
 
 
 def _gemm(a, w, c, sorted_ids, block_expert, topk_w, num_valid, top_k, up, cfg, upcast):
-    N, K = w.shape[1], w.shape[2]
+    N = w.shape[1]
+    main = N - N % cfg.block_n if cfg.split_tail else N
+    if main:
+        _gemm_columns(a, w, c, sorted_ids, block_expert, topk_w, num_valid, top_k, up, cfg,
+                      upcast, 0, main, cfg.block_n)  # fmt: skip
+    if main < N:
+        tail = max(16, triton.next_power_of_2(N - main))
+        _gemm_columns(a, w, c, sorted_ids, block_expert, topk_w, num_valid, top_k, up, cfg,
+                      upcast, main, N, tail)  # fmt: skip
+
+
+def _gemm_columns(
+    a, w, c, sorted_ids, block_expert, topk_w, num_valid, top_k, up, cfg, upcast,
+    n_start, n_end, block_n,
+):  # fmt: skip
+    K = w.shape[2]
     num_blocks_m = block_expert.numel()
-    grid = (num_blocks_m * triton.cdiv(N, cfg.block_n),)
+    grid = (num_blocks_m * triton.cdiv(n_end - n_start, block_n),)
     _moe_gemm_kernel[grid](
         a,
         w,
@@ -150,7 +170,8 @@ def _gemm(a, w, c, sorted_ids, block_expert, topk_w, num_valid, top_k, up, cfg, 
         block_expert,
         topk_w,
         num_valid,
-        N,
+        n_start,
+        n_end,
         K,
         num_blocks_m,
         a.stride(0),
@@ -163,7 +184,7 @@ def _gemm(a, w, c, sorted_ids, block_expert, topk_w, num_valid, top_k, up, cfg, 
         UPCAST=upcast,
         EVEN_K=K % cfg.block_k == 0,
         BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
+        BLOCK_N=block_n,
         BLOCK_K=cfg.block_k,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
@@ -179,7 +200,7 @@ def pick_config(num_tokens, top_k, num_experts):
     return _PREFILL
 
 
-def _moe_experts_launch(x, up, down, topk_weights, topk_ids):
+def _moe_experts_launch(x, up, down, topk_weights, topk_ids, config):
     """x [T, D]; up [E, I, D]; down [E, D, I]; topk_weights [T, k] fp32; topk_ids [T, k] int32."""
     T, D = x.shape
     E, inner, _ = up.shape
@@ -191,7 +212,7 @@ def _moe_experts_launch(x, up, down, topk_weights, topk_ids):
     assert up.stride(2) == 1 and down.stride(2) == 1, "expert weights must be row-major"
     x = x.contiguous()
     topk_weights = topk_weights.contiguous()
-    cfg = pick_config(T, k, E)
+    cfg = config or pick_config(T, k, E)
     upcast = interpreting()
 
     sorted_ids, block_expert, _ = moe_align(topk_ids, E, cfg.block_m)
@@ -206,13 +227,14 @@ def _moe_experts_launch(x, up, down, topk_weights, topk_ids):
     return out
 
 
-def moe_experts(x, up, down, topk_weights, topk_ids):
+def moe_experts(x, up, down, topk_weights, topk_ids, config: GemmConfig | None = None):
     """Routed experts (shared expert not included).
 
     x [T, D]; up [E, I, D]; down [E, D, I] (nn.Linear [out, in] layout);
     topk_weights [T, k] fp32; topk_ids [T, k] int32. Returns out [T, D] in x's dtype.
+    `config` None picks the tiling by size (pick_config); benchmarks pass others to compare.
     """
-    return _moe_experts_launch(x, up, down, topk_weights, topk_ids)
+    return _moe_experts_launch(x, up, down, topk_weights, topk_ids, config)
 
 
 def moe_experts_ref(x, up, down, topk_weights, topk_ids):
