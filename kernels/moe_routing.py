@@ -6,6 +6,11 @@ The correction bias only decides *which* experts are chosen; the combine weights
 unbiased sigmoid scores of the chosen experts, divided by their sum (+1e-20) and scaled.
 One program routes BLOCK_T tokens: the whole [BLOCK_T, E] logit tile stays in registers,
 so selection needs no second pass over memory.
+
+The model keeps the gate weight in fp32 and its hidden states in bf16. An fp32 dot would run
+on the CUDA cores (≈ 0.4 ms a layer at decode sizes); instead each fp32 weight tile is split
+into three bf16 terms, hi + mid + lo, that sum to it exactly (8 + 8 + 8 significand bits), and
+three bf16 tensor-core dots accumulate in fp32: every product is exact, as in an fp32 dot.
 """
 
 import torch
@@ -13,6 +18,14 @@ import triton
 import triton.language as tl
 
 from kernels.interpreter import interpreting
+
+
+@triton.jit
+def _dot(h, w, UPCAST: tl.constexpr):
+    """h [T, BD] · w [E, BD]^T in fp32."""
+    if UPCAST:
+        return tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+    return tl.dot(h, tl.trans(w))
 
 
 @triton.jit
@@ -33,7 +46,8 @@ def _moe_route_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    FP32_DOT: tl.constexpr,
+    MODE: tl.constexpr,  # 0: bf16 dot, 1: bf16 x (fp32 split in 3), 2: fp32 ieee dot
+    UPCAST: tl.constexpr,  # the interpreter's dot on bf16 operands is unreliable: fp32 there
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -55,12 +69,20 @@ def _moe_route_kernel(
             mask=e_ok[:, None] & d_ok[None, :],
             other=0.0,
         )
-        if FP32_DOT:
-            # ieee keeps the logits true fp32 (no tf32 rounding) when an operand is fp32.
-            logits += tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
-        else:
+        if MODE == 0:
             # bf16 x bf16 products are exact in fp32; only the accumulation order differs.
-            logits += tl.dot(h, tl.trans(w))
+            logits += _dot(h, w, UPCAST)
+        elif MODE == 1:
+            hi = w.to(tl.bfloat16)
+            rest = w - hi.to(tl.float32)
+            mid = rest.to(tl.bfloat16)
+            lo = (rest - mid.to(tl.float32)).to(tl.bfloat16)
+            logits += _dot(h, hi, UPCAST)
+            logits += _dot(h, mid, UPCAST)
+            logits += _dot(h, lo, UPCAST)
+        else:
+            # ieee keeps the logits true fp32 (no tf32 rounding) when the hidden state is fp32.
+            logits += tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
 
     scores = tl.sigmoid(logits)
     bias = tl.load(bias_ptr + cols_e, mask=e_ok, other=0.0)
@@ -96,8 +118,12 @@ def _moe_route_launch(hidden, gate_weight, correction_bias, top_k, routed_scalin
     topk_weights = torch.empty(T, top_k, device=hidden.device, dtype=torch.float32)
     topk_ids = torch.empty(T, top_k, device=hidden.device, dtype=torch.int32)
     interpret = interpreting()
-    both_bf16 = hidden.dtype == gate_weight.dtype == torch.bfloat16
-    block_t = 16 if interpret else 64
+    if hidden.dtype == torch.bfloat16:
+        mode = 0 if gate_weight.dtype == torch.bfloat16 else 1
+    else:
+        mode = 2
+    # Decode batches: 16-token programs spread the gate weight's reads over more SMs.
+    block_t = 16 if interpret or T <= 4096 else 64
     grid = (triton.cdiv(T, block_t),)
     _moe_route_kernel[grid](
         hidden,
@@ -116,7 +142,8 @@ def _moe_route_launch(hidden, gate_weight, correction_bias, top_k, routed_scalin
         BLOCK_K=triton.next_power_of_2(top_k),
         BLOCK_T=block_t,
         BLOCK_D=32 if interpret else 64,
-        FP32_DOT=interpret or not both_bf16,
+        MODE=mode,
+        UPCAST=interpret,
         num_warps=8,
     )
     return topk_weights, topk_ids

@@ -44,10 +44,11 @@ def rnd(*shape, g, scale=1.0, dtype=torch.bfloat16):
     return (scale * torch.randn(*shape, device="cuda", generator=g)).to(dtype)
 
 
-@pytest.mark.parametrize("T", [1, 77, 3000])
-def test_moe_route(T):
+@pytest.mark.parametrize("gate_dtype", [torch.float32, torch.bfloat16])  # fp32: the model's
+@pytest.mark.parametrize("T", [1, 77, 3000, 16384])
+def test_moe_route(T, gate_dtype):
     g = torch.Generator(device="cuda").manual_seed(T)
-    x, gate = rnd(T, D, g=g), rnd(E, D, g=g, scale=D**-0.5)
+    x, gate = rnd(T, D, g=g), rnd(E, D, g=g, scale=D**-0.5, dtype=gate_dtype)
     bias = 0.01 * torch.randn(E, device="cuda", generator=g)
     w, ids = moe_route(x, gate, bias, TOP_K, 2.5)
     rw, rids = moe_route_ref(x, gate, bias, TOP_K, 2.5)

@@ -34,12 +34,20 @@ def by_expert(weights, ids):
     return weights.gather(1, order), ids
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+# (hidden, gate weight) dtypes; the model runs bf16 hidden states against an fp32 gate.
+DTYPES = [
+    (torch.float32, torch.float32),
+    (torch.bfloat16, torch.bfloat16),
+    (torch.bfloat16, torch.float32),
+]
+
+
+@pytest.mark.parametrize("dtypes", DTYPES, ids=["fp32", "bf16", "bf16-fp32gate"])
 @pytest.mark.parametrize("T", [1, 5, 17, 64])
-def test_route_matches_transformers(T, dtype):
+def test_route_matches_transformers(T, dtypes):
     g = torch.Generator().manual_seed(T)
-    hidden = torch.randn(T, D, generator=g).to(dtype)
-    gate = (0.3 * torch.randn(E, D, generator=g)).to(dtype)
+    hidden = torch.randn(T, D, generator=g).to(dtypes[0])
+    gate = (0.3 * torch.randn(E, D, generator=g)).to(dtypes[1])
     # A bias large enough to change selections: chosen by biased score, weighted unbiased.
     bias = 0.5 * torch.randn(E, generator=g)
     _, hf_w, hf_ids = hf_router(gate, bias)(hidden)
@@ -64,3 +72,16 @@ def test_bias_changes_selection_not_weights():
     scores = torch.sigmoid(hidden @ gate.t())
     chosen = scores.gather(1, ids.long())
     assert_close("weights", w, chosen / chosen.sum(-1, keepdim=True) * SCALE)
+
+
+def test_fp32_gate_split_is_exact():
+    """bf16 hidden x fp32 gate: the three-way bf16 split gives the fp32 logits' choices and
+    weights (gate values with more than 8 significand bits, unlike a bf16 checkpoint's)."""
+    g = torch.Generator().manual_seed(7)
+    hidden = torch.randn(40, D, generator=g).to(torch.bfloat16)
+    gate = 0.3 * torch.randn(E, D, generator=g) * (1 + 1e-3 * torch.randn(E, D, generator=g))
+    bias = 0.1 * torch.randn(E, generator=g)
+    w, ids = moe_route(hidden, gate, bias, K, SCALE)
+    rw, rids = moe_route_ref(hidden, gate, bias, K, SCALE)
+    assert torch.equal(ids, rids)
+    assert_close("weights", w, rw)
