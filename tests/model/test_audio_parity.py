@@ -137,6 +137,17 @@ def test_single_item_call_equals_batched(towers):
         assert rel_err(encode_audio(encoder, projector, item), b) < 1e-5
 
 
+@torch.no_grad()
+def test_frame_cap_splits_forwards_without_changing_outputs(towers):
+    _, encoder, projector = towers
+    gen = torch.Generator().manual_seed(3)
+    items = [_item(3.0, gen), _item(3.0, gen), _item(3.0, gen)]
+    whole = encode_audios(encoder, projector, items)
+    one_clip_each = encode_audios(encoder, projector, items, max_frames=300)  # 3 s = 300 frames
+    for a, b in zip(one_clip_each, whole, strict=True):
+        assert rel_err(a, b) < 1e-5
+
+
 def test_missing_clip_samples_is_an_error(towers):
     _, encoder, projector = towers
     item = AudioItem([torch.zeros(301, MEL)], num_samples=48000)

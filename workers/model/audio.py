@@ -25,6 +25,9 @@ from workers.media.items import AudioItem
 from workers.model.config import AudioConfig
 
 HOP_SAMPLES = 160  # 10 ms mel hop at 16 kHz
+# Mel frames per encoder forward: 32 clips of 30 s. The subsampling's first conv output is
+# ≈ 49 MB per 30 s clip in bf16, so a batch of a few hundred clips would need tens of GB.
+MAX_AUDIO_FRAMES = 32 * 3000
 
 # N clips, T frames, D width, H heads, d head dim.
 
@@ -190,19 +193,26 @@ def _valid_clips(item: AudioItem) -> list[torch.Tensor]:
 
 
 def encode_audios(
-    encoder: AudioEncoder, projector: nn.Module, items: list[AudioItem]
+    encoder: AudioEncoder,
+    projector: nn.Module,
+    items: list[AudioItem],
+    max_frames: int = MAX_AUDIO_FRAMES,
 ) -> list[torch.Tensor]:
-    """Encode every clip of every item, batching clips of equal length -> per item [tokens, out]."""
+    """Encode every clip of every item -> per item [tokens, out]. Clips of equal length share
+    a forward, up to `max_frames` mel frames each (one clip at least)."""
     w = encoder.subsampling.linear.weight
     clips = [c.to(device=w.device, dtype=w.dtype) for item in items for c in _valid_clips(item)]
     outs: list[torch.Tensor | None] = [None] * len(clips)
     by_length: dict[int, list[int]] = {}
     for i, c in enumerate(clips):
         by_length.setdefault(c.shape[0], []).append(i)
-    for idx in by_length.values():
-        emb = projector(encoder(torch.stack([clips[i] for i in idx])))
-        for i, e in zip(idx, emb, strict=True):
-            outs[i] = e
+    for length, same in by_length.items():
+        step = max(1, max_frames // length)
+        for a in range(0, len(same), step):
+            idx = same[a : a + step]
+            emb = projector(encoder(torch.stack([clips[i] for i in idx])))
+            for i, e in zip(idx, emb, strict=True):
+                outs[i] = e
     results, start = [], 0
     for item in items:
         results.append(torch.cat(outs[start : start + len(item.clips)]))
