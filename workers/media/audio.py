@@ -30,33 +30,39 @@ def decode_audio(path: str, demuxer: str, limits: MediaLimits) -> tuple[torch.Te
         stream = c.streams.audio[0]
         start = _stream_start(stream)
         resampler = None
-        chunks: list[np.ndarray] = []
+        channels = 1
+        chunks: list[np.ndarray] = []  # interleaved float32 samples, one array per frame
         total = 0
         try:
             for frame in c.decode(stream):
                 if resampler is None:
+                    channels = len(frame.layout.channels)
+                    # Packed output: one buffer per frame; the channel mean runs once at the end.
                     layout = frame.layout.name
-                    resampler = av.AudioResampler(format="fltp", layout=layout, rate=SAMPLE_RATE)
-                total += _append(chunks, resampler.resample(frame))
+                    resampler = av.AudioResampler(format="flt", layout=layout, rate=SAMPLE_RATE)
+                total += _append(chunks, resampler.resample(frame), channels)
                 if total > max_samples:
                     raise MediaTooLong("the audio is longer than the duration limit")
             if resampler is not None:
-                total += _append(chunks, resampler.resample(None))
+                total += _append(chunks, resampler.resample(None), channels)
         except av.error.FFmpegError as e:
             if not chunks:
                 raise MediaUnreadable("the audio stream could not be decoded") from e
             # A damaged tail keeps what decoded cleanly; players do the same.
     if not chunks:
         return torch.zeros(0, dtype=torch.float32), start
-    return torch.from_numpy(np.concatenate(chunks)), start
+    wave = np.concatenate(chunks).reshape(-1, channels)
+    return torch.from_numpy(
+        wave.mean(axis=1, dtype=np.float32) if channels > 1 else wave[:, 0]
+    ), start
 
 
-def _append(chunks: list[np.ndarray], frames: list[av.AudioFrame]) -> int:
+def _append(chunks: list[np.ndarray], frames: list[av.AudioFrame], channels: int) -> int:
+    """Adds each frame's interleaved samples; returns the samples per channel added."""
     n = 0
     for f in frames:
-        planes = f.to_ndarray()  # [channels, samples] float32
-        chunks.append(planes.mean(axis=0, dtype=np.float32) if planes.shape[0] > 1 else planes[0])
-        n += planes.shape[1]
+        chunks.append(f.to_ndarray().reshape(-1))  # [1, samples·channels] float32
+        n += f.samples
     return n
 
 

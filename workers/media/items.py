@@ -53,7 +53,8 @@ class VideoItem:
     """Sampled frames of one video chunk as 2-frame tubelets (spec §3).
 
     tubelets: uint8 [n_tubelets, 2, 3, H, W], the sampled frames exactly as decoded to RGB
-    (H, W: the upright size after rotation); an odd last frame is repeated. The resize to
+    (H, W: the upright size after rotation; from the decoder a channels-last view, so the
+    pool copies no transposed frames); an odd last frame is repeated. The resize to
     `grid` and the CLIP normalisation happen on the vision encoder's device
     (`workers.media.resize.video_pixels` -> float [n_tubelets, 2, 3, 16·ph, 16·pw]).
     timestamps: seconds of each sampled frame (len = frames sampled, before the repeat),

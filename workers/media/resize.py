@@ -29,7 +29,8 @@ def video_pixels(tubelets: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     the model runs it on the GPU so the CPU pool only decodes.
     """
     n, t = tubelets.shape[:2]
-    pixels = _planar_pixels(tubelets.flatten(0, 1), grid)
+    # Decoded frames arrive as a channels-last view; the resize is cheaper on planar frames.
+    pixels = _planar_pixels(tubelets.flatten(0, 1).contiguous(), grid)
     return pixels.view(n, t, *pixels.shape[1:])
 
 

@@ -113,11 +113,11 @@ def process_video(
         info = probe_video(c, limits)
         chunks = plan_chunks(info, opts)
         grid = video_grid(info.height, info.width)
-        # Frames go straight into their chunk's tubelet tensor, as decoded (the resize runs on
-        # the GPU): uint8 [2·ceil(F/2), 3, H, W].
+        # Frames go straight into their chunk's buffer as decoded, channels last (a plain copy;
+        # the planar transpose and the resize run on the GPU): uint8 [2·ceil(F/2), H, W, 3].
         size = (info.height, info.width)
         buffers = [
-            torch.empty(len(idx) + len(idx) % 2, 3, *size, dtype=torch.uint8) for *_, idx in chunks
+            torch.empty(len(idx) + len(idx) % 2, *size, 3, dtype=torch.uint8) for *_, idx in chunks
         ]
         slots: dict[int, list[tuple[int, int]]] = {}
         for ci, (*_, idx) in enumerate(chunks):
@@ -127,8 +127,8 @@ def process_video(
         times = [info.start + i / info.fps for i in wanted]
         frames = decode_frames(c, video_stream(c), times, info.fps, cfg)
         for i, rgb in zip(wanted, frames, strict=True):
-            pixels = _rotate(rgb, info.rotation).permute(2, 0, 1)
-            if tuple(pixels.shape[1:]) != size:
+            pixels = _rotate(rgb, info.rotation)
+            if tuple(pixels.shape[:2]) != size:
                 raise MediaUnreadable("the video changes frame size mid-stream (not supported)")
             for ci, k in slots[i]:
                 buffers[ci][k] = pixels
@@ -139,7 +139,7 @@ def process_video(
         if len(idx) % 2:
             buf[-1] = buf[-2]  # odd frame count: the last frame is repeated
         item = VideoItem(
-            tubelets=buf.view(-1, 2, *buf.shape[1:]),
+            tubelets=buf.view(-1, 2, *buf.shape[1:]).permute(0, 1, 4, 2, 3),
             grid=grid,
             timestamps=[i * step_ms / 1000.0 for i in idx],
             start_s=a,
