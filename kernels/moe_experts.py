@@ -41,9 +41,10 @@ class GemmConfig:
     split_tail: bool = False
 
 
-# Best of a small sweep on the H200 (2026-11-28). Prefill T=16K: up 514 / down 550 TFLOP/s
-# (3 stages: 476 / 517; BLOCK_N 128: 445 / 471), whole op with align and sum ~450. Decode
-# T=256: up 4.0 / down 3.6 TB/s of touched weights. group_m 0 = all tiles of a column block.
+# Best of small sweeps on the H200 (2026-11-28). Prefill T=16K: up 514 / down 550 TFLOP/s
+# (3 stages: 476 / 517; BLOCK_N 128: 445 / 471); whole op with align and sum 463-479 with
+# the tail split, 456-458 without; 64-row tiles 413-423. Decode T=256: up 4.0 / down 3.6
+# TB/s of touched weights. group_m 0 = all tiles of a column block.
 _PREFILL = GemmConfig(128, 256, 64, 8, 8, 4, split_tail=True)
 _DECODE = GemmConfig(16, 64, 128, 0, 4, 5)
 _INTERPRET = GemmConfig(16, 16, 16, 4, 4, 1, split_tail=True)
