@@ -69,8 +69,9 @@ def prefill_ms(llm, cache, lens: list[int], chunk: int, repeats: int) -> float:
     return timed(run, repeats)
 
 
-def decode_rows(llm, bsz: int, ctx: int, reps: int) -> list[dict]:
-    """Decode steps of `bsz` sequences with `ctx` cached tokens each: eager and CUDA graph."""
+def decode_inputs(llm, bsz: int, ctx: int) -> tuple[HybridCache, torch.Tensor, ForwardBatch]:
+    """A cache holding `bsz` sequences of `ctx` random cached tokens (+ a scratch slot), one
+    input token each, and their decode batch."""
     cfg = llm.config
     cache = HybridCache(cfg, bsz + 1, (bsz + 1) * (ctx + 8), ctx + 8, "cuda", torch.bfloat16)
     slots = list(range(bsz))
@@ -78,7 +79,12 @@ def decode_rows(llm, bsz: int, ctx: int, reps: int) -> list[dict]:
     for pool in (*cache.k_pool, *cache.v_pool):
         pool.normal_(0, 1)
     ids = torch.randint(0, cfg.vocab_size, (bsz,), device="cuda")
-    batch = ForwardBatch.build([1] * bsz, slots, [ctx] * bsz, "cuda")
+    return cache, ids, ForwardBatch.build([1] * bsz, slots, [ctx] * bsz, "cuda")
+
+
+def decode_rows(llm, bsz: int, ctx: int, reps: int) -> list[dict]:
+    """Decode steps of `bsz` sequences with `ctx` cached tokens each: eager and CUDA graph."""
+    cache, ids, batch = decode_inputs(llm, bsz, ctx)
     name = f"decode b{bsz} ctx{ctx}"
     eager = timed(lambda: llm.logits(llm(llm.embed(ids), batch, cache)), reps * 3)
     rows = [{"bench": f"{name} eager", "ms": eager, "tok_s": bsz / eager * 1e3}]

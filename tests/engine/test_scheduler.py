@@ -62,6 +62,33 @@ def test_decode_and_prefill_share_a_step():
     assert [(c.request, c.length) for c in plan.prefill] == [(b, 10)]
 
 
+def test_small_decode_batch_waits_while_prompts_prefill():
+    sched = make_scheduler(prefill_token_budget=10, decode_min_batch=2, max_decode_skips=2)
+    a = make_request(5, max_tokens=20)
+    sched.add(a)
+    run_step(sched)  # a's prompt: a is ready to decode
+    sched.add(make_request(100, max_tokens=5))  # ten steps of prompt work
+    decodes = [bool(run_step(sched)[0].decode) for _ in range(7)]
+    # One ready sequence, prompt work planned: it waits at most 2 steps for company.
+    assert decodes == [False, False, True, False, False, True, False]
+    assert len(a.output_ids) == 1 + 2
+
+
+def test_decode_batch_runs_when_full_or_without_prompt_work():
+    sched = make_scheduler(prefill_token_budget=10, decode_min_batch=2, max_decode_skips=9)
+    a, b = make_request(5, max_tokens=20), make_request(5, max_tokens=20)
+    sched.add(a)
+    run_step(sched)
+    plan, _ = run_step(sched)  # nothing left to prefill: decode even one sequence
+    assert plan.decode == [a] and not plan.prefill
+    sched.add(b)
+    sched.add(make_request(100, max_tokens=5))
+    plan, _ = run_step(sched)  # b's prompt and a chunk of the long one; only a is ready
+    assert not plan.decode and plan.prefill[0].request is b
+    plan, _ = run_step(sched)  # a and b ready: enough to decode beside the prompt chunk
+    assert plan.decode == [a, b] and plan.prefill
+
+
 def test_stop_token_finishes_unless_ignore_eos():
     sched = make_scheduler()
     stop = make_request(3, 5, stop_ids=(7,))

@@ -7,8 +7,9 @@ items — and get a future. Each loop iteration the engine
      `encode_patch_budget` patches per call),
   2. splices the embeddings into each prompt (EVS drops redundant video rows) and admits
      the requests to the scheduler,
-  3. runs one scheduler step: decode for every running sequence, prompt chunks up to the
-     token budget.
+  3. runs one scheduler step: decode for every running sequence (a small decode batch may
+     wait a few steps while prompts are prefilled, see scheduler.py), prompt chunks up to
+     the token budget.
 Cancel takes effect between steps and frees the request's cache slot at once.
 """
 
@@ -115,7 +116,11 @@ class Engine:
             graphs = DecodeGraphs(model.llm, self.cache, list(config.decode_graph_sizes))
         self.stats = StageStats(config.profile)
         self.runner = ModelRunner(model.llm, self.cache, graphs, self.stats)
-        self.scheduler = Scheduler(SchedulerConfig(config.prefill_token_budget), self.cache)
+        # Half the slots: a decode batch that large already touches nearly every expert.
+        scheduler_config = SchedulerConfig(
+            config.prefill_token_budget, decode_min_batch=max(1, config.max_running // 2)
+        )
+        self.scheduler = Scheduler(scheduler_config, self.cache)
         self._inbox: queue.Queue[Prepared | str] = queue.Queue()  # Prepared, or a rid to cancel
         self._pending: dict[str, tuple[Prepared, PromptStats]] = {}
         self._ids = itertools.count()

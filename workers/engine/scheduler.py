@@ -2,7 +2,11 @@
 
 One rule drives it: every step, hand out tokens until each running request's computed
 count catches up with its length. Decoding requests get one token each; the rest of the
-step's token budget goes to prompt chunks, oldest request first. New requests are admitted
+step's token budget goes to prompt chunks, oldest request first. A decode forward costs far
+less than in proportion to its batch (it streams the touched experts' weights, and 64
+sequences already touch 95 % of them), so while prompt chunks are planned a small decode
+batch may wait for more sequences: it runs once `decode_min_batch` are ready, when the step
+has no prompt work, or after `max_decode_skips` steps without a decode. New requests are admitted
 in arrival order while a cache slot is free and their worst-case cache rows
 (prompt + max_tokens) fit in the KV budget; the head of the queue is never overtaken, so a
 large request cannot starve behind a stream of small ones.
@@ -32,6 +36,8 @@ class SlotAllocator(Protocol):
 @dataclass(frozen=True)
 class SchedulerConfig:
     prefill_token_budget: int = 16384  # prompt tokens computed per step
+    decode_min_batch: int = 1  # 1: decode every step
+    max_decode_skips: int = 4  # bounds how long a ready sequence waits for its next token
 
 
 @dataclass
@@ -65,6 +71,7 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # admission order
         self.reserved_tokens = 0
+        self.decode_skips = 0  # consecutive steps that planned no decode while one was ready
 
     def add(self, req: Request) -> None:
         if req.max_total_len > min(self.slots.kv_capacity_tokens, self.slots.max_seq_len):
@@ -76,7 +83,8 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> StepPlan:
-        plan = StepPlan(decode=[r for r in self.running if r.state is RequestState.DECODE])
+        plan = StepPlan()
+        ready = [r for r in self.running if r.state is RequestState.DECODE]
         budget = self.config.prefill_token_budget
         for req in self.running:
             if req.state is RequestState.PREFILL and budget > 0:
@@ -88,6 +96,15 @@ class Scheduler:
             self.reserved_tokens += req.max_total_len
             self.running.append(req)
             budget -= self._chunk(plan, req, budget)
+        if ready and (
+            not plan.prefill
+            or len(ready) >= self.config.decode_min_batch
+            or self.decode_skips >= self.config.max_decode_skips
+        ):
+            plan.decode = ready
+            self.decode_skips = 0
+        elif ready:
+            self.decode_skips += 1
         return plan
 
     def update(self, plan: StepPlan, sampled: dict[str, int]) -> list[Request]:
