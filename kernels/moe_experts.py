@@ -145,51 +145,43 @@ def _moe_sum_kernel(y_ptr, out_ptr, D, TOP_K: tl.constexpr, BLOCK_D: tl.constexp
 
 
 def _gemm(a, w, c, sorted_ids, block_expert, topk_w, num_valid, top_k, up, cfg, upcast):
-    N = w.shape[1]
+    """One of the op's two GEMMs; with `split_tail` the columns past the last whole BLOCK_N
+    go to a second launch of narrower tiles."""
+    N, K = w.shape[1], w.shape[2]
     main = N - N % cfg.block_n if cfg.split_tail else N
-    if main:
-        _gemm_columns(a, w, c, sorted_ids, block_expert, topk_w, num_valid, top_k, up, cfg,
-                      upcast, 0, main, cfg.block_n)  # fmt: skip
+    launches = [(0, main, cfg.block_n)] if main else []
     if main < N:
-        tail = max(16, triton.next_power_of_2(N - main))
-        _gemm_columns(a, w, c, sorted_ids, block_expert, topk_w, num_valid, top_k, up, cfg,
-                      upcast, main, N, tail)  # fmt: skip
-
-
-def _gemm_columns(
-    a, w, c, sorted_ids, block_expert, topk_w, num_valid, top_k, up, cfg, upcast,
-    n_start, n_end, block_n,
-):  # fmt: skip
-    K = w.shape[2]
+        launches.append((main, N, max(16, triton.next_power_of_2(N - main))))
     num_blocks_m = block_expert.numel()
-    grid = (num_blocks_m * triton.cdiv(n_end - n_start, block_n),)
-    _moe_gemm_kernel[grid](
-        a,
-        w,
-        c,
-        sorted_ids,
-        block_expert,
-        topk_w,
-        num_valid,
-        n_start,
-        n_end,
-        K,
-        num_blocks_m,
-        a.stride(0),
-        w.stride(0),
-        w.stride(1),
-        c.stride(0),
-        cfg.group_m or num_blocks_m,
-        TOP_K=top_k,
-        UP=up,
-        UPCAST=upcast,
-        EVEN_K=K % cfg.block_k == 0,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=cfg.block_k,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-    )
+    for n_start, n_end, block_n in launches:
+        grid = (num_blocks_m * triton.cdiv(n_end - n_start, block_n),)
+        _moe_gemm_kernel[grid](
+            a,
+            w,
+            c,
+            sorted_ids,
+            block_expert,
+            topk_w,
+            num_valid,
+            n_start,
+            n_end,
+            K,
+            num_blocks_m,
+            a.stride(0),
+            w.stride(0),
+            w.stride(1),
+            c.stride(0),
+            cfg.group_m or num_blocks_m,
+            TOP_K=top_k,
+            UP=up,
+            UPCAST=upcast,
+            EVEN_K=K % cfg.block_k == 0,
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=block_n,
+            BLOCK_K=cfg.block_k,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )
 
 
 def pick_config(num_tokens, top_k, num_experts):
