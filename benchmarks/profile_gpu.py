@@ -9,7 +9,8 @@ step is benchmarks.llm's number).
 encode: the full-size Omni model and synthetic W-video clips shaped as the media pool hands
 them over (60 uint8 720p frames in shared memory, channels last; 60 s of audio as two mel
 clips): `encode_items` + `splice_prompt_embeds` (EVS 0.5) for `clips` clips at once, as the
-engine's admission runs them. Also times the host-to-device copy of one clip's frames alone.
+engine's admission runs them (prompts tokenized beforehand, as `Engine.submit` does).
+Also times the host-to-device copy of one clip's frames alone.
 
 Each prints the step's wall time, the kernels' total GPU time (the gap is GPU idle: host
 work, synchronous copies) and the kernels holding the most GPU time.
@@ -79,15 +80,16 @@ def synthetic_clip(gen: torch.Generator) -> VideoItem:
 
 
 def profile_encode(model, prompts, clips: list[VideoItem]) -> str:
-    from workers.model.omni import encode_items, splice_prompt_embeds
+    from workers.model.omni import encode_items, prompt_tokens, splice_prompt_embeds
     from workers.model.prompt import task_text
 
     prompt = prompts.render(clips[:1], task_text("caption", None, "video"), False)
+    tokens = [prompt_tokens(prompts.tokenizer, prompt, [c]) for c in clips]  # caller threads
 
     def admit():
         encoded = encode_items(model, clips)
-        for c in clips:
-            splice_prompt_embeds(model, prompts.tokenizer, prompt, [c], encoded, 0.5)
+        for t in tokens:
+            splice_prompt_embeds(model, t, encoded, 0.5)
 
     return kernel_table(admit, f"encode + splice, {len(clips)} clip(s) at once")
 

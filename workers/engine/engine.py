@@ -30,7 +30,14 @@ from workers.engine.sampler import make_generator
 from workers.engine.scheduler import Scheduler, SchedulerConfig
 from workers.engine.stats import StageStats, vision_patches
 from workers.media.items import AudioItem, ImageItem, VideoItem
-from workers.model.omni import OmniModel, PromptStats, encode_items, splice_prompt_embeds
+from workers.model.omni import (
+    OmniModel,
+    PromptStats,
+    PromptTokens,
+    encode_items,
+    prompt_tokens,
+    splice_prompt_embeds,
+)
 
 _MiB = 1 << 20
 
@@ -95,6 +102,7 @@ class Prepared:
     evs_rate: float
     rid: str = ""
     future: Future = field(default_factory=Future)  # -> (Request, PromptStats)
+    tokens: PromptTokens | None = None  # set by Engine.submit, on the caller's thread
 
 
 class Engine:
@@ -129,8 +137,17 @@ class Engine:
 
     # ---- called from job threads -------------------------------------------------------
     def submit(self, prepared: Prepared) -> Future:
-        """Queue a request; the future resolves to (finished Request, PromptStats)."""
+        """Queue a request; the future resolves to (finished Request, PromptStats).
+
+        The prompt is tokenized here, on the caller's thread, without the GIL (omni.py): the
+        engine thread keeps the GPU fed meanwhile.
+        """
         prepared.rid = prepared.rid or f"req{next(self._ids)}"
+        try:
+            prepared.tokens = prompt_tokens(self.tokenizer, prepared.prompt, prepared.items)
+        except Exception as exc:  # a malformed prompt fails its own request only
+            prepared.future.set_exception(exc)
+            return prepared.future
         self._inbox.put(prepared)
         return prepared.future
 
@@ -221,7 +238,7 @@ class Engine:
             try:
                 with self.stats.stage("encode", self.model.device):
                     embeds, _, stats = splice_prompt_embeds(
-                        self.model, self.tokenizer, p.prompt, p.items, encoded, p.evs_rate
+                        self.model, p.tokens, encoded, p.evs_rate
                     )
             except Exception as exc:
                 p.future.set_exception(exc)

@@ -109,28 +109,40 @@ def build_prompt_embeds(
 ) -> tuple[torch.Tensor, torch.Tensor, PromptStats]:
     """Rendered prompt + items -> (embeds [T, D], ids [T] int64, stats), EVS applied."""
     encoded = encode_items(model, items)
-    return splice_prompt_embeds(model, tokenizer, prompt, items, encoded, evs_rate)
+    return splice_prompt_embeds(model, prompt_tokens(tokenizer, prompt, items), encoded, evs_rate)
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """A prompt tokenized with every media placeholder expanded (expand.py)."""
+
+    ids: torch.Tensor  # [T] int64, on the CPU
+    visual: list[ImageItem | VideoItem]  # in token order
+    audio: list[AudioItem]  # in token order (standalone audio and soundtracks)
+
+
+def prompt_tokens(tokenizer, prompt: str, items: list[ImageItem | VideoItem | AudioItem]):
+    """Rendered prompt (one marker per item) -> PromptTokens. Needs only the items' sizes,
+    not their encodings, so the engine's callers run it on their own threads
+    (`tokenizer`: a `tokenizers.Tokenizer`)."""
+    text, visual, audio = expand_prompt(prompt, items)
+    # encode_batch releases the GIL while it runs (encode does not): the engine thread is not
+    # held up by a caller tokenizing thousands of placeholder tokens.
+    (encoding,) = tokenizer.encode_batch([text], add_special_tokens=False)
+    return PromptTokens(torch.tensor(encoding.ids, dtype=torch.int64), visual, audio)
 
 
 @torch.no_grad()
 def splice_prompt_embeds(
-    model: OmniModel,
-    tokenizer,
-    prompt: str,
-    items: list[ImageItem | VideoItem | AudioItem],
-    encoded: Encoded,
-    evs_rate: float,
+    model: OmniModel, tokens: PromptTokens, encoded: Encoded, evs_rate: float
 ) -> tuple[torch.Tensor, torch.Tensor, PromptStats]:
-    """Rendered prompt + items with their `encode_items` output -> (embeds, ids, stats).
-
-    `tokenizer` is a `tokenizers.Tokenizer`; `prompt` holds one marker per item (expand.py).
-    Pruned video rows are removed from both ids and embeds: the LLM has no positional
+    """A tokenized prompt + its items' `encode_items` output -> (embeds [T, D], ids [T],
+    stats). Pruned video rows are removed from both ids and embeds: the LLM has no positional
     encoding, so nothing else needs to move (spec §1.3, §3.3).
     """
     cfg = model.config
-    text, visual, audio = expand_prompt(prompt, items)
-    ids = torch.tensor(tokenizer.encode(text, add_special_tokens=False).ids, dtype=torch.int64)
-    ids = ids.to(model.device)
+    visual, audio = tokens.visual, tokens.audio
+    ids = tokens.ids.to(model.device)
     embeds = model.llm.embed(ids)
     img_pos = ids == cfg.img_context_token_id
     so_pos = ids == cfg.sound_context_token_id
