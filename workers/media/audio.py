@@ -17,11 +17,20 @@ def _stream_start(stream: av.audio.stream.AudioStream) -> float:
     return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
 
 
+# Decoded sample formats (planar "p" variants alike) -> numpy dtype, and the scale swresample
+# uses to turn integers into floats.
+_DTYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "s64": np.int64,
+           "flt": np.float32, "dbl": np.float64}  # fmt: skip
+_INT_SCALE = {"s16": 2.0**-15, "s32": 2.0**-31, "s64": 2.0**-63}
+
+
 def decode_audio(path: str, demuxer: str, limits: MediaLimits) -> tuple[torch.Tensor, float] | None:
     """First audio stream -> (float32 [n] at 16 kHz mono, start time in seconds), None if no audio.
 
-    Channels are averaged after resampling (each channel resampled on its own), so a stereo
-    file becomes the mean of its channels rather than ffmpeg's -3 dB downmix.
+    Each decoded frame is averaged over its channels first (a stereo file becomes the mean of
+    its channels, not ffmpeg's -3 dB downmix), then the mono signal is resampled in pieces of
+    about a second: one resampling pass instead of one per channel, and few resampler calls
+    (the resampler streams, so its output does not depend on how the input is cut).
     """
     max_samples = int(limits.max_duration_s * SAMPLE_RATE)
     with open_container(path, demuxer, limits) as c:
@@ -29,41 +38,87 @@ def decode_audio(path: str, demuxer: str, limits: MediaLimits) -> tuple[torch.Te
             return None
         stream = c.streams.audio[0]
         start = _stream_start(stream)
-        resampler = None
-        channels = 1
-        chunks: list[np.ndarray] = []  # interleaved float32 samples, one array per frame
-        total = 0
+        mono = _MonoResampler()
         try:
             for frame in c.decode(stream):
-                if resampler is None:
-                    channels = len(frame.layout.channels)
-                    # Packed output: one buffer per frame; the channel mean runs once at the end.
-                    layout = frame.layout.name
-                    resampler = av.AudioResampler(format="flt", layout=layout, rate=SAMPLE_RATE)
-                total += _append(chunks, resampler.resample(frame), channels)
-                if total > max_samples:
+                mono.push(frame)
+                if mono.total > max_samples:
                     raise MediaTooLong("the audio is longer than the duration limit")
-            if resampler is not None:
-                total += _append(chunks, resampler.resample(None), channels)
         except av.error.FFmpegError as e:
-            if not chunks:
+            if not mono.pieces and not mono.pending:
                 raise MediaUnreadable("the audio stream could not be decoded") from e
             # A damaged tail keeps what decoded cleanly; players do the same.
-    if not chunks:
+        mono.flush()
+    if not mono.pieces:
         return torch.zeros(0, dtype=torch.float32), start
-    wave = np.concatenate(chunks).reshape(-1, channels)
-    return torch.from_numpy(
-        wave.mean(axis=1, dtype=np.float32) if channels > 1 else wave[:, 0]
-    ), start
+    return torch.from_numpy(np.concatenate(mono.pieces)), start
 
 
-def _append(chunks: list[np.ndarray], frames: list[av.AudioFrame], channels: int) -> int:
-    """Adds each frame's interleaved samples; returns the samples per channel added."""
-    n = 0
-    for f in frames:
-        chunks.append(f.to_ndarray().reshape(-1))  # [1, samples·channels] float32
-        n += f.samples
-    return n
+class _MonoResampler:
+    """Decoded frames -> channel mean -> 16 kHz float32 `pieces` (`total` samples so far)."""
+
+    def __init__(self) -> None:
+        self.pieces: list[np.ndarray] = []
+        self.pending: list[np.ndarray] = []  # input-rate mono samples not yet resampled
+        self.pending_len = 0
+        self.total = 0
+        self.rate = 0
+        self.resampler: av.AudioResampler | None = None
+
+    def push(self, frame: av.AudioFrame) -> None:
+        if self.resampler is None:
+            self.rate = frame.sample_rate
+            self.resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        elif frame.sample_rate != self.rate:
+            raise MediaUnreadable("the audio changes sample rate mid-stream (not supported)")
+        self.pending.append(_channel_mean(frame))
+        self.pending_len += frame.samples
+        if self.pending_len >= self.rate:
+            self._resample()
+
+    def flush(self) -> None:
+        if self.resampler is not None:
+            self._resample()
+            self._take(self.resampler.resample(None))
+
+    def _resample(self) -> None:
+        if not self.pending:
+            return
+        frame = av.AudioFrame.from_ndarray(
+            np.concatenate(self.pending)[None], format="flt", layout="mono"
+        )
+        frame.sample_rate = self.rate
+        self.pending, self.pending_len = [], 0
+        self._take(self.resampler.resample(frame))
+
+    def _take(self, frames: list[av.AudioFrame]) -> None:
+        for f in frames:
+            self.pieces.append(f.to_ndarray().reshape(-1))
+            self.total += f.samples
+
+
+def _channel_mean(frame: av.AudioFrame) -> np.ndarray:
+    """float32 [samples]: the mean over the frame's channels, integers scaled as swresample does."""
+    name = frame.format.name.removesuffix("p")
+    dtype, n = _DTYPES[name], frame.samples
+    channels = len(frame.layout.channels)
+    if frame.format.is_planar:
+        data = [np.frombuffer(p, dtype, n) for p in frame.planes[:channels]]
+    else:
+        flat = np.frombuffer(frame.planes[0], dtype, n * channels)
+        data = [flat[c::channels] for c in range(channels)]
+    total = _as_float(data[0], name)
+    for d in data[1:]:
+        total = total + _as_float(d, name)
+    return total if channels == 1 else total * np.float32(1.0 / channels)
+
+
+def _as_float(x: np.ndarray, name: str) -> np.ndarray:
+    if name == "u8":
+        return (x.astype(np.float32) - 128.0) * np.float32(2.0**-7)
+    if name in _INT_SCALE:
+        return x.astype(np.float32) * np.float32(_INT_SCALE[name])
+    return x.astype(np.float32, copy=False)
 
 
 def audio_item(wave: torch.Tensor) -> AudioItem:

@@ -29,7 +29,11 @@ def _mel_to_hz(m: torch.Tensor) -> torch.Tensor:
 
 @lru_cache(maxsize=1)
 def mel_filters() -> torch.Tensor:
-    """[128, 257] triangular Slaney-normalised filters over 0–8000 Hz (built in float64)."""
+    """[128, 257] triangular Slaney-normalised filters over 0–8000 Hz.
+
+    Built in float64 with the reference's rounding: the triangles are rounded to float32
+    before the Slaney scaling, which rounds again; that gives its filters bit for bit.
+    """
     fft_hz = torch.linspace(0, SAMPLE_RATE // 2, N_FFT // 2 + 1, dtype=torch.float64)
     lo, hi = _hz_to_mel(torch.tensor([0.0, SAMPLE_RATE / 2], dtype=torch.float64))
     edges = _mel_to_hz(torch.linspace(float(lo), float(hi), N_MELS + 2, dtype=torch.float64))
@@ -37,7 +41,7 @@ def mel_filters() -> torch.Tensor:
     slopes = edges[None, :] - fft_hz[:, None]  # [257, 130]
     down = -slopes[:, :-2] / gaps[:-1]
     up = slopes[:, 2:] / gaps[1:]
-    fb = torch.clamp(torch.minimum(down, up), min=0.0)  # [257, 128]
+    fb = torch.clamp(torch.minimum(down, up), min=0.0).float().double()  # [257, 128]
     fb = fb * (2.0 / (edges[2:] - edges[:-2]))[None, :]
     return fb.T.contiguous().to(torch.float32)
 
@@ -46,7 +50,10 @@ def log_mel(wave: torch.Tensor) -> torch.Tensor:
     """wave: float32 [n] at 16 kHz -> normalised log-mel [n // 160, 128] (valid frames only).
 
     The centred STFT yields 1 + n // 160 frames; the last one covers zero padding and is the
-    frame the reference zeroes, so it is dropped here.
+    frame the reference zeroes, so it is dropped here. The float32 operations follow the
+    reference's order (|STFT| then squared, as NeMo does; means as sum / count), so the
+    features match it bit for bit rather than within rounding: some bins of steady signals
+    are nearly constant, and their normalisation magnifies any rounding difference.
     """
     n = wave.shape[0]
     frames = n // HOP
@@ -55,9 +62,9 @@ def log_mel(wave: torch.Tensor) -> torch.Tensor:
     spec = torch.stft(
         x, N_FFT, HOP, WIN, window, center=True, pad_mode="constant", return_complex=True
     )
-    power = spec.real.square() + spec.imag.square()  # [257, 1 + n // 160]
+    power = torch.view_as_real(spec).square().sum(-1).sqrt().square()  # [257, 1 + n // 160]
     logmel = torch.log(mel_filters() @ power + LOG_GUARD)[:, :frames]  # [128, frames]
-    mean = logmel.mean(dim=1, keepdim=True)
+    mean = logmel.sum(dim=1, keepdim=True) / frames
     std = ((logmel - mean).square().sum(dim=1, keepdim=True) / (frames - 1)).sqrt()
     return ((logmel - mean) / (std + NORM_EPS)).T.contiguous()
 
