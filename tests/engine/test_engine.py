@@ -3,6 +3,8 @@ cancel frees the slot, memory-budget admission makes requests wait, nothing star
 
 from __future__ import annotations
 
+from concurrent.futures import wait
+
 import pytest
 import torch
 
@@ -103,6 +105,25 @@ def test_cancel_frees_the_slot_and_others_finish(demo):
     finally:
         eng.close()
     assert eng.cache.num_free_slots == 2
+
+
+def test_cancel_before_the_engine_takes_the_request_wakes_waiters(demo):
+    """A cancel that reaches the engine with its request (both still queued) cancels the
+    future so that `concurrent.futures.wait` sees it done, as the pipeline waits."""
+    model, pb = demo
+    cfg = EngineConfig(max_running=8, kv_capacity_tokens=1 << 14, max_seq_len=4096)
+    eng = Engine(model, pb.tokenizer, cfg)  # not started: both messages wait in its inbox
+    first, second = [Prepared(t, i, GREEDY, EVS) for t, i in mixed_requests(pb, 2)]
+    gone, kept = eng.submit(first), eng.submit(second)
+    eng.cancel(first.rid)
+    eng.start()
+    try:
+        done = wait([gone, kept], timeout=60).done
+        assert done == {gone, kept} and gone.cancelled()
+        req, _ = kept.result()
+        assert req.finish_reason == "length"
+    finally:
+        eng.close()
 
 
 def test_memory_budget_makes_requests_wait_and_rejects_what_never_fits(demo):

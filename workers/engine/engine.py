@@ -204,6 +204,8 @@ class Engine:
             if p.rid == rid:
                 new.remove(p)
                 p.future.cancel()
+                # Only this tells `concurrent.futures.wait` that the future is done.
+                p.future.set_running_or_notify_cancel()
                 return
         req = self.scheduler.cancel(rid)
         if req is not None:
