@@ -27,31 +27,60 @@ _INT_SCALE = {"s16": 2.0**-15, "s32": 2.0**-31, "s64": 2.0**-63}
 def decode_audio(path: str, demuxer: str, limits: MediaLimits) -> tuple[torch.Tensor, float] | None:
     """First audio stream -> (float32 [n] at 16 kHz mono, start time in seconds), None if no audio.
 
-    Each decoded frame is averaged over its channels first (a stereo file becomes the mean of
-    its channels, not ffmpeg's -3 dB downmix), then the mono signal is resampled in pieces of
-    about a second: one resampling pass instead of one per channel, and few resampler calls
-    (the resampler streams, so its output does not depend on how the input is cut).
+    (A video's soundtrack is decoded in the video's own demux pass: `AudioTrack`.)
     """
-    max_samples = int(limits.max_duration_s * SAMPLE_RATE)
     with open_container(path, demuxer, limits) as c:
         if not c.streams.audio:
             return None
-        stream = c.streams.audio[0]
-        start = _stream_start(stream)
-        mono = _MonoResampler()
+        track = AudioTrack(c.streams.audio[0], limits)
         try:
-            for frame in c.decode(stream):
-                mono.push(frame)
-                if mono.total > max_samples:
+            for packet in c.demux(track.stream):
+                track.feed(packet)
+        except av.error.FFmpegError as e:
+            track.fail(e)
+        return track.result()
+
+
+class AudioTrack:
+    """One audio stream decoded as its packets arrive (`feed`), so a video's demux pass can
+    carry its soundtrack; `result()` -> (float32 [n] at 16 kHz mono, start time in seconds).
+
+    Each decoded frame is averaged over its channels first (a stereo file becomes the mean of
+    its channels, not ffmpeg's -3 dB downmix), then the mono signal is resampled in pieces of
+    about a second: one resampling pass instead of one per channel, and few resampler calls
+    (the resampler streams, so its output does not depend on how the input is cut). A decode
+    error ends the track: a damaged tail keeps what decoded cleanly, as players do.
+    """
+
+    def __init__(self, stream: av.audio.stream.AudioStream, limits: MediaLimits):
+        self.stream = stream
+        self.start = _stream_start(stream)
+        self.max_samples = int(limits.max_duration_s * SAMPLE_RATE)
+        self.mono = _MonoResampler()
+        self.error: av.error.FFmpegError | None = None
+
+    def feed(self, packet: av.Packet) -> None:
+        """Decode one demuxed packet of this stream (the demuxer's empty last packet flushes)."""
+        if self.error is not None:
+            return
+        try:
+            for frame in self.stream.codec_context.decode(packet):
+                self.mono.push(frame)
+                if self.mono.total > self.max_samples:
                     raise MediaTooLong("the audio is longer than the duration limit")
         except av.error.FFmpegError as e:
-            if not mono.pieces and not mono.pending:
-                raise MediaUnreadable("the audio stream could not be decoded") from e
-            # A damaged tail keeps what decoded cleanly; players do the same.
-        mono.flush()
-    if not mono.pieces:
-        return torch.zeros(0, dtype=torch.float32), start
-    return torch.from_numpy(np.concatenate(mono.pieces)), start
+            self.fail(e)
+
+    def fail(self, error: av.error.FFmpegError) -> None:
+        self.error = self.error or error
+
+    def result(self) -> tuple[torch.Tensor, float]:
+        self.mono.flush()
+        if not self.mono.pieces:
+            if self.error is not None:
+                raise MediaUnreadable("the audio stream could not be decoded") from self.error
+            return torch.zeros(0, dtype=torch.float32), self.start
+        return torch.from_numpy(np.concatenate(self.mono.pieces)), self.start
 
 
 class _MonoResampler:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import av
 import torch
 
-from workers.media.audio import audio_item, decode_audio
+from workers.media.audio import AudioTrack, audio_item
 from workers.media.errors import MediaTooLarge, MediaTooLong, MediaUnreadable
 from workers.media.items import AudioItem, VideoItem
 from workers.media.limits import MediaLimits
@@ -125,14 +125,16 @@ def process_video(
                 slots.setdefault(i, []).append((ci, k))
         wanted = sorted(slots)
         times = [info.start + i / info.fps for i in wanted]
-        frames = decode_frames(c, video_stream(c), times, info.fps, cfg)
+        audio = c.streams.audio[0] if opts.use_audio and c.streams.audio else None
+        track = AudioTrack(audio, limits) if audio is not None else None
+        frames = decode_frames(c, video_stream(c), times, info.fps, cfg, track)
         for i, rgb in zip(wanted, frames, strict=True):
             pixels = _rotate(rgb, info.rotation)
             if tuple(pixels.shape[:2]) != size:
                 raise MediaUnreadable("the video changes frame size mid-stream (not supported)")
             for ci, k in slots[i]:
                 buffers[ci][k] = pixels
-    soundtrack = decode_audio(path, demuxer, limits) if opts.use_audio else None
+        soundtrack = track.result() if track is not None else None
     step_ms = int(1000.0 / info.fps)
     items = []
     for (a, b, idx), buf in zip(chunks, buffers, strict=True):

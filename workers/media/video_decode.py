@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import av
 import torch
 
+from workers.media.audio import AudioTrack
 from workers.media.errors import MediaUnreadable
 
 MAX_GOP_PACKETS = 1024  # a stream without keyframe flags is decoded in slices this long
@@ -105,18 +106,24 @@ def decode_frames(
     times: list[float],
     fps: float,
     cfg: DecodeConfig,
+    audio: AudioTrack | None = None,
 ) -> Iterator[torch.Tensor]:
     """uint8 [H, W, 3] RGB frames (stored orientation), one per sorted target time in seconds.
 
-    `configure` must have run on the stream before its first decode.
+    `configure` must have run on the stream before its first decode. With `audio`, the same
+    demux pass feeds that track every packet of its stream (so the file is read once).
     """
     ctx = stream.codec_context
     sampler = _Sampler(times, slack=0.5 / fps, time_base=stream.time_base)
     gop: list[av.Packet] = []
     restart = False  # the decoder holds an unfinished GOP: drain and flush before the next
+    streams = [stream] if audio is None else [stream, audio.stream]
     try:
-        for packet in c.demux(stream):
-            if not packet.size:
+        for packet in c.demux(*streams):
+            if packet.stream_index != stream.index:
+                audio.feed(packet)
+                continue
+            if not packet.size or sampler.done:  # done: still demuxing for the audio
                 continue
             key = packet.is_keyframe and packet.pts is not None
             if gop and (key or len(gop) >= MAX_GOP_PACKETS):
@@ -128,7 +135,7 @@ def decode_frames(
                 else:
                     restart = True
                 gop = []
-                if sampler.done:
+                if sampler.done and audio is None:
                     break
             gop.append(packet)
         if not sampler.done:
@@ -136,6 +143,8 @@ def decode_frames(
             for frame in ctx.decode(None):
                 sampler.push(frame)
     except av.error.FFmpegError as e:
+        if audio is not None:
+            audio.fail(e)  # a broken container ends the soundtrack where it broke
         if sampler.emitted == 0 and sampler.prev is None:
             raise MediaUnreadable("the video stream could not be decoded") from e
     sampler.finish()
