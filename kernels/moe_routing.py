@@ -22,7 +22,7 @@ from kernels.interpreter import interpreting
 
 @triton.jit
 def _dot(h, w, UPCAST: tl.constexpr):
-    """h [T, BD] · w [E, BD]^T in fp32."""
+    """h [T, BD] · w [E, BD]^T in fp32; ieee keeps fp32 operands exact (no tf32 rounding)."""
     if UPCAST:
         return tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
     return tl.dot(h, tl.trans(w))
@@ -46,8 +46,9 @@ def _moe_route_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    MODE: tl.constexpr,  # 0: bf16 dot, 1: bf16 x (fp32 split in 3), 2: fp32 ieee dot
-    UPCAST: tl.constexpr,  # the interpreter's dot on bf16 operands is unreliable: fp32 there
+    SPLIT: tl.constexpr,  # bf16 hidden x fp32 gate: the gate tile as three bf16 terms
+    UPCAST: tl.constexpr,  # fp32 ieee dots: fp32 hidden states, and the interpreter (whose
+    # dot on bf16 operands is unreliable)
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -69,10 +70,7 @@ def _moe_route_kernel(
             mask=e_ok[:, None] & d_ok[None, :],
             other=0.0,
         )
-        if MODE == 0:
-            # bf16 x bf16 products are exact in fp32; only the accumulation order differs.
-            logits += _dot(h, w, UPCAST)
-        elif MODE == 1:
+        if SPLIT:
             hi = w.to(tl.bfloat16)
             rest = w - hi.to(tl.float32)
             mid = rest.to(tl.bfloat16)
@@ -81,8 +79,8 @@ def _moe_route_kernel(
             logits += _dot(h, mid, UPCAST)
             logits += _dot(h, lo, UPCAST)
         else:
-            # ieee keeps the logits true fp32 (no tf32 rounding) when the hidden state is fp32.
-            logits += tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+            # bf16 x bf16 products are exact in fp32; only the accumulation order differs.
+            logits += _dot(h, w, UPCAST)
 
     scores = tl.sigmoid(logits)
     bias = tl.load(bias_ptr + cols_e, mask=e_ok, other=0.0)
@@ -118,10 +116,7 @@ def _moe_route_launch(hidden, gate_weight, correction_bias, top_k, routed_scalin
     topk_weights = torch.empty(T, top_k, device=hidden.device, dtype=torch.float32)
     topk_ids = torch.empty(T, top_k, device=hidden.device, dtype=torch.int32)
     interpret = interpreting()
-    if hidden.dtype == torch.bfloat16:
-        mode = 0 if gate_weight.dtype == torch.bfloat16 else 1
-    else:
-        mode = 2
+    bf16_hidden = hidden.dtype == torch.bfloat16
     # Decode batches: 16-token programs spread the gate weight's reads over more SMs.
     block_t = 16 if interpret or T <= 4096 else 64
     grid = (triton.cdiv(T, block_t),)
@@ -142,8 +137,8 @@ def _moe_route_launch(hidden, gate_weight, correction_bias, top_k, routed_scalin
         BLOCK_K=triton.next_power_of_2(top_k),
         BLOCK_T=block_t,
         BLOCK_D=32 if interpret else 64,
-        MODE=mode,
-        UPCAST=interpret,
+        SPLIT=bf16_hidden and gate_weight.dtype != torch.bfloat16,
+        UPCAST=interpret or not bf16_hidden,
         num_warps=8,
     )
     return topk_weights, topk_ids
