@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 
 import torch
@@ -31,6 +31,7 @@ from workers.media.video_decode import DEFAULT_DECODE, DecodeConfig
 
 def _serve(conn: Connection, limits: MediaLimits, cfg: DecodeConfig) -> None:
     torch.set_num_threads(1)  # one core per worker: the pool is the parallelism
+    cfg = replace(cfg, shared_buffers=True)  # results leave this process
     while (job := conn.recv()) is not None:
         path, opts = job
         try:

@@ -117,7 +117,8 @@ def process_video(
         # the planar transpose and the resize run on the GPU): uint8 [2·ceil(F/2), H, W, 3].
         size = (info.height, info.width)
         buffers = [
-            torch.empty(len(idx) + len(idx) % 2, *size, 3, dtype=torch.uint8) for *_, idx in chunks
+            _frame_buffer((len(idx) + len(idx) % 2, *size, 3), cfg.shared_buffers)
+            for *_, idx in chunks
         ]
         slots: dict[int, list[tuple[int, int]]] = {}
         for ci, (*_, idx) in enumerate(chunks):
@@ -151,6 +152,13 @@ def process_video(
             item.audio = _soundtrack_of(soundtrack, a + info.start, b + info.start)
         items.append(item)
     return items
+
+
+def _frame_buffer(shape: tuple[int, ...], shared: bool) -> torch.Tensor:
+    if not shared:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))  # uint8: bytes == elements
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
 def _soundtrack_of(soundtrack: tuple[torch.Tensor, float], a: float, b: float) -> AudioItem | None:
