@@ -1,12 +1,14 @@
 """One workload's jobs from files on disk to stored results, CPU decode overlapping the GPU.
 
 Every job is queued at the start. Decodes go to the media pool (one worker per core) as
-far ahead of the GPU as host memory allows: the decoded media of unfinished jobs stays under
-`media_bytes` (all 64 W-doc jobs decoded at once would hold ≈ 50 GB of float pixels; all
-64 W-video or W-audio jobs fit). As each decode lands, its units' prompts are rendered
-(`PromptBuilder.render`, the pipeline's way) and handed to the engine, at most
-`max_requests` at once, since a request's prompt embeddings sit on the GPU from arrival.
-A job's result is written as JSON when its last unit finishes, and its media let go.
+far ahead of the GPU as host memory allows: the decoded media not yet handed to the engine
+stays under `media_bytes` (all 64 W-doc jobs decoded at once would hold ≈ 50 GB of float
+pixels). As each decode lands, its units' prompts are rendered (`PromptBuilder.render`, the
+pipeline's way) and handed to the engine, at most `max_requests` at once, since a request's
+prompt embeddings sit on the GPU from arrival. A unit's media leaves the budget when it is
+handed over: the engine copies it to the GPU on submit and drops it once encoded (or, past
+its upload cap, holds it on the host only until the next admission). A job's result is
+written as JSON when its last unit finishes.
 """
 
 from __future__ import annotations
@@ -20,24 +22,9 @@ from pathlib import Path
 
 from workers.engine.engine import Engine, Prepared
 from workers.engine.request import SamplingParams
-from workers.media.items import AudioItem, ImageItem, VideoItem
+from workers.engine.upload import media_bytes
 from workers.media_units import Decoded
 from workers.model.prompt import PromptBuilder, task_text
-
-
-def media_nbytes(decoded: Decoded) -> int:
-    """Host bytes a decoded job holds: float pixels, uint8 video frames at decoded size, mel."""
-
-    def size(item: ImageItem | VideoItem | AudioItem | None) -> int:
-        if isinstance(item, ImageItem):
-            return item.pixels.nbytes
-        if isinstance(item, VideoItem):
-            return item.tubelets.nbytes + size(item.audio)
-        if isinstance(item, AudioItem):
-            return sum(c.nbytes for c in item.clips)
-        return 0
-
-    return sum(size(i) for u in decoded.units for i in u.items)
 
 
 @dataclass
@@ -45,7 +32,6 @@ class _Job:
     path: str
     decoded: Decoded
     cpu_s: float
-    nbytes: int
     calls: list[dict | None] = field(default_factory=list)
 
 
@@ -70,7 +56,7 @@ class Flow:
         self.pending: set[Future] = set()
         self.decodes: dict[Future, int] = {}  # in the pool -> job
         self.owner: dict[Future, tuple[int, int]] = {}  # in the engine -> (job, unit)
-        self.backlog: deque[tuple[int, int, Prepared]] = deque()
+        self.backlog: deque[tuple[int, int, Prepared, int]] = deque()  # ..., media bytes
         self.state: dict[int, _Job] = {}
         self.next_job = self.decoded_jobs = 0
         self.held = self.seen = self.peak = 0  # bytes of decoded media
@@ -84,8 +70,10 @@ class Flow:
         self._top_up()
         while self.pending or self.backlog:
             while self.backlog and len(self.owner) < self.max_requests:
-                j, k, p = self.backlog.popleft()
+                j, k, p, nbytes = self.backlog.popleft()
                 self.owner[self.engine.submit(p)] = (j, k)
+                self.state[j].decoded.units[k].items = []  # the engine's now
+                self.held -= nbytes
                 self.pending.add(p.future)
                 self.first_submit = self.first_submit or time.perf_counter()
             done, self.pending = wait(self.pending, return_when=FIRST_COMPLETED)
@@ -122,7 +110,8 @@ class Flow:
     def _decoded(self, f: Future) -> None:
         j = self.decodes.pop(f)
         decoded, cpu, busy = f.result()
-        nbytes = media_nbytes(decoded)
+        unit_bytes = [media_bytes(u.items) for u in decoded.units]
+        nbytes = sum(unit_bytes)
         self.decoded_jobs += 1
         self.seen += nbytes
         self.held += nbytes
@@ -133,11 +122,11 @@ class Flow:
         c["decode_cpu_s"] += cpu
         c["decode_busy_s"] += busy  # wall seconds a worker spent on it
         path = self.files[j % len(self.files)]
-        self.state[j] = _Job(path, decoded, cpu, nbytes, [None] * len(decoded.units))
-        for k, u in enumerate(decoded.units):
+        self.state[j] = _Job(path, decoded, cpu, [None] * len(decoded.units))
+        for k, (u, ub) in enumerate(zip(decoded.units, unit_bytes, strict=True)):
             params = SamplingParams(max_tokens=self.w.max_tokens(u), ignore_eos=True)
             prompt = self.prompts.render(u.items, self.text, False)
-            self.backlog.append((j, k, Prepared(prompt, u.items, params, self.w.evs_rate)))
+            self.backlog.append((j, k, Prepared(prompt, u.items, params, self.w.evs_rate), ub))
 
     def _finished(self, f: Future) -> None:
         j, k = self.owner.pop(f)
@@ -151,7 +140,6 @@ class Flow:
         }
         if all(c is not None for c in job.calls):
             self._write(j, self.state.pop(j))
-            self.held -= job.nbytes
 
     def _write(self, j: int, job: _Job) -> None:
         d = job.decoded

@@ -60,9 +60,9 @@ def test_reference_floor_tiny():
 
 def test_decode_ahead_stays_in_the_media_budget(tmp_path):
     """With room for almost nothing, the pool still decodes one job per worker to start, then
-    only as finished jobs free their media, and every job completes."""
-    from benchmarks.e2e_flow import media_nbytes
+    only as the engine takes their media, and every job completes."""
     from benchmarks.e2e_inputs import workload_files
+    from workers.engine.upload import media_bytes
     from workers.media.limits import MediaLimits
     from workers.media.options import MediaOptions
     from workers.media.pipeline import process
@@ -72,7 +72,8 @@ def test_decode_ahead_stays_in_the_media_budget(tmp_path):
     report = main([*args, "--media-gb", "1e-9", "--results", str(tmp_path)])
     (path,) = workload_files("doc", ROOT / ".cache" / "bench", small=True)
     opts, limits = MediaOptions(image_budget=SMALL_PAGE_PATCHES), MediaLimits()
-    job_bytes = media_nbytes(to_units(path, opts, limits, process(path, opts, limits)))
+    units = to_units(path, opts, limits, process(path, opts, limits)).units
+    job_bytes = sum(media_bytes(u.items) for u in units)
     row = report["workloads"]["doc"]
     assert row["peak_media_gb"] * 1e9 <= row["pool_workers"] * job_bytes
     assert sorted(p.name for p in (tmp_path / "doc").iterdir()) == [

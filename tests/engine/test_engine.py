@@ -71,6 +71,7 @@ def test_batched_equals_one_at_a_time(demo):
     assert [r.output_ids for r in batched] == alone
     assert all(len(ids) == GREEDY.max_tokens for ids in alone)
     assert eng.cache.num_free_slots == 4 and eng.scheduler.reserved_tokens == 0
+    assert all(p.items == [] and p.tokens is None for p in preps)  # media let go once encoded
 
 
 def test_stats_count_evs(demo):

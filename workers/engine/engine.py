@@ -29,6 +29,7 @@ from workers.engine.runner import ModelRunner
 from workers.engine.sampler import make_generator
 from workers.engine.scheduler import Scheduler, SchedulerConfig
 from workers.engine.stats import StageStats, vision_patches
+from workers.engine.upload import MediaUploader
 from workers.media.items import AudioItem, ImageItem, VideoItem
 from workers.model.omni import (
     OmniModel,
@@ -53,6 +54,9 @@ class EngineConfig:
     # features one call holds on the GPU when many requests arrive at once (20 pages of 16
     # documents are 4 M patches, ≈ 30 GB); vision.py caps each forward's activations itself
     encode_patch_budget: int = 1 << 18
+    # Media that job threads copy to the GPU ahead of the engine (upload.py), at most; the
+    # engine lets go of each request's media once encoded.
+    max_upload_bytes: int = 4 << 30
     profile: bool = False  # time each stage in `Engine.stats` (synchronises the GPU: benchmarks)
 
     @classmethod
@@ -94,7 +98,11 @@ def engine_config(model: OmniModel, gpu_memory_gb: float | None) -> EngineConfig
 
 @dataclass(eq=False)
 class Prepared:
-    """One job's model input before encoding: a rendered prompt with one marker per item."""
+    """One job's model input before encoding: a rendered prompt with one marker per item.
+
+    The engine drops `items` (and `tokens`) once it has encoded them: a request keeps only
+    its prompt embeddings, so a clip's frames are not held for the whole generation.
+    """
 
     prompt: str
     items: list[ImageItem | VideoItem | AudioItem]
@@ -103,6 +111,7 @@ class Prepared:
     rid: str = ""
     future: Future = field(default_factory=Future)  # -> (Request, PromptStats)
     tokens: PromptTokens | None = None  # set by Engine.submit, on the caller's thread
+    uploaded: int = 0  # bytes of `items` the submitting thread copied to the GPU
 
 
 class Engine:
@@ -122,6 +131,11 @@ class Engine:
             from workers.engine.decode_graphs import DecodeGraphs
 
             graphs = DecodeGraphs(model.llm, self.cache, list(config.decode_graph_sizes))
+        self.uploader = (
+            MediaUploader(model.device, config.max_upload_bytes)
+            if model.device.type == "cuda"
+            else None
+        )
         self.stats = StageStats(config.profile)
         self.runner = ModelRunner(model.llm, self.cache, graphs, self.stats)
         # Half the slots: a decode batch that large already touches nearly every expert.
@@ -139,13 +153,16 @@ class Engine:
     def submit(self, prepared: Prepared) -> Future:
         """Queue a request; the future resolves to (finished Request, PromptStats).
 
-        The prompt is tokenized here, on the caller's thread, without the GIL (omni.py): the
-        engine thread keeps the GPU fed meanwhile.
+        The prompt is tokenized, and the media copied to the GPU, here on the caller's thread
+        (without the GIL: omni.py, upload.py), while the engine thread keeps the GPU fed.
         """
         prepared.rid = prepared.rid or f"req{next(self._ids)}"
+        if self.uploader is not None:
+            prepared.items, prepared.uploaded = self.uploader.upload(prepared.items)
         try:
             prepared.tokens = prompt_tokens(self.tokenizer, prepared.prompt, prepared.items)
         except Exception as exc:  # a malformed prompt fails its own request only
+            self._let_go(prepared)
             prepared.future.set_exception(exc)
             return prepared.future
         self._inbox.put(prepared)
@@ -203,6 +220,7 @@ class Engine:
         for p in new:
             if p.rid == rid:
                 new.remove(p)
+                self._let_go(p)
                 p.future.cancel()
                 # Only this tells `concurrent.futures.wait` that the future is done.
                 p.future.set_running_or_notify_cancel()
@@ -233,15 +251,17 @@ class Engine:
                 encoded = encode_items(self.model, items)
         except Exception as exc:  # one bad batch fails its jobs, not the engine
             for p in new:
+                self._let_go(p)
                 p.future.set_exception(exc)
             return
         self.stats.count_media(items)
+        del items
         for p in new:
+            tokens = p.tokens
+            self._let_go(p)
             try:
                 with self.stats.stage("encode", self.model.device):
-                    embeds, _, stats = splice_prompt_embeds(
-                        self.model, p.tokens, encoded, p.evs_rate
-                    )
+                    embeds, _, stats = splice_prompt_embeds(self.model, tokens, encoded, p.evs_rate)
             except Exception as exc:
                 p.future.set_exception(exc)
                 continue
@@ -252,6 +272,12 @@ class Engine:
             self.scheduler.add(req)
             if req.finished:  # rejected: can never fit in the cache
                 self._resolve(req)
+
+    def _let_go(self, p: Prepared) -> None:
+        """Drop a request's media: encoded, failed or cancelled."""
+        if self.uploader is not None and p.uploaded:
+            self.uploader.release(p.uploaded)
+        p.items, p.tokens, p.uploaded = [], None, 0
 
     def step(self) -> list[Request]:
         plan = self.scheduler.schedule()

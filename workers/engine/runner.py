@@ -60,6 +60,7 @@ class ModelRunner:
             with self.stats.stage("decode", self.device):
                 hidden.append(self._decode(plan.decode))
             self.stats.decode_tokens += len(plan.decode)
+            self.stats.decode_steps += 1
         if plan.prefill:
             with self.stats.stage("prefill", self.device):
                 done, h = self._prefill(plan)

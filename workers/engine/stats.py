@@ -26,6 +26,7 @@ class StageStats:
     seconds: dict[str, float] = field(default_factory=dict)
     prefill_tokens: int = 0
     decode_tokens: int = 0  # tokens fed to decode forwards
+    decode_steps: int = 0  # decode forwards (decode_tokens / decode_steps: the mean batch)
     sampled_tokens: int = 0
     vision_patches: int = 0  # ViT patch positions (a tubelet's two frames share one)
     audio_seconds: float = 0.0

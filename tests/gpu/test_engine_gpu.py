@@ -1,0 +1,56 @@
+"""The engine on the GPU (demo checkpoint, bf16): media copied to the GPU by the submitting
+threads gives the same greedy outputs as media the engine copies itself."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.engine.test_engine import EVS, GREEDY, mixed_requests
+from tests.factories import make_audio, make_video
+from workers.engine.engine import Engine, EngineConfig, Prepared
+from workers.engine.upload import MediaUploader, media_bytes
+from workers.model.demo import write_demo_checkpoint
+from workers.model.loader import load_model
+from workers.model.prompt import PromptBuilder
+
+pytestmark = pytest.mark.gpu
+
+
+def test_uploader_copies_within_its_cap():
+    g = torch.Generator().manual_seed(0)
+    video = make_video(5, (6, 8), g, make_audio([40000], g))
+    frames = torch.randint(0, 256, (6, 40, 52, 3), generator=g, dtype=torch.uint8)
+    video.tubelets = frames.view(3, 2, 40, 52, 3).permute(0, 1, 4, 2, 3)  # as the pool sends
+    n = media_bytes([video])
+    up = MediaUploader(torch.device("cuda"), max_bytes=n)
+    (moved,), held = up.upload([video])
+    assert held == n == up.held_bytes
+    assert moved.tubelets.is_cuda and moved.tubelets.stride() == video.tubelets.stride()
+    assert torch.equal(moved.tubelets.cpu(), video.tubelets)
+    assert torch.equal(moved.audio.clips[0].cpu(), video.audio.clips[0])
+    assert up.upload([video]) == ([video], 0)  # over the cap: left on the host
+    up.release(held)
+    assert up.held_bytes == 0
+
+
+def test_uploaded_media_gives_the_same_outputs(tmp_path):
+    write_demo_checkpoint(tmp_path)
+    model, _ = load_model(tmp_path, "cuda", torch.bfloat16)
+    pb = PromptBuilder.from_dir(tmp_path)
+    reqs = mixed_requests(pb, 10)
+    outputs = []
+    for cap in (1 << 30, 0):  # every request uploaded; none
+        cfg = EngineConfig(max_running=4, kv_capacity_tokens=1 << 14, max_seq_len=4096,
+                           prefill_token_budget=200, max_upload_bytes=cap)  # fmt: skip
+        eng = Engine(model, pb.tokenizer, cfg).start()
+        try:
+            preps = [Prepared(text, items, GREEDY, EVS) for text, items in reqs]
+            futures = [eng.submit(p) for p in preps]
+            outputs.append([f.result(timeout=120)[0].output_ids for f in futures])
+        finally:
+            eng.close()
+        assert eng.uploader.held_bytes == 0
+        assert all(p.items == [] for p in preps)
+    assert outputs[0] == outputs[1]
+    assert all(len(ids) == GREEDY.max_tokens for ids in outputs[0])
