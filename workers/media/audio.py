@@ -84,12 +84,18 @@ class AudioTrack:
 
 
 class _MonoResampler:
-    """Decoded frames -> channel mean -> 16 kHz float32 `pieces` (`total` samples so far)."""
+    """Decoded frames -> channel mean -> 16 kHz float32 `pieces` (`total` samples so far).
+
+    Each frame's channel bytes are kept until about a second has arrived; the channel mean
+    then runs once over that block (per frame, numpy's call overhead cost more than the
+    arithmetic).
+    """
 
     def __init__(self) -> None:
         self.pieces: list[np.ndarray] = []
-        self.pending: list[np.ndarray] = []  # input-rate mono samples not yet resampled
+        self.pending: list[list[memoryview]] = []  # per channel, per frame: its samples
         self.pending_len = 0
+        self.layout = ("", False, 0)  # of `pending`: sample format, planar, channels
         self.total = 0
         self.rate = 0
         self.resampler: av.AudioResampler | None = None
@@ -100,7 +106,15 @@ class _MonoResampler:
             self.resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         elif frame.sample_rate != self.rate:
             raise MediaUnreadable("the audio changes sample rate mid-stream (not supported)")
-        self.pending.append(_channel_mean(frame))
+        fmt = frame.format
+        layout = (fmt.name.removesuffix("p"), fmt.is_planar, len(frame.layout.channels))
+        if layout != self.layout:
+            self._resample()  # a format or layout change mid-stream: averaged separately
+            self.layout = layout
+            self.pending = [[] for _ in range(layout[2] if layout[1] else 1)]
+        size = frame.samples * _DTYPES[layout[0]]().itemsize * (1 if layout[1] else layout[2])
+        for chunks, plane in zip(self.pending, frame.planes, strict=False):
+            chunks.append(memoryview(plane)[:size])  # planes may be padded past the samples
         self.pending_len += frame.samples
         if self.pending_len >= self.rate:
             self._resample()
@@ -111,13 +125,20 @@ class _MonoResampler:
             self._take(self.resampler.resample(None))
 
     def _resample(self) -> None:
-        if not self.pending:
+        if not self.pending_len:
             return
+        name, planar, channels = self.layout
+        dtype = _DTYPES[name]
+        if planar:
+            x = [np.frombuffer(b"".join(chunks), dtype) for chunks in self.pending]
+        else:
+            flat = np.frombuffer(b"".join(self.pending[0]), dtype)
+            x = [flat[c::channels] for c in range(channels)]
         frame = av.AudioFrame.from_ndarray(
-            np.concatenate(self.pending)[None], format="flt", layout="mono"
+            _channel_mean(x, name)[None], format="flt", layout="mono"
         )
         frame.sample_rate = self.rate
-        self.pending, self.pending_len = [], 0
+        self.pending, self.pending_len = [[] for _ in self.pending], 0
         self._take(self.resampler.resample(frame))
 
     def _take(self, frames: list[av.AudioFrame]) -> None:
@@ -126,20 +147,13 @@ class _MonoResampler:
             self.total += f.samples
 
 
-def _channel_mean(frame: av.AudioFrame) -> np.ndarray:
-    """float32 [samples]: the mean over the frame's channels, integers scaled as swresample does."""
-    name = frame.format.name.removesuffix("p")
-    dtype, n = _DTYPES[name], frame.samples
-    channels = len(frame.layout.channels)
-    if frame.format.is_planar:
-        data = [np.frombuffer(p, dtype, n) for p in frame.planes[:channels]]
-    else:
-        flat = np.frombuffer(frame.planes[0], dtype, n * channels)
-        data = [flat[c::channels] for c in range(channels)]
-    total = _as_float(data[0], name)
-    for d in data[1:]:
+def _channel_mean(x: list[np.ndarray], name: str) -> np.ndarray:
+    """Per channel [samples] of sample format `name` -> float32 [samples]: the mean over
+    channels, integers scaled as swresample does."""
+    total = _as_float(x[0], name)
+    for d in x[1:]:
         total = total + _as_float(d, name)
-    return total if channels == 1 else total * np.float32(1.0 / channels)
+    return total if len(x) == 1 else total * np.float32(1.0 / len(x))
 
 
 def _as_float(x: np.ndarray, name: str) -> np.ndarray:
