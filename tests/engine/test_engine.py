@@ -160,3 +160,14 @@ def test_a_failing_request_fails_alone(demo):
         assert good.result(timeout=60)[0].finish_reason == "length"
     finally:
         eng.close()
+
+
+def test_memory_budget_sizes_slots_kv_and_uploads(demo):
+    model, _ = demo
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    free = 64 << 20  # 64 MiB next to the weights
+    cfg = EngineConfig.for_memory(model, (weights + free) / 2**30)
+    assert 1 <= cfg.max_running <= EngineConfig.max_running and cfg.kv_capacity_tokens > 0
+    assert cfg.max_upload_bytes == free // 16  # the 4 GiB default would not fit here
+    with pytest.raises(ValueError):
+        EngineConfig.for_memory(model, weights / 2**30 / 2)

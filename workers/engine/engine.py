@@ -63,8 +63,9 @@ class EngineConfig:
     def for_memory(cls, model: OmniModel, gpu_memory_gb: float, **kw) -> EngineConfig:
         """Slots and KV rows that fit in `gpu_memory_gb` next to the weights.
 
-        A quarter of what is left goes to activations and encoder work; the rest is split
-        between per-slot state (conv + fp32 SSM) and KV rows, sized for the default slots.
+        A quarter of what is left goes to activations and encoder work, media copied ahead
+        of the engine included (a sixteenth at most); the rest is split between per-slot state
+        (conv + fp32 SSM) and KV rows, sized for the default slots.
         """
         c = model.config.llm
         itemsize = model.llm.embeddings.weight.element_size()
@@ -81,6 +82,7 @@ class EngineConfig:
         usable = free * 3 / 4
         slots = max(1, min(kw.pop("max_running", cls.max_running), int(usable / 2 / slot_bytes)))
         rows = int((usable - slots * slot_bytes) / row_bytes)
+        kw.setdefault("max_upload_bytes", int(min(cls.max_upload_bytes, free / 16)))
         return cls(max_running=slots, kv_capacity_tokens=rows, **kw)
 
 
