@@ -120,8 +120,9 @@ def load(kind: str) -> tuple:
 
 
 def _delta(after: StageStats, before: StageStats) -> dict:
-    counts = [k for k in vars(after) if k not in ("profile", "seconds")]
+    counts = [k for k in vars(after) if k not in ("profile", "seconds", "peak_unprefilled")]
     out = {k: getattr(after, k) - getattr(before, k) for k in counts}
+    out["peak_unprefilled"] = after.peak_unprefilled  # a high-water mark (warm-up included)
     out["seconds"] = {k: v - before.seconds.get(k, 0.0) for k, v in after.seconds.items()}
     return out
 

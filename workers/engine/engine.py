@@ -2,9 +2,11 @@
 
 Jobs (worker threads) hand in *prepared* requests — a rendered prompt plus model-ready media
 items — and get a future. Each loop iteration the engine
-  1. encodes the visual and audio items of the newly arrived requests together, so the
-     ViT sees tubelets and images of many jobs in one call (equal grids batch; at most
-     `encode_patch_budget` patches per call),
+  1. encodes the visual and audio items of queued requests together, so the ViT sees
+     tubelets and images of many jobs in one call (equal grids batch; at most
+     `encode_patch_budget` patches per call), while the encoded prompts waiting for prefill
+     stay under `PREFILL_AHEAD_STEPS` steps' worth of tokens (their embeddings sit on the
+     GPU: thousands of queued pages, encoded at once, would not fit),
   2. splices the embeddings into each prompt (EVS drops redundant video rows) and admits
      the requests to the scheduler,
   3. runs one scheduler step: decode for every running sequence (a small decode batch may
@@ -18,6 +20,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
@@ -41,6 +44,7 @@ from workers.model.omni import (
 )
 
 _MiB = 1 << 20
+PREFILL_AHEAD_STEPS = 16  # encoded prompt tokens waiting for prefill, in prefill steps: 256 K
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,7 @@ class Engine:
         )
         self.scheduler = Scheduler(scheduler_config, self.cache)
         self._inbox: queue.Queue[Prepared | str] = queue.Queue()  # Prepared, or a rid to cancel
+        self._queued: deque[Prepared] = deque()  # taken from the inbox, not yet encoded
         self._pending: dict[str, tuple[Prepared, PromptStats]] = {}
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
@@ -191,8 +196,8 @@ class Engine:
     # ---- the engine thread ---------------------------------------------------------------
     def _loop(self) -> None:
         while not self._stop.is_set():
-            block = not self.scheduler.has_work()
-            self._admit(self._drain(block))
+            self._drain(block=not self.scheduler.has_work() and not self._queued)
+            self._admit()
             if not self.scheduler.has_work():
                 continue
             try:
@@ -208,24 +213,23 @@ class Engine:
             prepared, _ = self._pending.pop(req.rid)
             prepared.future.set_exception(exc)
 
-    def _drain(self, block: bool) -> list[Prepared]:
-        new = []
+    def _drain(self, block: bool) -> None:
+        """Move the inbox into the queue, applying cancels."""
         try:
             item = self._inbox.get(block=block)
             while True:
                 if isinstance(item, Prepared):
-                    new.append(item)
+                    self._queued.append(item)
                 elif item:
-                    self._cancel(item, new)
+                    self._cancel(item)
                 item = self._inbox.get_nowait()
         except queue.Empty:
             pass
-        return new
 
-    def _cancel(self, rid: str, new: list[Prepared]) -> None:
-        for p in new:
+    def _cancel(self, rid: str) -> None:
+        for p in self._queued:
             if p.rid == rid:
-                new.remove(p)
+                self._queued.remove(p)
                 self._let_go(p)
                 p.future.cancel()
                 # Only this tells `concurrent.futures.wait` that the future is done.
@@ -235,19 +239,29 @@ class Engine:
         if req is not None:
             self._resolve(req)
 
-    def _admit(self, new: list[Prepared]) -> None:
-        """Encode new requests' media together, in groups of at most `encode_patch_budget`
-        patches, splice, hand them to the scheduler."""
+    def _admit(self) -> None:
+        """Encode queued requests' media together, in groups of at most `encode_patch_budget`
+        patches, splice, hand them to the scheduler; stop once the prompt tokens waiting for
+        prefill reach `PREFILL_AHEAD_STEPS` steps (the queue's head is never overtaken)."""
+        ahead = PREFILL_AHEAD_STEPS * self.config.prefill_token_budget
+        waiting = self.scheduler.unprefilled_tokens()
         group, patches = [], 0
-        for p in new:
+        while self._queued and waiting < ahead:
+            p = self._queued[0]
             n = vision_patches(p.items)
             if group and patches + n > self.config.encode_patch_budget:
                 self._admit_group(group)
                 group, patches = [], 0
-            group.append(p)
+                waiting = self.scheduler.unprefilled_tokens()
+                continue
+            group.append(self._queued.popleft())
             patches += n
+            waiting += len(p.tokens.ids)  # before EVS: an upper bound
         if group:
             self._admit_group(group)
+        self.stats.peak_unprefilled = max(
+            self.stats.peak_unprefilled, self.scheduler.unprefilled_tokens()
+        )
 
     @torch.no_grad()
     def _admit_group(self, new: list[Prepared]) -> None:

@@ -82,6 +82,11 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def unprefilled_tokens(self) -> int:
+        """Prompt tokens of waiting and running requests that no prefill has computed yet."""
+        return sum(r.prompt_len - r.num_computed for r in (*self.waiting, *self.running)
+                   if r.state is not RequestState.DECODE)  # fmt: skip
+
     def schedule(self) -> StepPlan:
         plan = StepPlan()
         ready = [r for r in self.running if r.state is RequestState.DECODE]

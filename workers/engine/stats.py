@@ -30,6 +30,7 @@ class StageStats:
     sampled_tokens: int = 0
     vision_patches: int = 0  # ViT patch positions (a tubelet's two frames share one)
     audio_seconds: float = 0.0
+    peak_unprefilled: int = 0  # most encoded prompt tokens waiting for prefill after an admission
 
     @contextmanager
     def stage(self, name: str, device: torch.device) -> Iterator[None]:
