@@ -144,10 +144,16 @@ class Pipeline:
         self, prompts: list[tuple[str, list]], request, cancelled, progress: Progress | None = None
     ) -> list[_Call]:
         """Rendered prompts with their items -> one generation each, batched by the engine
-        with every other job's requests. `cancelled` is polled while they run."""
+        with every other job's requests. `cancelled` is polled while they run.
+
+        `prompts` is emptied: once submitted, the engine is the only holder of the media (it
+        copies them to the GPU and drops them once encoded), so a job does not keep its
+        decoded frames in shared memory for the whole generation.
+        """
         params = self._sampling(request)
         evs = request.video.evs_rate
         preps = [Prepared(t, items, params, evs) for t, items in prompts]
+        prompts.clear()
         for p in preps:
             self.engine.submit(p)
         pending, stopping = {p.future for p in preps}, False
@@ -197,6 +203,8 @@ class Pipeline:
         units = decoded.units
         thinking = request.generation.thinking
         prompts = [(self.prompts.render(u.items, text, thinking), u.items) for u in units]
+        for u in units:
+            u.items = []  # the engine's now (see _calls); the units keep their times and pages
         calls = self._calls(prompts, request, cancelled, progress) if not cancelled() else []
         # a cancel keeps what finished (api.md); spent tokens still count in the usage
         done = [(u, c) for u, c in zip(units, calls, strict=False) if c.finished]
