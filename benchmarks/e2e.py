@@ -48,6 +48,7 @@ from workers.engine.request import SamplingParams
 from workers.engine.stats import StageStats
 from workers.media.options import MediaOptions
 from workers.media.resize import PATCH
+from workers.media_budget import shm_budget
 from workers.media_units import Unit
 from workers.model.prompt import PromptBuilder, task_text
 
@@ -150,10 +151,7 @@ def run_workload(
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     before = copy.deepcopy(engine.stats)
-    media_bytes = int(args.media_gb * 1e9)
-    if os.path.isdir("/dev/shm"):  # decoded tensors travel through shared memory
-        shm = os.statvfs("/dev/shm")
-        media_bytes = min(media_bytes, shm.f_blocks * shm.f_frsize // 2)
+    media_bytes = shm_budget(int(args.media_gb * 1e9))
     max_requests = engine.config.max_running * 3 // 2
     flow = Flow(
         w, engine, prompts, pool, files, args.jobs, args.results / w.name, workers,

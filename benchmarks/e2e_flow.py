@@ -2,13 +2,13 @@
 
 Every job is queued at the start. Decodes go to the media pool (one worker per core) as
 far ahead of the GPU as host memory allows: the decoded media not yet handed to the engine
-stays under `media_bytes` (all 64 W-doc jobs decoded at once would hold ≈ 50 GB of float
-pixels). As each decode lands, its units' prompts are rendered (`PromptBuilder.render`, the
-pipeline's way) and handed to the engine, at most `max_requests` at once, since a request's
-prompt embeddings sit on the GPU from arrival. A unit's media leaves the budget when it is
-handed over: the engine copies it to the GPU on submit and drops it once encoded (or, past
-its upload cap, holds it on the host only until the next admission). A job's result is
-written as JSON when its last unit finishes.
+stays under `media_bytes` (`MediaBudget`, as in the worker; all 64 W-doc jobs decoded at
+once would hold ≈ 50 GB of float pixels). As each decode lands, its units' prompts are
+rendered (`PromptBuilder.render`, the pipeline's way) and handed to the engine, at most
+`max_requests` at once, since a request's prompt embeddings sit on the GPU from arrival. A
+unit's media leaves the budget when it is handed over: the engine copies it to the GPU on
+submit and drops it once encoded (or, past its upload cap, holds it on the host until it is
+encoded). A job's result is written as JSON when its last unit finishes.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from workers.engine.engine import Engine, Prepared
 from workers.engine.request import SamplingParams
 from workers.engine.upload import media_bytes
+from workers.media_budget import MediaBudget
 from workers.media_units import Decoded
 from workers.model.prompt import PromptBuilder, task_text
 
@@ -51,15 +52,15 @@ class Flow:
     ):
         self.w, self.engine, self.prompts, self.pool = workload, engine, prompts, pool
         self.files, self.jobs, self.out, self.workers = files, jobs, out, workers
-        self.media_bytes, self.max_requests = media_bytes, max_requests
+        self.max_requests = max_requests
         self.text = task_text(workload.task, workload.prompt, workload.media)
         self.pending: set[Future] = set()
         self.decodes: dict[Future, int] = {}  # in the pool -> job
         self.owner: dict[Future, tuple[int, int]] = {}  # in the engine -> (job, unit)
         self.backlog: deque[tuple[int, int, Prepared, int]] = deque()  # ..., media bytes
         self.state: dict[int, _Job] = {}
-        self.next_job = self.decoded_jobs = 0
-        self.held = self.seen = self.peak = 0  # bytes of decoded media
+        self.next_job = 0
+        self.budget = MediaBudget(media_bytes, first=workers)
         self.first_submit: float | None = None
         self.counts = {"units": 0, "amount": 0.0, "decode_cpu_s": 0.0, "decode_busy_s": 0.0}
 
@@ -73,7 +74,7 @@ class Flow:
                 j, k, p, nbytes = self.backlog.popleft()
                 self.owner[self.engine.submit(p)] = (j, k)
                 self.state[j].decoded.units[k].items = []  # the engine's now
-                self.held -= nbytes
+                self.budget.release(nbytes)
                 self.pending.add(p.future)
                 self.first_submit = self.first_submit or time.perf_counter()
             done, self.pending = wait(self.pending, return_when=FIRST_COMPLETED)
@@ -87,21 +88,12 @@ class Flow:
             "pool_workers": self.workers,
             **self.counts,
             "media_exposed_s": self.first_submit - t0,
-            "peak_media_gb": self.peak / 1e9,
+            "peak_media_gb": self.budget.peak / 1e9,
         }
 
     def _top_up(self) -> None:
-        """Queue decodes while the media held stays under budget (each job's size estimated
-        by the mean so far; until the first lands, one per worker)."""
-        while self.next_job < self.jobs:
-            queued = len(self.decodes)
-            if self.decoded_jobs == 0:
-                if queued >= self.workers:
-                    return
-            elif self.held or queued:
-                mean = self.seen / self.decoded_jobs
-                if self.held + (queued + 1) * mean > self.media_bytes:
-                    return
+        """Queue decodes while the media budget allows."""
+        while self.next_job < self.jobs and self.budget.try_start():
             j, self.next_job = self.next_job, self.next_job + 1
             f = self.pool.submit(self.files[j % len(self.files)], self.w.opts)
             self.decodes[f] = j
@@ -111,11 +103,7 @@ class Flow:
         j = self.decodes.pop(f)
         decoded, cpu, busy = f.result()
         unit_bytes = [media_bytes(u.items) for u in decoded.units]
-        nbytes = sum(unit_bytes)
-        self.decoded_jobs += 1
-        self.seen += nbytes
-        self.held += nbytes
-        self.peak = max(self.peak, self.held)
+        self.budget.landed(sum(unit_bytes))
         c = self.counts
         c["units"] += len(decoded.units)
         c["amount"] += self.w.amount(decoded.usage)

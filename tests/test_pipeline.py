@@ -10,6 +10,7 @@ from PIL import Image
 
 from service.schemas import JobCreate
 from tests.media.corpus import write_video
+from workers.media.errors import MediaError
 from workers.media.items import AudioItem
 from workers.media_units import audio_units
 from workers.pipeline import DEMO_WARNING, Pipeline
@@ -119,3 +120,16 @@ def test_cancel_during_decode_keeps_only_finished_segments(pipeline, files):
     # the chunks were mid-generation when the cancel came: what was cut is not in the result
     assert len(out.segments) < 2
     assert out.usage["output_tokens"] > 0 and out.usage["input_tokens"] > 0
+
+
+def test_jobs_leave_the_media_budget_as_they_found_it(pipeline, files):
+    """Decoded media counts against the shared-memory budget until the engine has it: after
+    jobs that finished, failed to decode or were cancelled, nothing is held or in flight."""
+    budget = pipeline.media_budget
+    pipeline.run(request(task="caption"), files / "a.png", Stages(), lambda: False)
+    pipeline.run(request(task="caption"), files / "a.mp4", Stages(), lambda: True)
+    bad = files / "bad.mp4"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(MediaError):
+        pipeline.run(request(task="caption"), bad, Stages(), lambda: False)
+    assert budget.held == 0 and budget.in_flight == 0 and budget.peak > 0

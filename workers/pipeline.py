@@ -22,10 +22,12 @@ from pathlib import Path
 
 from workers.engine.engine import Engine, Prepared, engine_config
 from workers.engine.request import SamplingParams
+from workers.engine.upload import media_bytes
 from workers.media.errors import MediaTooLong
 from workers.media.limits import DEFAULT_LIMITS, MediaLimits
 from workers.media.options import MediaOptions
 from workers.media.pool import MediaPool
+from workers.media_budget import MediaBudget, shm_budget
 from workers.media_units import Unit, decode
 from workers.model.demo import DEMO_NAME, DEMO_VERSION, write_demo_checkpoint
 from workers.model.loader import load_model
@@ -96,6 +98,8 @@ class Pipeline:
         self.demo = demo
         self.limits = limits
         self.media = MediaPool(limits=self.limits)  # decoding runs ahead, one process per core
+        # ... as far as shared memory allows: jobs wait for room before decoding
+        self.media_budget = MediaBudget(shm_budget(), first=self.media.num_workers)
         # The worker runs several jobs in threads: their media decoding overlaps, and their
         # model calls meet in the one engine, which batches them.
         self.engine = Engine(model, prompts.tokenizer, engine_config(model, gpu_memory_gb)).start()
@@ -140,22 +144,23 @@ class Pipeline:
             stop_ids=self.stop_ids,
         )
 
-    def _calls(
-        self, prompts: list[tuple[str, list]], request, cancelled, progress: Progress | None = None
-    ) -> list[_Call]:
-        """Rendered prompts with their items -> one generation each, batched by the engine
-        with every other job's requests. `cancelled` is polled while they run.
-
-        `prompts` is emptied: once submitted, the engine is the only holder of the media (it
-        copies them to the GPU and drops them once encoded), so a job does not keep its
-        decoded frames in shared memory for the whole generation.
-        """
+    def _submit(self, prompts: list[tuple[str, list]], request) -> list[Prepared]:
+        """Rendered prompts with their items -> engine requests, batched with every other
+        job's. `prompts` is emptied: from here the engine is the only holder of the media (it
+        copies them to the GPU and drops them once encoded)."""
         params = self._sampling(request)
         evs = request.video.evs_rate
         preps = [Prepared(t, items, params, evs) for t, items in prompts]
         prompts.clear()
         for p in preps:
             self.engine.submit(p)
+        return preps
+
+    def _collect(
+        self, preps: list[Prepared], request, cancelled, progress: Progress | None = None
+    ) -> list[_Call]:
+        """Wait for the submitted requests; `cancelled` is polled while they run."""
+        params = preps[0].params
         pending, stopping = {p.future for p in preps}, False
         while pending:
             if not stopping and cancelled():
@@ -196,16 +201,27 @@ class Pipeline:
             chunk_s=v.chunk_s,
             use_audio=v.use_audio,
         )
-        decoded = decode(str(input_path), opts, self.limits, self.media)
-        progress("decoding", 1, 1)
-        task = request.task.value
-        text = task_text(task, request.prompt, decoded.kind)
+        self.media_budget.start()
+        try:
+            decoded = decode(str(input_path), opts, self.limits, self.media)
+        except BaseException:
+            self.media_budget.landed(None)
+            raise
         units = decoded.units
-        thinking = request.generation.thinking
-        prompts = [(self.prompts.render(u.items, text, thinking), u.items) for u in units]
-        for u in units:
-            u.items = []  # the engine's now (see _calls); the units keep their times and pages
-        calls = self._calls(prompts, request, cancelled, progress) if not cancelled() else []
+        held = sum(media_bytes(u.items) for u in units)
+        self.media_budget.landed(held)
+        progress("decoding", 1, 1)
+        try:
+            task = request.task.value
+            text = task_text(task, request.prompt, decoded.kind)
+            thinking = request.generation.thinking
+            prompts = [(self.prompts.render(u.items, text, thinking), u.items) for u in units]
+            for u in units:
+                u.items = []  # the engine's (see _submit); the units keep their times and pages
+            preps = self._submit(prompts, request) if not cancelled() else []
+        finally:
+            self.media_budget.release(held)
+        calls = self._collect(preps, request, cancelled, progress) if preps else []
         # a cancel keeps what finished (api.md); spent tokens still count in the usage
         done = [(u, c) for u, c in zip(units, calls, strict=False) if c.finished]
         final = self._final(task, decoded.kind, done, len(units), request, cancelled)
@@ -230,7 +246,7 @@ class Pipeline:
             + f"\n\nWrite one summary of the whole {kind}."
         )
         prompt = self.prompts.render([], text, request.generation.thinking)
-        return self._calls([(prompt, [])], request, cancelled)[0]
+        return self._collect(self._submit([(prompt, [])], request), request, cancelled)[0]
 
     @staticmethod
     def _reasoning(calls: list[_Call], final: _Call | None) -> str | None:

@@ -76,6 +76,10 @@ class MediaPool:
         self._thread = threading.Thread(target=self._dispatch, name="media-pool", daemon=True)
         self._thread.start()
 
+    @property
+    def num_workers(self) -> int:
+        return len(self._workers)
+
     def submit(
         self, path: str, opts: MediaOptions = DEFAULT_OPTIONS, timeout: float | None = None
     ) -> Future:

@@ -1,0 +1,73 @@
+"""How far media decoding may run ahead of the GPU: a budget of host bytes.
+
+Decoded media waits in shared memory until the engine takes it (copies it to the GPU, or
+encodes it), and /dev/shm is small (16 GB in deploy/): twenty 20-page documents of float
+pages, or a hundred 720p clips, fill it. A decode may start while the bytes held plus the
+decodes in flight, each estimated at the mean size decoded so far, stay under the budget;
+until one has landed, `first` may run at once (one per pool worker). With nothing held and
+nothing in flight a decode always starts, so a file larger than the budget still gets its
+turn.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+SHM = "/dev/shm"
+
+
+def shm_budget(limit: int | None = None) -> int:
+    """Half of /dev/shm (where decoded tensors travel), or `limit` if smaller or no shm."""
+    if not os.path.isdir(SHM):
+        return limit if limit is not None else 1 << 34
+    st = os.statvfs(SHM)
+    half = st.f_blocks * st.f_frsize // 2
+    return min(half, limit) if limit is not None else half
+
+
+class MediaBudget:
+    def __init__(self, max_bytes: int, first: int):
+        self.max_bytes, self.first = max_bytes, first
+        self.held = self.in_flight = self.peak = 0
+        self._seen = self._decoded = 0  # bytes and count of decodes landed: the mean's terms
+        self._cond = threading.Condition()
+
+    def _may_start(self) -> bool:
+        if self.in_flight == 0 and self.held == 0:
+            return True
+        if self._decoded == 0:
+            return self.in_flight < self.first
+        mean = self._seen / self._decoded
+        return self.held + (self.in_flight + 1) * mean <= self.max_bytes
+
+    def try_start(self) -> bool:
+        """Count a decode in flight if the budget allows one now."""
+        with self._cond:
+            if not self._may_start():
+                return False
+            self.in_flight += 1
+            return True
+
+    def start(self) -> None:
+        """Wait until the budget allows a decode; count it in flight."""
+        with self._cond:
+            self._cond.wait_for(self._may_start)
+            self.in_flight += 1
+
+    def landed(self, nbytes: int | None) -> None:
+        """A decode finished holding `nbytes`; None: it failed and holds nothing."""
+        with self._cond:
+            self.in_flight -= 1
+            if nbytes is not None:
+                self.held += nbytes
+                self._seen += nbytes
+                self._decoded += 1
+                self.peak = max(self.peak, self.held)
+            self._cond.notify_all()
+
+    def release(self, nbytes: int) -> None:
+        """The engine took `nbytes` of the held media."""
+        with self._cond:
+            self.held -= nbytes
+            self._cond.notify_all()
