@@ -6,9 +6,9 @@ stays under `media_bytes` (`MediaBudget`, as in the worker; all 64 W-doc jobs de
 once would hold ≈ 50 GB of float pixels). As each decode lands, its units' prompts are
 rendered (`PromptBuilder.render`, the pipeline's way) and handed to the engine, at most
 `max_requests` at once, since a request's prompt embeddings sit on the GPU from arrival. A
-unit's media leaves the budget when it is handed over: the engine copies it to the GPU on
-submit and drops it once encoded (or, past its upload cap, holds it on the host until it is
-encoded). A job's result is written as JSON when its last unit finishes.
+unit's media leaves the budget when the engine lets go of its host copy: on submit (copied
+to the GPU), or once encoded (past the engine's upload cap). A job's result is written as
+JSON when its last unit finishes.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from workers.engine.engine import Engine, Prepared
@@ -57,7 +58,7 @@ class Flow:
         self.pending: set[Future] = set()
         self.decodes: dict[Future, int] = {}  # in the pool -> job
         self.owner: dict[Future, tuple[int, int]] = {}  # in the engine -> (job, unit)
-        self.backlog: deque[tuple[int, int, Prepared, int]] = deque()  # ..., media bytes
+        self.backlog: deque[tuple[int, int, Prepared]] = deque()
         self.state: dict[int, _Job] = {}
         self.next_job = 0
         self.budget = MediaBudget(media_bytes, first=workers)
@@ -71,10 +72,9 @@ class Flow:
         self._top_up()
         while self.pending or self.backlog:
             while self.backlog and len(self.owner) < self.max_requests:
-                j, k, p, nbytes = self.backlog.popleft()
+                j, k, p = self.backlog.popleft()
                 self.owner[self.engine.submit(p)] = (j, k)
                 self.state[j].decoded.units[k].items = []  # the engine's now
-                self.budget.release(nbytes)
                 self.pending.add(p.future)
                 self.first_submit = self.first_submit or time.perf_counter()
             done, self.pending = wait(self.pending, return_when=FIRST_COMPLETED)
@@ -114,7 +114,9 @@ class Flow:
         for k, (u, ub) in enumerate(zip(decoded.units, unit_bytes, strict=True)):
             params = SamplingParams(max_tokens=self.w.max_tokens(u), ignore_eos=True)
             prompt = self.prompts.render(u.items, self.text, False)
-            self.backlog.append((j, k, Prepared(prompt, u.items, params, self.w.evs_rate), ub))
+            release = partial(self.budget.release, ub)  # once the engine lets go (engine.py)
+            p = Prepared(prompt, u.items, params, self.w.evs_rate, on_host_release=release)
+            self.backlog.append((j, k, p))
 
     def _finished(self, f: Future) -> None:
         j, k = self.owner.pop(f)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import wait
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from workers.engine.engine import Engine, Prepared, engine_config
@@ -147,10 +148,13 @@ class Pipeline:
     def _submit(self, prompts: list[tuple[str, list]], request) -> list[Prepared]:
         """Rendered prompts with their items -> engine requests, batched with every other
         job's. `prompts` is emptied: from here the engine is the only holder of the media (it
-        copies them to the GPU and drops them once encoded)."""
+        copies them to the GPU, or encodes them, then lets go and frees their budget)."""
         params = self._sampling(request)
         evs = request.video.evs_rate
-        preps = [Prepared(t, items, params, evs) for t, items in prompts]
+        preps = []
+        for t, items in prompts:
+            release = partial(self.media_budget.release, media_bytes(items))
+            preps.append(Prepared(t, items, params, evs, on_host_release=release))
         prompts.clear()
         for p in preps:
             self.engine.submit(p)
@@ -208,9 +212,10 @@ class Pipeline:
             self.media_budget.landed(None)
             raise
         units = decoded.units
-        held = sum(media_bytes(u.items) for u in units)
-        self.media_budget.landed(held)
+        held = [media_bytes(u.items) for u in units]
+        self.media_budget.landed(sum(held))
         progress("decoding", 1, 1)
+        preps = []
         try:
             task = request.task.value
             text = task_text(task, request.prompt, decoded.kind)
@@ -218,9 +223,10 @@ class Pipeline:
             prompts = [(self.prompts.render(u.items, text, thinking), u.items) for u in units]
             for u in units:
                 u.items = []  # the engine's (see _submit); the units keep their times and pages
-            preps = self._submit(prompts, request) if not cancelled() else []
-        finally:
-            self.media_budget.release(held)
+            if not cancelled():
+                preps = self._submit(prompts, request)
+        finally:  # what never reached the engine leaves the budget here
+            self.media_budget.release(sum(held[len(preps) :]))
         calls = self._collect(preps, request, cancelled, progress) if preps else []
         # a cancel keeps what finished (api.md); spent tokens still count in the usage
         done = [(u, c) for u, c in zip(units, calls, strict=False) if c.finished]

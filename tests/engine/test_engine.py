@@ -63,11 +63,16 @@ def test_batched_equals_one_at_a_time(demo):
     # max_running 4 < 10 requests: some wait for a slot and join a running batch later
     eng = engine(model, pb, max_running=4, prefill_token_budget=200)
     try:
-        preps = [Prepared(text, items, GREEDY, EVS) for text, items in reqs]
+        released = []  # the engine tells once it holds a request's media no more
+        preps = [
+            Prepared(text, items, GREEDY, EVS, on_host_release=lambda k=k: released.append(k))
+            for k, (text, items) in enumerate(reqs)
+        ]
         futures = [eng.submit(p) for p in preps]
         batched = [f.result(timeout=120)[0] for f in futures]
     finally:
         eng.close()
+    assert sorted(released) == list(range(len(reqs)))
     assert [r.output_ids for r in batched] == alone
     assert all(len(ids) == GREEDY.max_tokens for ids in alone)
     assert eng.cache.num_free_slots == 4 and eng.scheduler.reserved_tokens == 0

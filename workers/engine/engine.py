@@ -21,6 +21,7 @@ import itertools
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
@@ -122,6 +123,9 @@ class Prepared:
     future: Future = field(default_factory=Future)  # -> (Request, PromptStats)
     tokens: PromptTokens | None = None  # set by Engine.submit, on the caller's thread
     uploaded: int = 0  # bytes of `items` the submitting thread copied to the GPU
+    # Called once the engine holds none of `items` on the host any more: copied to the GPU
+    # on submit, or encoded, failed or cancelled (the worker's shared-memory budget).
+    on_host_release: Callable[[], None] | None = None
 
 
 class Engine:
@@ -168,11 +172,13 @@ class Engine:
         (without the GIL: omni.py, upload.py), while the engine thread keeps the GPU fed.
         """
         prepared.rid = prepared.rid or f"req{next(self._ids)}"
-        if self.uploader is not None:
-            prepared.items, prepared.uploaded = self.uploader.upload(prepared.items)
         try:
+            if self.uploader is not None:
+                prepared.items, prepared.uploaded = self.uploader.upload(prepared.items)
+                if prepared.uploaded:
+                    self._host_released(prepared)
             prepared.tokens = prompt_tokens(self.tokenizer, prepared.prompt, prepared.items)
-        except Exception as exc:  # a malformed prompt fails its own request only
+        except Exception as exc:  # a malformed prompt (or a failed copy) fails its request only
             self._let_go(prepared)
             prepared.future.set_exception(exc)
             return prepared.future
@@ -298,6 +304,13 @@ class Engine:
         if self.uploader is not None and p.uploaded:
             self.uploader.release(p.uploaded)
         p.items, p.tokens, p.uploaded = [], None, 0
+        self._host_released(p)
+
+    @staticmethod
+    def _host_released(p: Prepared) -> None:
+        callback, p.on_host_release = p.on_host_release, None
+        if callback is not None:
+            callback()
 
     def step(self) -> list[Request]:
         plan = self.scheduler.schedule()

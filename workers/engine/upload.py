@@ -50,12 +50,16 @@ class MediaUploader:
             if self._held + n > self.max_bytes:
                 return items, 0
             self._held += n
-        stream = getattr(self._local, "stream", None)
-        if stream is None:
-            stream = self._local.stream = torch.cuda.Stream(self.device)
-        with torch.cuda.stream(stream):
-            moved = [self._to_device(i) for i in items]
-        stream.synchronize()  # the engine may use them as soon as they are queued
+        try:
+            stream = getattr(self._local, "stream", None)
+            if stream is None:
+                stream = self._local.stream = torch.cuda.Stream(self.device)
+            with torch.cuda.stream(stream):
+                moved = [self._to_device(i) for i in items]
+            stream.synchronize()  # the engine may use them as soon as they are queued
+        except BaseException:
+            self.release(n)
+            raise
         return moved, n
 
     @property
