@@ -127,7 +127,9 @@ class WorkerSettings(CommonSettings):
     gpu_memory_gb: float | None = Field(None, gt=0)
     max_video_s: float = Field(4 * 3600, gt=0)
     max_pages: int = Field(200, gt=0)
-    max_concurrent_jobs: int = Field(64, gt=0)  # jobs in flight: what the engine can batch
+    # Jobs in flight: what the engine can batch (a one-clip job is one sequence of its decode
+    # batch, up to 512); decoding ahead is bounded by shared memory (media_budget.py).
+    max_concurrent_jobs: int = Field(256, gt=0)
     lease_ttl_s: float = Field(30.0, gt=0)  # a job whose worker is silent this long is requeued
     shutdown_grace_s: float = Field(300.0, ge=0)  # SIGTERM: time the jobs in flight get
 
