@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -97,7 +97,8 @@ class Pipeline:
         self.model, self.info, self.prompts = model, info, prompts
         self.model_info = model_info
         self.demo = demo
-        self.limits = limits
+        # One file's decoded pixels must fit in shared memory beside the others' (pool.py).
+        self.limits = replace(limits, max_decoded_bytes=limits.max_decoded_bytes or shm_budget())
         self.media = MediaPool(limits=self.limits)  # decoding runs ahead, one process per core
         # ... as far as shared memory allows: jobs wait for room before decoding
         self.media_budget = MediaBudget(shm_budget(), first=self.media.num_workers)

@@ -77,6 +77,7 @@ def test_limits(tmp_path):
         (MediaLimits(max_streams=1), "media_too_large", MediaOptions()),
         (MediaLimits(max_file_bytes=100), "media_too_large", MediaOptions()),
         (MediaLimits(max_video_pixels=1000), "media_too_large", MediaOptions()),
+        (MediaLimits(max_decoded_bytes=10_000), "media_too_large", MediaOptions()),
     ]
     for limits, code, opts in cases:
         with pytest.raises(MediaError) as err:
@@ -89,3 +90,6 @@ def test_limits(tmp_path):
     with pytest.raises(MediaError) as err:
         process(str(tmp_path / "p.pdf"), MediaOptions(), MediaLimits(max_pages=2))
     assert err.value.code == "media_too_large"
+    with pytest.raises(MediaError) as err:
+        process(str(tmp_path / "p.pdf"), MediaOptions(), MediaLimits(max_decoded_bytes=10**6))
+    assert err.value.code == "media_too_large" and "start_s" in err.value.message

@@ -10,10 +10,11 @@ import pypdfium2 as pdfium
 from workers.media.errors import MediaTooLarge, MediaUnreadable, MediaUnsupported
 from workers.media.image import DEFAULT_BUDGET, image_item
 from workers.media.items import ImageItem
-from workers.media.limits import MediaLimits
+from workers.media.limits import MediaLimits, check_decoded_bytes
 from workers.media.resize import PATCH
 
 _PASSWORD = 4  # FPDF_ERR_PASSWORD
+PAGE_BYTES_PER_PATCH = 3 * PATCH * PATCH * 4  # float32 CLIP-normalised pixels
 _SECURITY = 5  # FPDF_ERR_SECURITY (unsupported security handler)
 
 
@@ -44,6 +45,7 @@ def process_document(
             raise MediaUnreadable("the PDF has no pages")
         if n > limits.max_pages:
             raise MediaTooLarge(f"the PDF has {n} pages, over the limit of {limits.max_pages}")
+        check_decoded_bytes(n * budget * PAGE_BYTES_PER_PATCH, limits)  # at most, per page
         items = []
         for i in range(n):
             page = pdf[i]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from workers.media.errors import MediaTooLarge
+
 
 @dataclass(frozen=True)
 class MediaLimits:
@@ -14,6 +16,20 @@ class MediaLimits:
     max_streams: int = 16
     max_video_pixels: int = 8192 * 8192  # per frame
     decode_timeout_s: float = 600.0
+    # Decoded pixels one file may hold at once: they travel to the GPU worker in shared
+    # memory (the worker sets half of /dev/shm); None: no cap.
+    max_decoded_bytes: int | None = None
 
 
 DEFAULT_LIMITS = MediaLimits()
+
+
+def check_decoded_bytes(nbytes: int, limits: MediaLimits) -> None:
+    """Fail before decoding what would not fit in `max_decoded_bytes`."""
+    cap = limits.max_decoded_bytes
+    if cap is not None and nbytes > cap:
+        raise MediaTooLarge(
+            f"decoded, this input holds {nbytes / 1e9:.1f} GB of pixels at once, more than this "
+            f"worker's {cap / 1e9:.1f} GB: use a lower fps or max_frames, or a shorter time "
+            "range (start_s / end_s) per job"
+        )

@@ -18,7 +18,7 @@ import torch
 from workers.media.audio import AudioTrack, audio_item
 from workers.media.errors import MediaTooLarge, MediaTooLong, MediaUnreadable
 from workers.media.items import AudioItem, VideoItem
-from workers.media.limits import MediaLimits
+from workers.media.limits import MediaLimits, check_decoded_bytes
 from workers.media.mel import SAMPLE_RATE
 from workers.media.options import MediaOptions
 from workers.media.probe import open_container
@@ -112,6 +112,8 @@ def process_video(
         configure(video_stream(c), cfg)
         info = probe_video(c, limits)
         chunks = plan_chunks(info, opts)
+        frames = sum(len(idx) + len(idx) % 2 for *_, idx in chunks)
+        check_decoded_bytes(frames * info.height * info.width * 3, limits)
         grid = video_grid(info.height, info.width)
         # Frames go straight into their chunk's buffer as decoded, channels last (a plain copy;
         # the planar transpose and the resize run on the GPU): uint8 [2·ceil(F/2), H, W, 3].
