@@ -3,6 +3,8 @@ threads gives the same greedy outputs as media the engine copies itself."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -44,13 +46,20 @@ def test_uploaded_media_gives_the_same_outputs(tmp_path):
         cfg = EngineConfig(max_running=4, kv_capacity_tokens=1 << 14, max_seq_len=4096,
                            prefill_token_budget=200, max_upload_bytes=cap)  # fmt: skip
         eng = Engine(model, pb.tokenizer, cfg).start()
+        released = []
         try:
-            preps = [Prepared(text, items, GREEDY, EVS) for text, items in reqs]
+            preps = [
+                Prepared(t, items, GREEDY, EVS, on_host_release=partial(released.append, k))
+                for k, (t, items) in enumerate(reqs)
+            ]
             futures = [eng.submit(p) for p in preps]
+            if cap:  # copied on submit: the host copies were let go there and then
+                assert sorted(released) == [k for k, (_, items) in enumerate(reqs) if items]
             outputs.append([f.result(timeout=120)[0].output_ids for f in futures])
         finally:
             eng.close()
         assert eng.uploader.held_bytes == 0
         assert all(p.items == [] for p in preps)
+        assert sorted(released) == list(range(len(reqs)))
     assert outputs[0] == outputs[1]
     assert all(len(ids) == GREEDY.max_tokens for ids in outputs[0])
