@@ -8,15 +8,22 @@ The units become the segments of the result, so time-based units carry their tim
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from functools import partial
 
+from workers.engine.upload import media_bytes
 from workers.media.items import AudioItem, ImageItem, MediaItem, VideoItem
 from workers.media.limits import MediaLimits
 from workers.media.options import MediaOptions
 from workers.media.pool import MediaPool
-from workers.media.probe import AUDIO, DOCUMENT, IMAGE, kind_of
+from workers.media.probe import AUDIO, DOCUMENT, IMAGE, VIDEO, kind_of
+from workers.media_budget import MediaBudget
 
 CLIPS_PER_UNIT = 10  # 5 minutes of audio per model call
+PART_BYTES = 1 << 31  # decoded frames of one part of a long video, at most
 
 
 @dataclass
@@ -45,9 +52,81 @@ def audio_units(audio: AudioItem) -> list[Unit]:
     return units
 
 
-def decode(path: str, opts: MediaOptions, limits: MediaLimits, pool: MediaPool) -> Decoded:
-    """Decode in the pool (a process per core, with a deadline per file) -> units + usage."""
-    return to_units(path, opts, limits, pool.submit(path, opts).result())
+def decode(
+    path: str,
+    opts: MediaOptions,
+    limits: MediaLimits,
+    pool: MediaPool,
+    budget: MediaBudget,
+    part_bytes: int = PART_BYTES,
+) -> Iterator[Decoded]:
+    """Decode in the pool (a process per core, with a deadline per file) -> parts of units +
+    usage, in order; each counts in `budget` from when it lands until its caller releases it.
+
+    A video longer than its first chunk is decoded in parts of whole chunks, each part's
+    frames at most `part_bytes` (one chunk at least), several parts at once: a long video
+    never holds all its frames, and its decoding spreads over the pool. The chunks are the
+    ones a single decode of the whole range gives (the same start, the same step, added up
+    the same way).
+    """
+    # The first part is the first chunk (other media ignore the time range); what the file
+    # is shows in what comes back: nothing parses it outside the pool.
+    step = opts.chunk_s or opts.max_frames / opts.fps
+    first_end = (opts.start_s or 0.0) + step
+    first = replace(opts, end_s=first_end if opts.end_s is None else min(first_end, opts.end_s))
+    budget.start()
+    part = _land(path, first, limits, pool.submit(path, first), budget)
+    # (read before the caller takes the items over)
+    ranges = _ranges(part, opts, first.end_s, step, part_bytes) if part.kind == VIDEO else deque()
+    yield part
+    running: deque[Future] = deque()
+    try:
+        while ranges or running:
+            while ranges:
+                if not running:
+                    budget.start()  # waits while other jobs' media fill the budget
+                elif not budget.try_start():
+                    break
+                a, b = ranges.popleft()
+                running.append(pool.submit(path, replace(opts, start_s=a, end_s=b)))
+            yield _land(path, opts, limits, running.popleft(), budget)
+    finally:  # stopped early (cancel, a failed part): what is still decoding lands unused
+        for f in running:
+            f.add_done_callback(partial(_discard, budget))
+
+
+def _ranges(first: Decoded, opts: MediaOptions, a: float, step: float, part_bytes: int) -> deque:
+    """(start_s, end_s) of the parts after the first chunk, whole chunks each."""
+    video = first.units[0].items[0]
+    end = video.video_s if opts.end_s is None else min(video.video_s, opts.end_s)
+    per_part = max(1, part_bytes // max(1, media_bytes([video])))
+    ranges = deque()
+    while a < end - 1e-9:
+        b = a
+        for _ in range(per_part):
+            b = min(b + step, end)  # as plan_chunks adds them up
+        ranges.append((a, b))
+        a = b
+    return ranges
+
+
+def _land(path: str, opts: MediaOptions, limits: MediaLimits, f: Future, budget) -> Decoded:
+    try:
+        decoded = to_units(path, opts, limits, f.result())
+    except BaseException:
+        budget.landed(None)
+        raise
+    budget.landed(sum(media_bytes(u.items) for u in decoded.units))
+    return decoded
+
+
+def _discard(budget: MediaBudget, f: Future) -> None:
+    if f.cancelled() or f.exception() is not None:
+        budget.landed(None)
+        return
+    nbytes = sum(media_bytes([i]) for i in f.result())
+    budget.landed(nbytes)
+    budget.release(nbytes)
 
 
 def to_units(path: str, opts: MediaOptions, limits: MediaLimits, items: list[MediaItem]) -> Decoded:

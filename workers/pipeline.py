@@ -206,33 +206,14 @@ class Pipeline:
             chunk_s=v.chunk_s,
             use_audio=v.use_audio,
         )
-        self.media_budget.start()
-        try:
-            decoded = decode(str(input_path), opts, self.limits, self.media)
-        except BaseException:
-            self.media_budget.landed(None)
-            raise
-        units = decoded.units
-        held = [media_bytes(u.items) for u in units]
-        self.media_budget.landed(sum(held))
+        task = request.task.value
+        units, preps, media_usage = self._decode_and_submit(input_path, opts, request, cancelled)
         progress("decoding", 1, 1)
-        preps = []
-        try:
-            task = request.task.value
-            text = task_text(task, request.prompt, decoded.kind)
-            thinking = request.generation.thinking
-            prompts = [(self.prompts.render(u.items, text, thinking), u.items) for u in units]
-            for u in units:
-                u.items = []  # the engine's (see _submit); the units keep their times and pages
-            if not cancelled():
-                preps = self._submit(prompts, request)
-        finally:  # what never reached the engine leaves the budget here
-            self.media_budget.release(sum(held[len(preps) :]))
         calls = self._collect(preps, request, cancelled, progress) if preps else []
         # a cancel keeps what finished (api.md); spent tokens still count in the usage
         done = [(u, c) for u, c in zip(units, calls, strict=False) if c.finished]
-        final = self._final(task, decoded.kind, done, len(units), request, cancelled)
-        usage = self._usage(decoded.usage, calls + ([final] if final else []), t0)
+        final = self._final(task, media_usage.pop("kind"), done, len(units), request, cancelled)
+        usage = self._usage(media_usage, calls + ([final] if final else []), t0)
         outs = [c for _, c in done]
         return JobOutput(
             text=final.text if final else "\n\n".join(c.text for c in outs),
@@ -241,6 +222,50 @@ class Pipeline:
             usage=usage,
             warning=DEMO_WARNING if self.demo else None,
         )
+
+    def _decode_and_submit(
+        self, input_path, opts: MediaOptions, request, cancelled
+    ) -> tuple[list[Unit], list[Prepared], dict]:
+        """Decode part by part (media_units.decode: a long video in parts) and hand each
+        part's units to the engine as it lands, so early chunks generate while later ones
+        decode. -> (the submitted units, their requests, the media usage with its "kind").
+
+        Until a unit reaches the engine its media count in the shared-memory budget; a unit
+        never submitted (a cancel) is released here. A part that fails to decode fails the
+        job: what was submitted is cancelled first.
+        """
+        thinking = request.generation.thinking
+        units, preps, usage = [], [], {}
+        parts = decode(str(input_path), opts, self.limits, self.media, self.media_budget)
+        try:
+            for part in parts:
+                text = task_text(request.task.value, request.prompt, part.kind)
+                usage["kind"] = part.kind
+                for k, v in part.usage.items():
+                    usage[k] = usage.get(k, 0) + v
+                held = [media_bytes(u.items) for u in part.units]
+                submitted = []
+                try:
+                    prompts = [
+                        (self.prompts.render(u.items, text, thinking), u.items) for u in part.units
+                    ]
+                    for u in part.units:
+                        u.items = []  # the engine's (see _submit); units keep times and pages
+                    if not cancelled():
+                        submitted = self._submit(prompts, request)
+                finally:
+                    self.media_budget.release(sum(held[len(submitted) :]))
+                units += part.units[: len(submitted)]
+                preps += submitted
+                if cancelled():
+                    break
+        except BaseException:
+            for p in preps:
+                self.engine.cancel(p.rid)
+            raise
+        finally:
+            parts.close()  # a part still decoding lands unused (media_units.decode)
+        return units, preps, usage
 
     def _final(self, task, kind, done, num_units, request, cancelled) -> _Call | None:
         """`summarize` over several segments: one more, text-only, pass over their texts."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import av
 import numpy as np
 import torch
@@ -70,6 +72,10 @@ class AudioTrack:
                     raise MediaTooLong("the audio is longer than the duration limit")
         except av.error.FFmpegError as e:
             self.fail(e)
+
+    def time_of(self, packet: av.Packet) -> float:
+        """Seconds of a packet of this stream on the container timeline (-inf without pts)."""
+        return float(packet.pts * self.stream.time_base) if packet.pts is not None else -math.inf
 
     def fail(self, error: av.error.FFmpegError) -> None:
         self.error = self.error or error

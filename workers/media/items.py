@@ -67,6 +67,7 @@ class VideoItem:
     audio: AudioItem | None = None  # the soundtrack of the same time range, when used
     start_s: float = 0.0  # the chunk's time range in the file (seconds from the first frame)
     end_s: float = 0.0
+    video_s: float = 0.0  # the whole video stream's length: what a caller decoding parts needs
 
     @property
     def num_tubelets(self) -> int:

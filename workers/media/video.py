@@ -25,6 +25,8 @@ from workers.media.probe import open_container
 from workers.media.resize import video_grid
 from workers.media.video_decode import DEFAULT_DECODE, DecodeConfig, configure, decode_frames
 
+AUDIO_MARGIN_S = 1.0
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -130,7 +132,10 @@ def process_video(
         times = [info.start + i / info.fps for i in wanted]
         audio = c.streams.audio[0] if opts.use_audio and c.streams.audio else None
         track = AudioTrack(audio, limits) if audio is not None else None
-        frames = decode_frames(c, video_stream(c), times, info.fps, cfg, track)
+        # A part of a longer video (start_s / end_s) needs its soundtrack only a little past
+        # its end: the margin keeps the resampler's last outputs inside the part exact.
+        until = info.start + chunks[-1][1] + AUDIO_MARGIN_S
+        frames = decode_frames(c, video_stream(c), times, info.fps, cfg, track, until)
         for i, rgb in zip(wanted, frames, strict=True):
             pixels = _rotate(rgb, info.rotation)
             if tuple(pixels.shape[:2]) != size:
@@ -149,6 +154,7 @@ def process_video(
             timestamps=[i * step_ms / 1000.0 for i in idx],
             start_s=a,
             end_s=b,
+            video_s=info.duration,
         )
         if soundtrack is not None:
             item.audio = _soundtrack_of(soundtrack, a + info.start, b + info.start)

@@ -111,11 +111,13 @@ def decode_frames(
     fps: float,
     cfg: DecodeConfig,
     audio: AudioTrack | None = None,
+    audio_until: float = math.inf,
 ) -> Iterator[torch.Tensor]:
     """uint8 [H, W, 3] RGB frames (stored orientation), one per sorted target time in seconds.
 
     `configure` must have run on the stream before its first decode. With `audio`, the same
-    demux pass feeds that track every packet of its stream (so the file is read once).
+    demux pass feeds that track every packet of its stream (so the file is read once), until
+    the frames are done and the track has passed `audio_until` seconds.
     """
     ctx = stream.codec_context
     sampler = _Sampler(times, slack=0.5 / fps, time_base=stream.time_base)
@@ -126,6 +128,8 @@ def decode_frames(
         for packet in c.demux(*streams):
             if packet.stream_index != stream.index:
                 audio.feed(packet)
+                if sampler.done and audio.time_of(packet) > audio_until:
+                    break
                 continue
             if not packet.size or sampler.done:  # done: still demuxing for the audio
                 continue
