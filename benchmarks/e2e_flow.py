@@ -23,7 +23,7 @@ from pathlib import Path
 
 from workers.engine.engine import Engine, Prepared
 from workers.engine.request import SamplingParams
-from workers.engine.upload import media_bytes
+from workers.media.items import media_bytes
 from workers.media_budget import MediaBudget
 from workers.media_units import Decoded
 from workers.model.prompt import PromptBuilder, task_text

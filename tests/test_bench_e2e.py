@@ -62,7 +62,7 @@ def test_decode_ahead_stays_in_the_media_budget(tmp_path):
     """With room for almost nothing, the pool still decodes one job per worker to start, then
     only as the engine takes their media, and every job completes."""
     from benchmarks.e2e_inputs import workload_files
-    from workers.engine.upload import media_bytes
+    from workers.media.items import media_bytes
     from workers.media.limits import MediaLimits
     from workers.media.options import MediaOptions
     from workers.media.pipeline import process

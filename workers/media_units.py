@@ -14,8 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from workers.engine.upload import media_bytes
-from workers.media.items import AudioItem, ImageItem, MediaItem, VideoItem
+from workers.media.items import AudioItem, ImageItem, MediaItem, VideoItem, media_bytes
 from workers.media.limits import MediaLimits
 from workers.media.options import MediaOptions
 from workers.media.pool import MediaPool

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from workers.engine.engine import Engine, Prepared, engine_config
 from workers.engine.request import SamplingParams
-from workers.engine.upload import media_bytes
 from workers.media.errors import MediaTooLong
+from workers.media.items import media_bytes
 from workers.media.limits import DEFAULT_LIMITS, MediaLimits
 from workers.media.options import MediaOptions
 from workers.media.pool import MediaPool

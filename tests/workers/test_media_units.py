@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.media.corpus import write_video
-from workers.engine.upload import media_bytes
+from workers.media.items import media_bytes
 from workers.media.limits import DEFAULT_LIMITS
 from workers.media.options import MediaOptions
 from workers.media.pipeline import process

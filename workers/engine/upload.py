@@ -15,24 +15,7 @@ from dataclasses import replace
 
 import torch
 
-from workers.media.items import AudioItem, ImageItem, VideoItem
-
-Item = ImageItem | VideoItem | AudioItem
-
-
-def media_bytes(items: list[Item]) -> int:
-    """Bytes of the tensors that `items` hold (a video's soundtrack included)."""
-
-    def size(item: Item | None) -> int:
-        if isinstance(item, ImageItem):
-            return item.pixels.nbytes
-        if isinstance(item, VideoItem):
-            return item.tubelets.nbytes + size(item.audio)
-        if isinstance(item, AudioItem):
-            return sum(c.nbytes for c in item.clips)
-        return 0
-
-    return sum(size(i) for i in items)
+from workers.media.items import AudioItem, ImageItem, MediaItem, media_bytes
 
 
 class MediaUploader:
@@ -42,7 +25,7 @@ class MediaUploader:
         self._lock = threading.Lock()
         self._local = threading.local()  # one copy stream per submitting thread
 
-    def upload(self, items: list[Item]) -> tuple[list[Item], int]:
+    def upload(self, items: list[MediaItem]) -> tuple[list[MediaItem], int]:
         """(the items with their tensors on the GPU, bytes to `release` once encoded); the
         items unchanged and 0 when the cap would be passed."""
         n = media_bytes(items)
@@ -70,7 +53,7 @@ class MediaUploader:
         with self._lock:
             self._held -= nbytes
 
-    def _to_device(self, item: Item) -> Item:
+    def _to_device(self, item: MediaItem) -> MediaItem:
         if isinstance(item, ImageItem):
             return replace(item, pixels=self._copy(item.pixels))
         if isinstance(item, AudioItem):

@@ -79,3 +79,18 @@ class VideoItem:
 
 
 MediaItem = ImageItem | AudioItem | VideoItem
+
+
+def media_bytes(items: list[MediaItem]) -> int:
+    """Bytes of the tensors that `items` hold (a video's soundtrack included)."""
+
+    def size(item: MediaItem | None) -> int:
+        if isinstance(item, ImageItem):
+            return item.pixels.nbytes
+        if isinstance(item, VideoItem):
+            return item.tubelets.nbytes + size(item.audio)
+        if isinstance(item, AudioItem):
+            return sum(c.nbytes for c in item.clips)
+        return 0
+
+    return sum(size(i) for i in items)
