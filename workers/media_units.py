@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from functools import partial
 
+from workers.media.document import PAGE_BYTES_PER_PATCH
 from workers.media.items import AudioItem, ImageItem, MediaItem, VideoItem, media_bytes
 from workers.media.limits import MediaLimits
 from workers.media.options import MediaOptions
@@ -63,50 +64,63 @@ def decode(
     usage, in order; each counts in `budget` from when it lands until its caller releases it.
 
     A video longer than its first chunk is decoded in parts of whole chunks, each part's
-    frames at most `part_bytes` (one chunk at least), several parts at once: a long video
-    never holds all its frames, and its decoding spreads over the pool. The chunks are the
-    ones a single decode of the whole range gives (the same start, the same step, added up
-    the same way).
+    frames at most `part_bytes` (one chunk at least), a document in parts of pages (at most
+    `part_bytes` at its page budget), several parts at once: a long input never holds all
+    its pixels, and its decoding spreads over the pool. A video's chunks are the ones a
+    single decode of the whole range gives (the same start, the same step, added up the
+    same way).
     """
-    # The first part is the first chunk (other media ignore the time range); what the file
-    # is shows in what comes back: nothing parses it outside the pool.
+    # The first part is a video's first chunk or a document's first pages (other media ignore
+    # both); what the file is shows in what comes back: nothing parses it outside the pool.
     step = opts.chunk_s or opts.max_frames / opts.fps
     first_end = (opts.start_s or 0.0) + step
-    first = replace(opts, end_s=first_end if opts.end_s is None else min(first_end, opts.end_s))
+    pages = max(1, part_bytes // (opts.image_budget * PAGE_BYTES_PER_PATCH))
+    first = replace(
+        opts,
+        end_s=first_end if opts.end_s is None else min(first_end, opts.end_s),
+        pages=(0, pages),
+    )
     budget.start()
     part = _land(path, first, limits, pool.submit(path, first), budget)
-    # (read before the caller takes the items over)
-    ranges = _ranges(part, opts, first.end_s, step, part_bytes) if part.kind == VIDEO else deque()
+    rest = _rest(part, opts, first, step, pages, part_bytes)  # before the caller takes the items
     yield part
     running: deque[Future] = deque()
     try:
-        while ranges or running:
-            while ranges:
+        while rest or running:
+            while rest:
                 if not running:
                     budget.start()  # waits while other jobs' media fill the budget
                 elif not budget.try_start():
                     break
-                a, b = ranges.popleft()
-                running.append(pool.submit(path, replace(opts, start_s=a, end_s=b)))
-            yield _land(path, opts, limits, running.popleft(), budget)
+                part_opts = rest.popleft()
+                running.append((part_opts, pool.submit(path, part_opts)))
+            part_opts, f = running.popleft()
+            yield _land(path, part_opts, limits, f, budget)
     finally:  # stopped early (cancel, a failed part): what is still decoding lands unused
-        for f in running:
+        for _, f in running:
             f.add_done_callback(partial(_discard, budget))
 
 
-def _ranges(first: Decoded, opts: MediaOptions, a: float, step: float, part_bytes: int) -> deque:
-    """(start_s, end_s) of the parts after the first chunk, whole chunks each."""
+def _rest(
+    first: Decoded, opts: MediaOptions, done: MediaOptions, step: float, pages: int, part_bytes: int
+) -> deque[MediaOptions]:
+    """The options of the parts after the first: whole chunks, or pages, each."""
+    if first.kind == DOCUMENT:
+        n = first.units[0].items[0].doc_pages
+        return deque(replace(opts, pages=(a, a + pages)) for a in range(pages, n, pages))
+    if first.kind != VIDEO:
+        return deque()
     video = first.units[0].items[0]
     end = video.video_s if opts.end_s is None else min(video.video_s, opts.end_s)
     per_part = max(1, part_bytes // max(1, media_bytes([video])))
-    ranges = deque()
+    rest, a = deque(), done.end_s
     while a < end - 1e-9:
         b = a
         for _ in range(per_part):
             b = min(b + step, end)  # as plan_chunks adds them up
-        ranges.append((a, b))
+        rest.append(replace(opts, start_s=a, end_s=b))
         a = b
-    return ranges
+    return rest
 
 
 def _land(path: str, opts: MediaOptions, limits: MediaLimits, f: Future, budget) -> Decoded:
@@ -134,7 +148,8 @@ def to_units(path: str, opts: MediaOptions, limits: MediaLimits, items: list[Med
     if kind == IMAGE:
         return Decoded(kind, [Unit(items)], {"images": len(items)})
     if kind == DOCUMENT:
-        units = [Unit([p], page=k + 1) for k, p in enumerate(items)]
+        first = opts.pages[0] if opts.pages is not None else 0
+        units = [Unit([p], page=first + k + 1) for k, p in enumerate(items)]
         return Decoded(kind, units, {"pages": len(items)})
     if kind == AUDIO:
         (audio,) = items

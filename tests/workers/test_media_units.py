@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pypdfium2 as pdfium
 import pytest
 import torch
 
 from tests.media.corpus import write_video
+from workers.media.document import PAGE_BYTES_PER_PATCH
 from workers.media.items import media_bytes
 from workers.media.limits import DEFAULT_LIMITS
 from workers.media.options import MediaOptions
@@ -50,3 +52,23 @@ def test_a_short_file_is_one_part(pool, tmp_path):
     budget = MediaBudget(1 << 30, first=2)
     (part,) = decode(path, MediaOptions(fps=2.0), DEFAULT_LIMITS, pool, budget)
     assert part.kind == "video" and len(part.units) == 1 and budget.in_flight == 0
+
+
+def test_document_parts_equal_one_render(pool, tmp_path):
+    pdf = pdfium.PdfDocument.new()
+    for k in range(7):
+        pdf.new_page(200 + 40 * k, 300)  # a different aspect per page: each tells its place
+    pdf.save(tmp_path / "d.pdf")
+    path, opts = str(tmp_path / "d.pdf"), MediaOptions(image_budget=1024)
+    whole = to_units(path, opts, DEFAULT_LIMITS, process(path, opts)).units
+    budget = MediaBudget(1 << 30, first=2)
+    parts = list(
+        decode(path, opts, DEFAULT_LIMITS, pool, budget, part_bytes=2 * 1024 * PAGE_BYTES_PER_PATCH)
+    )
+    assert [len(p.units) for p in parts] == [2, 2, 2, 1]
+    got = [u for p in parts for u in p.units]
+    assert [u.page for u in got] == [u.page for u in whole] == list(range(1, 8))
+    for g, w in zip(got, whole, strict=True):
+        assert g.items[0].grid == w.items[0].grid
+        assert torch.equal(g.items[0].pixels, w.items[0].pixels)
+    assert sum(p.usage["pages"] for p in parts) == 7 and budget.in_flight == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 
 import pypdfium2 as pdfium
 
@@ -33,9 +34,12 @@ def render_scale(width_pt: float, height_pt: float, budget: int) -> float:
 
 
 def process_document(
-    path: str, limits: MediaLimits, budget: int = DEFAULT_BUDGET
+    path: str,
+    limits: MediaLimits,
+    budget: int = DEFAULT_BUDGET,
+    pages: tuple[int, int] | None = None,
 ) -> list[ImageItem]:
-    """One ImageItem per page, in page order."""
+    """One ImageItem per page of `pages` ([first, end), 0-based; all if None), in order."""
     if os.path.getsize(path) > limits.max_file_bytes:
         raise MediaTooLarge("the document is larger than the size limit")
     pdf = _open(path)
@@ -45,16 +49,20 @@ def process_document(
             raise MediaUnreadable("the PDF has no pages")
         if n > limits.max_pages:
             raise MediaTooLarge(f"the PDF has {n} pages, over the limit of {limits.max_pages}")
-        check_decoded_bytes(n * budget * PAGE_BYTES_PER_PATCH, limits)  # at most, per page
+        first, end = pages if pages is not None else (0, n)
+        if not 0 <= first < end or first >= n:
+            raise MediaUnreadable(f"the PDF has {n} pages: none in [{first}, {end})")
+        end = min(end, n)
+        check_decoded_bytes((end - first) * budget * PAGE_BYTES_PER_PATCH, limits)  # at most
         items = []
-        for i in range(n):
+        for i in range(first, end):
             page = pdf[i]
             w, h = page.get_size()
             scale = render_scale(w, h, budget)
             if w * h * scale * scale > limits.max_image_pixels:
                 raise MediaTooLarge("a PDF page renders to more pixels than the limit")
             im = page.render(scale=scale, may_draw_forms=True).to_pil().convert("RGB")
-            items.append(image_item(im, budget))
+            items.append(replace(image_item(im, budget), doc_pages=n))
             page.close()
         return items
     except pdfium.PdfiumError as e:

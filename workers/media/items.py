@@ -20,6 +20,7 @@ class ImageItem:
 
     pixels: torch.Tensor
     grid: tuple[int, int]  # (ph, pw) patches, both even
+    doc_pages: int = 0  # a document page's: the document's page count (callers render parts)
 
     @property
     def num_tokens(self) -> int:

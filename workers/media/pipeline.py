@@ -34,7 +34,7 @@ def process(
         if kind == IMAGE:
             return [process_image(path, limits, opts.image_budget)]
         if kind == DOCUMENT:
-            return list(process_document(path, limits, opts.image_budget))
+            return process_document(path, limits, opts.image_budget, opts.pages)
         if kind == VIDEO:
             return list(process_video(path, sniffed.demuxer, opts, limits, cfg))
         return [process_audio(path, sniffed.demuxer, limits)]
