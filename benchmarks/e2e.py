@@ -204,7 +204,7 @@ def _table(report: dict) -> None:
     print(f"\n{report['model']}; {report['device']}; pool {report['pool_workers']} workers")
     print(
         f"{'workload':8} {'jobs':>4} {'wall s':>8} {'metric':>26} {'×target':>7} "
-        f"{'prefill/s':>9} {'decode/s':>9} {'peak GB':>7} {'MFU':>6}  "
+        f"{'prefill/s':>9} {'decode/s':>9} {'steps':>6} {'peak GB':>7} {'MFU':>6}  "
         "media/encoders/prefill/decode/other % of wall"
     )
     for r in report["workloads"].values():
@@ -213,7 +213,8 @@ def _table(report: dict) -> None:
         print(
             f"{r['workload']:8} {r['jobs']:4d} {r['wall_s']:8.1f} "
             f"{r['metric']:10.1f} {r['metric_name']:>15} {r['vs_target']:7.3f} "
-            f"{r['prefill_tok_s'] or 0:9.0f} {r['decode_tok_s'] or 0:9.0f} {peak} "
+            f"{r['prefill_tok_s'] or 0:9.0f} {r['decode_tok_s'] or 0:9.0f} "
+            f"{r['engine']['decode_steps']:6d} {peak} "
             f"{r['mfu']:6.1%}  {shares}"
         )
     if ref := report.get("reference"):
