@@ -25,7 +25,7 @@ def _serve_units(conn: Connection, limits: MediaLimits) -> None:
         path, opts = job
         wall, cpu = time.perf_counter(), time.process_time()
         try:
-            decoded = to_units(path, opts, limits, process(path, opts, limits))
+            decoded = to_units(opts, process(path, opts, limits))
             conn.send((True, (decoded, time.process_time() - cpu, time.perf_counter() - wall)))
         except MediaError as e:
             conn.send((False, e))

@@ -72,7 +72,7 @@ def test_decode_ahead_stays_in_the_media_budget(tmp_path):
     report = main([*args, "--media-gb", "1e-9", "--results", str(tmp_path)])
     (path,) = workload_files("doc", ROOT / ".cache" / "bench", small=True)
     opts, limits = MediaOptions(image_budget=SMALL_PAGE_PATCHES), MediaLimits()
-    units = to_units(path, opts, limits, process(path, opts, limits)).units
+    units = to_units(opts, process(path, opts, limits)).units
     job_bytes = sum(media_bytes(u.items) for u in units)
     row = report["workloads"]["doc"]
     assert row["peak_media_gb"] * 1e9 <= row["pool_workers"] * job_bytes

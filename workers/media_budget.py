@@ -1,8 +1,9 @@
 """How far media decoding may run ahead of the GPU: a budget of host bytes.
 
 Decoded media waits in shared memory until the engine takes it (copies it to the GPU, or
-encodes it), and /dev/shm is small (16 GB in deploy/): twenty 20-page documents of float
-pages, or a hundred 720p clips, fill it. A decode may start while the bytes held plus the
+encodes it), and /dev/shm is small (32 GB in deploy/, of which the worker takes half):
+twenty 20-page documents of float pages at the default budget, or a hundred 720p clips,
+fill that half. A decode may start while the bytes held plus the
 decodes in flight, each estimated at the mean size decoded so far, stay under the budget;
 until one has landed, `first` may run at once (one per pool worker). With nothing held and
 nothing in flight a decode always starts, so a file larger than the budget still gets its

@@ -16,14 +16,13 @@ from functools import partial
 
 from workers.media.document import PAGE_BYTES_PER_PATCH
 from workers.media.items import AudioItem, ImageItem, MediaItem, VideoItem, media_bytes
-from workers.media.limits import MediaLimits
 from workers.media.options import MediaOptions
 from workers.media.pool import MediaPool
-from workers.media.probe import AUDIO, DOCUMENT, IMAGE, VIDEO, kind_of
+from workers.media.probe import AUDIO, DOCUMENT, IMAGE, VIDEO
 from workers.media_budget import MediaBudget
 
 CLIPS_PER_UNIT = 10  # 5 minutes of audio per model call
-PART_BYTES = 1 << 31  # decoded frames of one part of a long video, at most
+PART_BYTES = 1 << 31  # decoded pixels of one part of a long video or document, at most
 
 
 @dataclass
@@ -55,13 +54,13 @@ def audio_units(audio: AudioItem) -> list[Unit]:
 def decode(
     path: str,
     opts: MediaOptions,
-    limits: MediaLimits,
     pool: MediaPool,
     budget: MediaBudget,
     part_bytes: int = PART_BYTES,
 ) -> Iterator[Decoded]:
-    """Decode in the pool (a process per core, with a deadline per file) -> parts of units +
-    usage, in order; each counts in `budget` from when it lands until its caller releases it.
+    """Decode in the pool (a process per core, with its limits and a deadline per file) ->
+    parts of units + usage, in order; each counts in `budget` from when it lands until its
+    caller releases it.
 
     A video longer than its first chunk is decoded in parts of whole chunks, each part's
     frames at most `part_bytes` (one chunk at least), a document in parts of pages (at most
@@ -81,10 +80,10 @@ def decode(
         pages=(0, pages),
     )
     budget.start()
-    part = _land(path, first, limits, pool.submit(path, first), budget)
+    part = _land(first, pool.submit(path, first), budget)
     rest = _rest(part, opts, first, step, pages, part_bytes)  # before the caller takes the items
     yield part
-    running: deque[Future] = deque()
+    running: deque[tuple[MediaOptions, Future]] = deque()
     try:
         while rest or running:
             while rest:
@@ -95,7 +94,7 @@ def decode(
                 part_opts = rest.popleft()
                 running.append((part_opts, pool.submit(path, part_opts)))
             part_opts, f = running.popleft()
-            yield _land(path, part_opts, limits, f, budget)
+            yield _land(part_opts, f, budget)
     finally:  # stopped early (cancel, a failed part): what is still decoding lands unused
         for _, f in running:
             f.add_done_callback(partial(_discard, budget))
@@ -123,9 +122,9 @@ def _rest(
     return rest
 
 
-def _land(path: str, opts: MediaOptions, limits: MediaLimits, f: Future, budget) -> Decoded:
+def _land(opts: MediaOptions, f: Future, budget: MediaBudget) -> Decoded:
     try:
-        decoded = to_units(path, opts, limits, f.result())
+        decoded = to_units(opts, f.result())
     except BaseException:
         budget.landed(None)
         raise
@@ -133,18 +132,28 @@ def _land(path: str, opts: MediaOptions, limits: MediaLimits, f: Future, budget)
     return decoded
 
 
+def _kind(items: list[MediaItem]) -> str:
+    item = items[0]  # `process` gives at least one item or raises
+    if isinstance(item, VideoItem):
+        return VIDEO
+    if isinstance(item, AudioItem):
+        return AUDIO
+    return DOCUMENT if item.doc_pages else IMAGE
+
+
 def _discard(budget: MediaBudget, f: Future) -> None:
     if f.cancelled() or f.exception() is not None:
         budget.landed(None)
         return
-    nbytes = sum(media_bytes([i]) for i in f.result())
+    nbytes = media_bytes(f.result())
     budget.landed(nbytes)
     budget.release(nbytes)
 
 
-def to_units(path: str, opts: MediaOptions, limits: MediaLimits, items: list[MediaItem]) -> Decoded:
-    """The decoded items of `path` -> the model calls they make and the media usage."""
-    kind = opts.media_type or kind_of(path, limits).kind
+def to_units(opts: MediaOptions, items: list[MediaItem]) -> Decoded:
+    """A file's decoded items (`process` with `opts`) -> the model calls they make and the
+    media usage. What the file is shows in the items: nothing parses it again here."""
+    kind = _kind(items)
     if kind == IMAGE:
         return Decoded(kind, [Unit(items)], {"images": len(items)})
     if kind == DOCUMENT:

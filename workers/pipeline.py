@@ -207,12 +207,14 @@ class Pipeline:
             use_audio=v.use_audio,
         )
         task = request.task.value
-        units, preps, media_usage = self._decode_and_submit(input_path, opts, request, cancelled)
+        kind, units, preps, media_usage = self._decode_and_submit(
+            input_path, opts, request, cancelled
+        )
         progress("decoding", 1, 1)
         calls = self._collect(preps, request, cancelled, progress) if preps else []
         # a cancel keeps what finished (api.md); spent tokens still count in the usage
         done = [(u, c) for u, c in zip(units, calls, strict=False) if c.finished]
-        final = self._final(task, media_usage.pop("kind"), done, len(units), request, cancelled)
+        final = self._final(task, kind, done, len(units), request, cancelled)
         usage = self._usage(media_usage, calls + ([final] if final else []), t0)
         outs = [c for _, c in done]
         return JobOutput(
@@ -225,22 +227,22 @@ class Pipeline:
 
     def _decode_and_submit(
         self, input_path, opts: MediaOptions, request, cancelled
-    ) -> tuple[list[Unit], list[Prepared], dict]:
-        """Decode part by part (media_units.decode: a long video in parts) and hand each
+    ) -> tuple[str, list[Unit], list[Prepared], dict]:
+        """Decode part by part (media_units.decode: long videos and PDFs in parts), handing each
         part's units to the engine as it lands, so early chunks generate while later ones
-        decode. -> (the submitted units, their requests, the media usage with its "kind").
+        decode. -> (the media's kind, the submitted units, their requests, the media usage).
 
         Until a unit reaches the engine its media count in the shared-memory budget; a unit
         never submitted (a cancel) is released here. A part that fails to decode fails the
         job: what was submitted is cancelled first.
         """
         thinking = request.generation.thinking
-        units, preps, usage = [], [], {}
-        parts = decode(str(input_path), opts, self.limits, self.media, self.media_budget)
+        kind, units, preps, usage = "", [], [], {}
+        parts = decode(str(input_path), opts, self.media, self.media_budget)
         try:
             for part in parts:
-                text = task_text(request.task.value, request.prompt, part.kind)
-                usage["kind"] = part.kind
+                kind = part.kind
+                text = task_text(request.task.value, request.prompt, kind)
                 for k, v in part.usage.items():
                     usage[k] = usage.get(k, 0) + v
                 held = [media_bytes(u.items) for u in part.units]
@@ -265,7 +267,7 @@ class Pipeline:
             raise
         finally:
             parts.close()  # a part still decoding lands unused (media_units.decode)
-        return units, preps, usage
+        return kind, units, preps, usage
 
     def _final(self, task, kind, done, num_units, request, cancelled) -> _Call | None:
         """`summarize` over several segments: one more, text-only, pass over their texts."""

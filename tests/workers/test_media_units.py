@@ -9,7 +9,6 @@ import torch
 from tests.media.corpus import write_video
 from workers.media.document import PAGE_BYTES_PER_PATCH
 from workers.media.items import media_bytes
-from workers.media.limits import DEFAULT_LIMITS
 from workers.media.options import MediaOptions
 from workers.media.pipeline import process
 from workers.media.pool import MediaPool
@@ -28,10 +27,10 @@ def test_parts_equal_one_decode(pool, tmp_path, use_audio):
     path = write_video(str(tmp_path / "long.mp4"), frames=57, fps=10, gop=7,
                        audio=[("aac", 44100, 2)])  # fmt: skip
     opts = MediaOptions(fps=4.0, max_frames=3, start_s=0.4, use_audio=use_audio)  # 0.75 s chunks
-    whole = to_units(path, opts, DEFAULT_LIMITS, process(path, opts)).units
+    whole = to_units(opts, process(path, opts)).units
     budget = MediaBudget(1 << 30, first=2)
     parts = []
-    for part in decode(path, opts, DEFAULT_LIMITS, pool, budget, part_bytes=1):  # a chunk each
+    for part in decode(path, opts, pool, budget, part_bytes=1):  # a chunk each
         parts.append(part)
         budget.release(sum(media_bytes(u.items) for u in part.units))
     assert len(parts) == len(whole) == 8  # 0.4 s .. 5.7 s in 0.75 s chunks, the last short
@@ -50,7 +49,7 @@ def test_parts_equal_one_decode(pool, tmp_path, use_audio):
 def test_a_short_file_is_one_part(pool, tmp_path):
     path = write_video(str(tmp_path / "short.mp4"), frames=8, fps=10)
     budget = MediaBudget(1 << 30, first=2)
-    (part,) = decode(path, MediaOptions(fps=2.0), DEFAULT_LIMITS, pool, budget)
+    (part,) = decode(path, MediaOptions(fps=2.0), pool, budget)
     assert part.kind == "video" and len(part.units) == 1 and budget.in_flight == 0
 
 
@@ -60,11 +59,9 @@ def test_document_parts_equal_one_render(pool, tmp_path):
         pdf.new_page(200 + 40 * k, 300)  # a different aspect per page: each tells its place
     pdf.save(tmp_path / "d.pdf")
     path, opts = str(tmp_path / "d.pdf"), MediaOptions(image_budget=1024)
-    whole = to_units(path, opts, DEFAULT_LIMITS, process(path, opts)).units
+    whole = to_units(opts, process(path, opts)).units
     budget = MediaBudget(1 << 30, first=2)
-    parts = list(
-        decode(path, opts, DEFAULT_LIMITS, pool, budget, part_bytes=2 * 1024 * PAGE_BYTES_PER_PATCH)
-    )
+    parts = list(decode(path, opts, pool, budget, part_bytes=2 * 1024 * PAGE_BYTES_PER_PATCH))
     assert [len(p.units) for p in parts] == [2, 2, 2, 1]
     got = [u for p in parts for u in p.units]
     assert [u.page for u in got] == [u.page for u in whole] == list(range(1, 8))
