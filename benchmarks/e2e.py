@@ -46,6 +46,7 @@ from benchmarks.e2e_pool import UnitPool
 from workers.engine.engine import Engine, Prepared, engine_config
 from workers.engine.request import SamplingParams
 from workers.engine.stats import StageStats
+from workers.media.items import frame_buffers
 from workers.media.options import MediaOptions
 from workers.media.resize import PATCH
 from workers.media_budget import shm_budget
@@ -141,6 +142,7 @@ def warm_up(w: Workload, engine: Engine, prompts: PromptBuilder, pool, workers: 
     ]
     for f in [engine.submit(p) for p in preps]:
         f.result()
+    pool.recycle([b for f in futures for u in f.result()[0].units for b in frame_buffers(u.items)])
 
 
 def run_workload(

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from workers.engine.engine import Engine, Prepared
 from workers.engine.request import SamplingParams
-from workers.media.items import media_bytes
+from workers.media.items import frame_buffers, media_bytes
 from workers.media_budget import MediaBudget
 from workers.media_units import Decoded
 from workers.model.prompt import PromptBuilder, task_text
@@ -114,9 +114,14 @@ class Flow:
         for k, (u, ub) in enumerate(zip(decoded.units, unit_bytes, strict=True)):
             params = SamplingParams(max_tokens=self.w.max_tokens(u), ignore_eos=True)
             prompt = self.prompts.render(u.items, self.text, False)
-            release = partial(self.budget.release, ub)  # once the engine lets go (engine.py)
+            release = partial(self._release, ub, frame_buffers(u.items))
             p = Prepared(prompt, u.items, params, self.w.evs_rate, on_host_release=release)
             self.backlog.append((j, k, p))
+
+    def _release(self, nbytes: int, buffers: list) -> None:
+        """The engine let go of a unit's host media (engine.py): the pipeline's release."""
+        self.budget.release(nbytes)
+        self.pool.recycle(buffers)
 
     def _finished(self, f: Future) -> None:
         j, k = self.owner.pop(f)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from workers.media.audio import audio_item, decode_audio
+from workers.media.items import frame_buffers
 from workers.media.limits import DEFAULT_LIMITS
 from workers.media.options import MediaOptions
 from workers.media.pipeline import process
@@ -172,21 +173,27 @@ def stages(path: str) -> str:
     )
 
 
-def ours_pool(paths: list[str], workers: int) -> Row:
+def ours_pool(paths: list[str], workers: int, recycle: bool = True) -> Row:
     with MediaPool(workers) as pool:
         run_all(pool, [(paths[i % len(paths)], OPTS) for i in range(workers)])  # warm them all
         # Enough rounds that the pool's start and its last, partly idle round weigh little:
         # a service's pool runs a long queue.
-        # Each result is dropped as it lands, as the GPU worker frees what it has encoded.
+        # Each result is dropped as it lands, as the GPU worker frees what it has encoded, and
+        # its frame buffers go back to their worker (the service's MediaPool.recycle).
         n = POOL_ROUNDS * workers
         t = time.perf_counter()
         pending = {pool.submit(paths[i % len(paths)], OPTS) for i in range(n)}
         frames = 0
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            frames += sum(len(it.timestamps) for f in done for it in f.result())
+            for f in done:
+                items = f.result()
+                frames += sum(len(it.timestamps) for it in items)
+                if recycle:
+                    pool.recycle(frame_buffers(items))
         wall = time.perf_counter() - t
-    return Row(f"ours, MediaPool({workers})", workers, n, frames, wall)
+    name = f"ours, MediaPool({workers}), frame buffers {'' if recycle else 'not '}recycled"
+    return Row(name, workers, n, frames, wall)
 
 
 def ffmpeg_cmd(path: str) -> list[str]:
@@ -233,6 +240,7 @@ def main() -> None:
             paths, "ours, every frame decoded", DecodeConfig(skip_gops=False, skip_nonref=False)
         ),
         ours_serial(paths, "ours, 2 decoder threads", DecodeConfig(threads=2)),
+        ours_pool(paths, nproc, recycle=False),
         ours_pool(paths, nproc),
     ]
     if shutil.which("ffmpeg"):

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 
 from workers.media.document import PAGE_BYTES_PER_PATCH
-from workers.media.items import AudioItem, ImageItem, MediaItem, VideoItem, media_bytes
+from workers.media.items import (
+    AudioItem,
+    ImageItem,
+    MediaItem,
+    VideoItem,
+    frame_buffers,
+    media_bytes,
+)
 from workers.media.options import MediaOptions
 from workers.media.pool import MediaPool
 from workers.media.probe import AUDIO, DOCUMENT, IMAGE, VIDEO
@@ -97,7 +104,7 @@ def decode(
             yield _land(part_opts, f, budget)
     finally:  # stopped early (cancel, a failed part): what is still decoding lands unused
         for _, f in running:
-            f.add_done_callback(partial(_discard, budget))
+            f.add_done_callback(partial(_discard, budget, pool))
 
 
 def _rest(
@@ -141,13 +148,14 @@ def _kind(items: list[MediaItem]) -> str:
     return DOCUMENT if item.doc_pages else IMAGE
 
 
-def _discard(budget: MediaBudget, f: Future) -> None:
+def _discard(budget: MediaBudget, pool: MediaPool, f: Future) -> None:
     if f.cancelled() or f.exception() is not None:
         budget.landed(None)
         return
     nbytes = media_bytes(f.result())
     budget.landed(nbytes)
     budget.release(nbytes)
+    pool.recycle(frame_buffers(f.result()))
 
 
 def to_units(opts: MediaOptions, items: list[MediaItem]) -> Decoded:

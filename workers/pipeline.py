@@ -24,7 +24,8 @@ from pathlib import Path
 from workers.engine.engine import Engine, Prepared, engine_config
 from workers.engine.request import SamplingParams
 from workers.media.errors import MediaTooLong
-from workers.media.items import media_bytes
+from workers.media.frame_buffers import BufferId
+from workers.media.items import frame_buffers, media_bytes
 from workers.media.limits import DEFAULT_LIMITS, MediaLimits
 from workers.media.options import MediaOptions
 from workers.media.pool import MediaPool
@@ -154,12 +155,17 @@ class Pipeline:
         evs = request.video.evs_rate
         preps = []
         for t, items in prompts:
-            release = partial(self.media_budget.release, media_bytes(items))
+            release = partial(self._release, media_bytes(items), frame_buffers(items))
             preps.append(Prepared(t, items, params, evs, on_host_release=release))
         prompts.clear()
         for p in preps:
             self.engine.submit(p)
         return preps
+
+    def _release(self, nbytes: int, buffers: list[BufferId]) -> None:
+        """Nothing reads these host media any more: out of the budget, buffers to the pool."""
+        self.media_budget.release(nbytes)
+        self.media.recycle(buffers)
 
     def _collect(
         self, preps: list[Prepared], request, cancelled, progress: Progress | None = None
@@ -245,7 +251,7 @@ class Pipeline:
                 text = task_text(request.task.value, request.prompt, kind)
                 for k, v in part.usage.items():
                     usage[k] = usage.get(k, 0) + v
-                held = [media_bytes(u.items) for u in part.units]
+                held = [(media_bytes(u.items), frame_buffers(u.items)) for u in part.units]
                 submitted = []
                 try:
                     prompts = [
@@ -256,7 +262,8 @@ class Pipeline:
                     if not cancelled():
                         submitted = self._submit(prompts, request)
                 finally:
-                    self.media_budget.release(sum(held[len(submitted) :]))
+                    for nbytes, buffers in held[len(submitted) :]:
+                        self._release(nbytes, buffers)
                 units += part.units[: len(submitted)]
                 preps += submitted
                 if cancelled():

@@ -3,14 +3,18 @@ pool keeps serving, and the good job after them succeeds."""
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
+import torch
 
 from tests.media.bad_corpus import build, good_image
 from tests.media.corpus import write_video
 from workers.media.errors import MediaError
+from workers.media.items import frame_buffers
 from workers.media.options import MediaOptions
+from workers.media.pipeline import process
 from workers.media.pool import MediaPool, run_all
 
 
@@ -50,6 +54,31 @@ def test_results_come_back_in_shared_memory(pool, tmp_path):
     video = write_video(str(tmp_path / "v.mp4"), frames=4, fps=10)
     (item,) = pool.submit(video, MediaOptions(fps=10, use_audio=False)).result(timeout=120)
     assert item.tubelets.is_shared() and item.tubelets.shape[0] == 2
+
+
+def _segment(item) -> int:
+    """The shared-memory file behind an item's frames (its inode), as this process maps it."""
+    fd, _ = item.tubelets.untyped_storage()._share_fd_cpu_()
+    return os.fstat(fd).st_ino
+
+
+def test_recycled_frame_buffers_are_reused_and_hold_the_new_frames(tmp_path):
+    short = write_video(str(tmp_path / "short.mp4"), frames=8, fps=10)
+    long = write_video(str(tmp_path / "long.mp4"), frames=16, fps=10)
+    every, half = (MediaOptions(fps=f, use_audio=False) for f in (10, 5))  # 8 frames of each
+    with MediaPool(workers=1) as pool:  # one worker: every buffer is its
+        (a,) = pool.submit(short, every).result(timeout=120)
+        (b,) = pool.submit(long, half).result(timeout=120)  # `a` is still lent
+        assert _segment(b) != _segment(a)
+        seg_a = _segment(a)
+        pool.recycle(frame_buffers([a]))
+        del a
+        (c,) = pool.submit(long, half).result(timeout=120)
+        assert _segment(c) == seg_a  # written into the returned buffer ...
+    (want,) = process(long, half)
+    (before,) = process(short, every)
+    assert torch.equal(c.tubelets, want.tubelets)  # ... and holding the new frames only
+    assert not torch.equal(want.tubelets, before.tubelets)
 
 
 def test_a_worker_that_died_idle_is_replaced(pool, tmp_path):

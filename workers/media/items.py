@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from workers.media.frame_buffers import BufferId
+
 
 @dataclass
 class ImageItem:
@@ -69,6 +71,9 @@ class VideoItem:
     start_s: float = 0.0  # the chunk's time range in the file (seconds from the first frame)
     end_s: float = 0.0
     video_s: float = 0.0  # the whole video stream's length: what a caller decoding parts needs
+    # (pool worker, number) of the shared-memory buffer `tubelets` views, when a pool decoded
+    # it: hand it back (`MediaPool.recycle`) once nothing reads the frames any more.
+    buffer: BufferId | None = None
 
     @property
     def num_tubelets(self) -> int:
@@ -95,3 +100,8 @@ def media_bytes(items: list[MediaItem]) -> int:
         return 0
 
     return sum(size(i) for i in items)
+
+
+def frame_buffers(items: list[MediaItem]) -> list[BufferId]:
+    """The pool buffers that `items`' frames live in (`MediaPool.recycle` takes them)."""
+    return [i.buffer for i in items if isinstance(i, VideoItem) and i.buffer is not None]

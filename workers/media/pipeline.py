@@ -7,6 +7,7 @@ import av
 from workers.media.audio import process_audio
 from workers.media.document import process_document
 from workers.media.errors import MediaError, MediaUnreadable, MediaUnsupported
+from workers.media.frame_buffers import FrameBuffers
 from workers.media.image import process_image
 from workers.media.items import MediaItem
 from workers.media.limits import DEFAULT_LIMITS, MediaLimits
@@ -21,9 +22,11 @@ def process(
     opts: MediaOptions = DEFAULT_OPTIONS,
     limits: MediaLimits = DEFAULT_LIMITS,
     cfg: DecodeConfig = DEFAULT_DECODE,
+    shared: FrameBuffers | None = None,
 ) -> list[MediaItem]:
     """Items for one input: [ImageItem] for an image, one per page for a document, one
-    VideoItem per chunk for a video, [AudioItem] for audio. Raises MediaError only."""
+    VideoItem per chunk for a video, [AudioItem] for audio. Raises MediaError only.
+    `shared`: a pool worker's frame buffers (video frames are written there)."""
     try:
         sniffed = kind_of(path, limits)
         kind = sniffed.kind
@@ -36,7 +39,7 @@ def process(
         if kind == DOCUMENT:
             return process_document(path, limits, opts.image_budget, opts.pages)
         if kind == VIDEO:
-            return list(process_video(path, sniffed.demuxer, opts, limits, cfg))
+            return list(process_video(path, sniffed.demuxer, opts, limits, cfg, shared))
         return [process_audio(path, sniffed.demuxer, limits)]
     except MediaError:
         raise

@@ -9,19 +9,23 @@ fails; the pool keeps serving. Tensors travel through shared memory (torch's red
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import multiprocessing as mp
 import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 import torch
 import torch.multiprocessing  # noqa: F401  (registers the shared-memory tensor reducers)
 
 from workers.media.errors import MediaError, MediaTimeout, MediaUnreadable
+from workers.media.frame_buffers import BufferId, FrameBuffers
 from workers.media.items import MediaItem
 from workers.media.limits import DEFAULT_LIMITS, MediaLimits
 from workers.media.options import DEFAULT_OPTIONS, MediaOptions
@@ -29,23 +33,38 @@ from workers.media.pipeline import process
 from workers.media.video_decode import DEFAULT_DECODE, DecodeConfig
 
 
-def _serve(conn: Connection, limits: MediaLimits, cfg: DecodeConfig) -> None:
+def decode_job(
+    path: str, opts: MediaOptions, limits: MediaLimits, cfg: DecodeConfig, shared: FrameBuffers
+) -> list[MediaItem]:
+    """What a pool worker does with one file (a subclass's worker may do more)."""
+    return process(path, opts, limits, cfg, shared)
+
+
+def _serve(
+    conn: Connection, limits: MediaLimits, cfg: DecodeConfig, owner: int, job: Callable
+) -> None:
     torch.set_num_threads(1)  # one core per worker: the pool is the parallelism
-    cfg = replace(cfg, shared_buffers=True)  # results leave this process
-    while (job := conn.recv()) is not None:
-        path, opts = job
+    shared = FrameBuffers(owner)  # results leave this process: frames go to shared memory
+    while (msg := conn.recv()) is not None:
+        if msg[0] == "recycle":
+            shared.returned(msg[1])
+            continue
+        _, path, opts = msg
         try:
-            conn.send((True, process(path, opts, limits, cfg)))
+            result = (True, job(path, opts, limits, cfg, shared))
         except MediaError as e:
-            conn.send((False, e))
+            result = (False, e)
         except Exception:  # the job boundary: a bug fails this job, never the worker
-            conn.send((False, MediaUnreadable("the media could not be processed")))
+            result = (False, MediaUnreadable("the media could not be processed"))
+        conn.send(result)
+        shared.sent() if result[0] else shared.failed()
 
 
 @dataclass
 class _Worker:
     proc: mp.Process
     conn: Connection
+    owner: int  # the number its frame buffers carry (BufferId); a replacement gets a new one
     job: tuple | None = None  # (future, deadline) while busy
 
 
@@ -58,7 +77,13 @@ class _Job:
 
 
 class MediaPool:
-    """`submit(path, options)` -> Future of that file's items; nproc spawned workers by default."""
+    """`submit(path, options)` -> Future of that file's items; nproc spawned workers by default.
+
+    A video's frames arrive in the worker's shared-memory buffers: `recycle` them once
+    nothing reads them any more, and that worker writes its next frames there.
+    """
+
+    job = staticmethod(decode_job)
 
     def __init__(
         self,
@@ -71,6 +96,8 @@ class MediaPool:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self._wake_lock = threading.Lock()  # submit() may be called from several threads
+        self._recycled: queue.SimpleQueue[list[BufferId]] = queue.SimpleQueue()
+        self._owners = itertools.count()
         self._workers = [self._spawn() for _ in range(workers or os.cpu_count() or 1)]
         self._closed = False
         self._thread = threading.Thread(target=self._dispatch, name="media-pool", daemon=True)
@@ -91,6 +118,14 @@ class MediaPool:
         self._wake()
         return job.future
 
+    def recycle(self, buffers: list[BufferId]) -> None:
+        """Hand frame buffers back (`frame_buffers(items)`); the tensors that view them must
+        not be read after this call. Those of a worker that has since been replaced are
+        dropped."""
+        if buffers:
+            self._recycled.put(buffers)
+            self._wake()
+
     def close(self) -> None:
         self._closed = True
         self._jobs.put(None)
@@ -109,10 +144,12 @@ class MediaPool:
 
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_serve, args=(child, self.limits, self.cfg), daemon=True)
+        owner = next(self._owners)
+        args = (child, self.limits, self.cfg, owner, self.job)
+        proc = self._ctx.Process(target=_serve, args=args, daemon=True)
         proc.start()
         child.close()
-        return _Worker(proc, parent)
+        return _Worker(proc, parent, owner)
 
     def _replace(self, w: _Worker) -> _Worker:
         w.proc.kill()
@@ -134,6 +171,7 @@ class MediaPool:
                 stopping |= job is None
                 if job is not None:
                     backlog.append(job)
+            self._hand_back()
             if stopping and not backlog and all(w.job is None for w in self._workers):
                 break
             for w in list(self._workers):
@@ -142,10 +180,10 @@ class MediaPool:
                     if not job.future.set_running_or_notify_cancel():
                         continue
                     try:
-                        w.conn.send((job.path, job.opts))
+                        w.conn.send(("job", job.path, job.opts))
                     except OSError:  # the idle worker died: its replacement takes the job
                         w = self._replace(w)
-                        w.conn.send((job.path, job.opts))
+                        w.conn.send(("job", job.path, job.opts))
                     w.job = (job.future, time.monotonic() + job.timeout)
             busy = [w for w in self._workers if w.job is not None]
             now = time.monotonic()
@@ -161,6 +199,21 @@ class MediaPool:
             w.proc.join(timeout=5)
             if w.proc.is_alive():
                 w.proc.kill()
+
+    def _hand_back(self) -> None:
+        """Send recycled buffer numbers to the live workers that lent them (read before the
+        worker's next job)."""
+        by_owner: dict[int, list[int]] = {}
+        while True:
+            try:
+                for owner, number in self._recycled.get_nowait():
+                    by_owner.setdefault(owner, []).append(number)
+            except queue.Empty:
+                break
+        for w in self._workers:
+            if w.owner in by_owner:
+                with contextlib.suppress(OSError):  # died: its buffers went with it
+                    w.conn.send(("recycle", by_owner[w.owner]))
 
     def _collect(self, busy: list[_Worker], ready: list) -> None:
         now = time.monotonic()

@@ -17,6 +17,7 @@ import torch
 
 from workers.media.audio import AudioTrack, audio_item
 from workers.media.errors import MediaTooLarge, MediaTooLong, MediaUnreadable
+from workers.media.frame_buffers import BufferId, FrameBuffers
 from workers.media.items import AudioItem, VideoItem
 from workers.media.limits import MediaLimits, check_decoded_bytes
 from workers.media.mel import SAMPLE_RATE
@@ -108,8 +109,10 @@ def process_video(
     opts: MediaOptions,
     limits: MediaLimits,
     cfg: DecodeConfig = DEFAULT_DECODE,
+    shared: FrameBuffers | None = None,
 ) -> list[VideoItem]:
-    """One VideoItem per chunk, each with the soundtrack of its time range when asked."""
+    """One VideoItem per chunk, each with the soundtrack of its time range when asked; with
+    `shared` (a pool worker's), the frames are in its shared-memory buffers."""
     with open_container(path, demuxer, limits) as c:
         configure(video_stream(c), cfg)
         info = probe_video(c, limits)
@@ -120,10 +123,10 @@ def process_video(
         # Frames go straight into their chunk's buffer as decoded, channels last (a plain copy;
         # the planar transpose and the resize run on the GPU): uint8 [2·ceil(F/2), H, W, 3].
         size = (info.height, info.width)
-        buffers = [
-            _frame_buffer((len(idx) + len(idx) % 2, *size, 3), cfg.shared_buffers)
-            for *_, idx in chunks
-        ]
+        buffers, ids = zip(
+            *(_frame_buffer((len(idx) + len(idx) % 2, *size, 3), shared) for *_, idx in chunks),
+            strict=True,
+        )
         slots: dict[int, list[tuple[int, int]]] = {}
         for ci, (*_, idx) in enumerate(chunks):
             for k, i in enumerate(idx):
@@ -145,7 +148,7 @@ def process_video(
         soundtrack = track.result() if track is not None else None
     step_ms = int(1000.0 / info.fps)
     items = []
-    for (a, b, idx), buf in zip(chunks, buffers, strict=True):
+    for (a, b, idx), buf, buffer_id in zip(chunks, buffers, ids, strict=True):
         if len(idx) % 2:
             buf[-1] = buf[-2]  # odd frame count: the last frame is repeated
         item = VideoItem(
@@ -155,6 +158,7 @@ def process_video(
             start_s=a,
             end_s=b,
             video_s=info.duration,
+            buffer=buffer_id,
         )
         if soundtrack is not None:
             item.audio = _soundtrack_of(soundtrack, a + info.start, b + info.start)
@@ -162,11 +166,12 @@ def process_video(
     return items
 
 
-def _frame_buffer(shape: tuple[int, ...], shared: bool) -> torch.Tensor:
-    if not shared:
-        return torch.empty(shape, dtype=torch.uint8)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape))  # uint8: bytes == elements
-    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+def _frame_buffer(
+    shape: tuple[int, ...], shared: FrameBuffers | None
+) -> tuple[torch.Tensor, BufferId | None]:
+    if shared is None:
+        return torch.empty(shape, dtype=torch.uint8), None
+    return shared.new(shape)
 
 
 def _soundtrack_of(soundtrack: tuple[torch.Tensor, float], a: float, b: float) -> AudioItem | None:

@@ -28,10 +28,6 @@ class DecodeConfig:
     threads: int = 1  # decoder threads; 1 per pool worker gives the best host throughput
     skip_gops: bool = True  # never decode a GOP, or a GOP's tail, that holds no target
     skip_nonref: bool = True  # don't decode non-reference frames that are not sampled
-    # Frame buffers straight in shared memory: a pool worker sends them to another process,
-    # and torch's pickler would otherwise copy each into a fresh shared segment (measured on
-    # the 2-core box: 0.27 s of page faults and copies per W-video clip, 0.14 s this way).
-    shared_buffers: bool = False
 
 
 DEFAULT_DECODE = DecodeConfig()
