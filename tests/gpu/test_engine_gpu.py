@@ -46,16 +46,19 @@ def test_uploaded_media_gives_the_same_outputs(tmp_path):
     for cap in (1 << 30, 0):  # every request uploaded; none
         cfg = EngineConfig(max_running=4, kv_capacity_tokens=1 << 14, max_seq_len=4096,
                            prefill_token_budget=200, max_upload_bytes=cap)  # fmt: skip
-        eng = Engine(model, pb.tokenizer, cfg).start()
+        eng = Engine(model, pb.tokenizer, cfg)
         released = []
         try:
             preps = [
                 Prepared(t, items, GREEDY, EVS, on_host_release=partial(released.append, k))
                 for k, (t, items) in enumerate(reqs)
             ]
+            # All queued before the engine starts: both runs batch alike (bf16 outputs depend
+            # on the batch a request shares, and copying on submit changes its timing).
             futures = [eng.submit(p) for p in preps]
             if cap:  # copied on submit: the host copies were let go there and then
                 assert sorted(released) == [k for k, (_, items) in enumerate(reqs) if items]
+            eng.start()
             outputs.append([f.result(timeout=120)[0].output_ids for f in futures])
         finally:
             eng.close()

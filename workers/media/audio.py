@@ -113,12 +113,12 @@ class _MonoResampler:
         elif frame.sample_rate != self.rate:
             raise MediaUnreadable("the audio changes sample rate mid-stream (not supported)")
         fmt = frame.format
-        layout = (fmt.name.removesuffix("p"), fmt.is_planar, len(frame.layout.channels))
+        layout = (fmt.name.removesuffix("p"), fmt.is_planar, frame.layout.nb_channels)
         if layout != self.layout:
             self._resample()  # a format or layout change mid-stream: averaged separately
             self.layout = layout
             self.pending = [[] for _ in range(layout[2] if layout[1] else 1)]
-        size = frame.samples * _DTYPES[layout[0]]().itemsize * (1 if layout[1] else layout[2])
+        size = frame.samples * fmt.bytes * (1 if layout[1] else layout[2])
         for chunks, plane in zip(self.pending, frame.planes, strict=False):
             chunks.append(memoryview(plane)[:size])  # planes may be padded past the samples
         self.pending_len += frame.samples
