@@ -37,12 +37,18 @@ class _Sampler:
     """Assigns decoded frames (in presentation order) to sorted target times."""
 
     def __init__(self, times: list[float], slack: float, time_base):
-        self.times, self.slack, self.time_base = times, slack, time_base
+        self.times, self.slack = times, slack
+        # pts -> seconds in integers: Python's int division rounds correctly, so this is
+        # float(pts * time_base) exactly, without building a Fraction per packet.
+        self._num, self._den = time_base.numerator, time_base.denominator
         self.next = 0
         self.prev: av.VideoFrame | None = None
         self.prev_rgb: torch.Tensor | None = None
         self.out: list[torch.Tensor] = []  # emitted, not yet handed out
         self.emitted = 0
+
+    def seconds(self, pts: int) -> float:
+        return pts * self._num / self._den
 
     @property
     def done(self) -> bool:
@@ -53,12 +59,12 @@ class _Sampler:
 
     def before_next(self, pts: int) -> bool:
         """Whether a frame at `pts` is shown before the next target's window."""
-        return not self.done and float(pts * self.time_base) < self.times[self.next] - self.slack
+        return not self.done and self.seconds(pts) < self.times[self.next] - self.slack
 
     def push(self, frame: av.VideoFrame) -> None:
         if frame.pts is None:
             return
-        t = float(frame.pts * self.time_base)
+        t = self.seconds(frame.pts)
         while not self.done and t > self.times[self.next] + self.slack:
             self._emit(self.prev if self.prev is not None else frame)  # a gap: the frame on screen
         self.prev, self.prev_rgb = frame, None
@@ -69,7 +75,7 @@ class _Sampler:
         # Frames may stop a little before the declared end (a held last frame); a gap longer
         # than max(1 s, 2 frames) means the file was cut short.
         if self.prev is not None and not self.done:
-            last = float(self.prev.pts * self.time_base)
+            last = self.seconds(self.prev.pts)
             if self.times[-1] - last > max(1.0, 4 * self.slack):
                 raise MediaUnreadable(
                     "the video stream ends before its declared duration (truncated?)"
@@ -132,7 +138,7 @@ def decode_frames(
             key = packet.is_keyframe and packet.pts is not None
             if gop and (key or len(gop) >= MAX_GOP_PACKETS):
                 # Only a keyframe boundary lets the decoder stop here and restart cleanly.
-                end = float(packet.pts * stream.time_base) if key and cfg.skip_gops else math.inf
+                end = sampler.seconds(packet.pts) if key and cfg.skip_gops else math.inf
                 if sampler.pending_before(end):
                     restart = _decode_gop(ctx, gop, sampler, restart, end, cfg.skip_nonref)
                     yield from sampler.drain()
