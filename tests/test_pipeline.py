@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -133,3 +135,16 @@ def test_jobs_leave_the_media_budget_as_they_found_it(pipeline, files):
     with pytest.raises(MediaError):
         pipeline.run(request(task="caption"), bad, Stages(), lambda: False)
     assert budget.held == 0 and budget.in_flight == 0 and budget.peak > 0
+
+
+def test_video_frame_buffers_go_back_to_the_pool(pipeline, files):
+    """Once the engine has encoded a chunk, or a cancel left it unsubmitted, its frame buffer
+    goes back to the pool worker that decoded it (one chunk per run here)."""
+    pool = pipeline.media
+    before = pool.handed_back
+    pipeline.run(request(task="caption"), files / "a.mp4", Stages(), lambda: False)
+    pipeline.run(request(task="caption"), files / "a.mp4", Stages(), lambda: True)
+    deadline = time.monotonic() + 10
+    while pool.handed_back < before + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the pool's dispatcher thread sends them
+    assert pool.handed_back == before + 2

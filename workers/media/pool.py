@@ -97,6 +97,7 @@ class MediaPool:
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self._wake_lock = threading.Lock()  # submit() may be called from several threads
         self._recycled: queue.SimpleQueue[list[BufferId]] = queue.SimpleQueue()
+        self.handed_back = 0  # buffers sent back to the worker that lent them (tests read it)
         self._owners = itertools.count()
         self._workers = [self._spawn() for _ in range(workers or os.cpu_count() or 1)]
         self._closed = False
@@ -214,6 +215,7 @@ class MediaPool:
             if w.owner in by_owner:
                 with contextlib.suppress(OSError):  # died: its buffers went with it
                     w.conn.send(("recycle", by_owner[w.owner]))
+                    self.handed_back += len(by_owner[w.owner])
 
     def _collect(self, busy: list[_Worker], ready: list) -> None:
         now = time.monotonic()
