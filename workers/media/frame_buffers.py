@@ -34,7 +34,7 @@ class FrameBuffers:
         self._unsent: list[tuple[int, torch.UntypedStorage]] = []  # this job's, so far
         self._lent: OrderedDict[int, torch.UntypedStorage] = OrderedDict()
         self._free: list[torch.UntypedStorage] = []  # oldest first
-        self.reused = 0  # buffers handed out again (tests and benchmarks read it)
+        self.reused = 0  # buffers handed out again (tests read it)
 
     def new(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, BufferId]:
         """uint8 tensor of `shape` in shared memory (contents undefined), and its id."""
