@@ -8,7 +8,8 @@ times fps 1 / max_frames 512 sampling with audio on:
   * per core: our pipeline in this process (1 torch thread, 1 decoder thread), once per
     decoding choice, and `ffmpeg -threads 1` doing the same sampling to raw RGB frames plus
     16 kHz mono float audio;
-  * whole host: a MediaPool of nproc workers, and nproc ffmpeg processes side by side.
+  * whole host: a MediaPool of nproc workers (frame buffers handed back as each result
+    lands, and not), and nproc ffmpeg processes side by side.
 Reports sampled frames/s and video-hours per hour (video seconds per wall second).
 
 The pipeline's video items are the frames as decoded (uint8 RGB): the resize to the patch
