@@ -18,14 +18,13 @@ import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 from workers.engine.engine import Engine, Prepared
 from workers.engine.request import SamplingParams
-from workers.media.items import frame_buffers, media_bytes
+from workers.media.items import media_bytes
 from workers.media_budget import MediaBudget
-from workers.media_units import Decoded
+from workers.media_units import Decoded, host_release
 from workers.model.prompt import PromptBuilder, task_text
 
 
@@ -102,8 +101,7 @@ class Flow:
     def _decoded(self, f: Future) -> None:
         j = self.decodes.pop(f)
         decoded, cpu, busy = f.result()
-        unit_bytes = [media_bytes(u.items) for u in decoded.units]
-        self.budget.landed(sum(unit_bytes))
+        self.budget.landed(sum(media_bytes(u.items) for u in decoded.units))
         c = self.counts
         c["units"] += len(decoded.units)
         c["amount"] += self.w.amount(decoded.usage)
@@ -111,17 +109,12 @@ class Flow:
         c["decode_busy_s"] += busy  # wall seconds a worker spent on it
         path = self.files[j % len(self.files)]
         self.state[j] = _Job(path, decoded, cpu, [None] * len(decoded.units))
-        for k, (u, ub) in enumerate(zip(decoded.units, unit_bytes, strict=True)):
+        for k, u in enumerate(decoded.units):
             params = SamplingParams(max_tokens=self.w.max_tokens(u), ignore_eos=True)
             prompt = self.prompts.render(u.items, self.text, False)
-            release = partial(self._release, ub, frame_buffers(u.items))
+            release = host_release(self.budget, self.pool, u.items)  # as the pipeline's
             p = Prepared(prompt, u.items, params, self.w.evs_rate, on_host_release=release)
             self.backlog.append((j, k, p))
-
-    def _release(self, nbytes: int, buffers: list) -> None:
-        """The engine let go of a unit's host media (engine.py): the pipeline's release."""
-        self.budget.release(nbytes)
-        self.pool.recycle(buffers)
 
     def _finished(self, f: Future) -> None:
         j, k = self.owner.pop(f)

@@ -9,12 +9,13 @@ The units become the segments of the result, so time-based units carry their tim
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from functools import partial
 
 from workers.media.document import PAGE_BYTES_PER_PATCH
+from workers.media.frame_buffers import BufferId
 from workers.media.items import (
     AudioItem,
     ImageItem,
@@ -152,10 +153,22 @@ def _discard(budget: MediaBudget, pool: MediaPool, f: Future) -> None:
     if f.cancelled() or f.exception() is not None:
         budget.landed(None)
         return
-    nbytes = media_bytes(f.result())
-    budget.landed(nbytes)
+    items = f.result()
+    budget.landed(media_bytes(items))
+    host_release(budget, pool, items)()
+
+
+def host_release(
+    budget: MediaBudget, pool: MediaPool, items: list[MediaItem]
+) -> Callable[[], None]:
+    """What to call once nothing reads `items` on the host any more (an engine request's
+    `on_host_release`): their bytes leave `budget`, their frame buffers go back to `pool`."""
+    return partial(_release, budget, pool, media_bytes(items), frame_buffers(items))
+
+
+def _release(budget: MediaBudget, pool: MediaPool, nbytes: int, buffers: list[BufferId]) -> None:
     budget.release(nbytes)
-    pool.recycle(frame_buffers(f.result()))
+    pool.recycle(buffers)
 
 
 def to_units(opts: MediaOptions, items: list[MediaItem]) -> Decoded:

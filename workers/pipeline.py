@@ -18,19 +18,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import wait
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 
 from workers.engine.engine import Engine, Prepared, engine_config
 from workers.engine.request import SamplingParams
 from workers.media.errors import MediaTooLong
-from workers.media.frame_buffers import BufferId
-from workers.media.items import frame_buffers, media_bytes
 from workers.media.limits import DEFAULT_LIMITS, MediaLimits
 from workers.media.options import MediaOptions
 from workers.media.pool import MediaPool
 from workers.media_budget import MediaBudget, shm_budget
-from workers.media_units import Unit, decode
+from workers.media_units import Unit, decode, host_release
 from workers.model.demo import DEMO_NAME, DEMO_VERSION, write_demo_checkpoint
 from workers.model.loader import load_model
 from workers.model.omni import PromptStats
@@ -147,25 +144,21 @@ class Pipeline:
             stop_ids=self.stop_ids,
         )
 
-    def _submit(self, prompts: list[tuple[str, list]], request) -> list[Prepared]:
-        """Rendered prompts with their items -> engine requests, batched with every other
-        job's. `prompts` is emptied: from here the engine is the only holder of the media (it
-        copies them to the GPU, or encodes them, then lets go and frees their budget)."""
+    def _submit(self, prompts: list[tuple[str, list, Callable | None]], request) -> list[Prepared]:
+        """Rendered prompts with their items and host releases (`media_units.host_release`)
+        -> engine requests, batched with every other job's. `prompts` is emptied: from here
+        the engine is the only holder of the media (it copies them to the GPU, or encodes
+        them, then lets go: the release frees their budget and frame buffers)."""
         params = self._sampling(request)
         evs = request.video.evs_rate
-        preps = []
-        for t, items in prompts:
-            release = partial(self._release, media_bytes(items), frame_buffers(items))
-            preps.append(Prepared(t, items, params, evs, on_host_release=release))
+        preps = [
+            Prepared(t, items, params, evs, on_host_release=release)
+            for t, items, release in prompts
+        ]
         prompts.clear()
         for p in preps:
             self.engine.submit(p)
         return preps
-
-    def _release(self, nbytes: int, buffers: list[BufferId]) -> None:
-        """Nothing reads these host media any more: out of the budget, buffers to the pool."""
-        self.media_budget.release(nbytes)
-        self.media.recycle(buffers)
 
     def _collect(
         self, preps: list[Prepared], request, cancelled, progress: Progress | None = None
@@ -251,19 +244,22 @@ class Pipeline:
                 text = task_text(request.task.value, request.prompt, kind)
                 for k, v in part.usage.items():
                     usage[k] = usage.get(k, 0) + v
-                held = [(media_bytes(u.items), frame_buffers(u.items)) for u in part.units]
+                releases = [
+                    host_release(self.media_budget, self.media, u.items) for u in part.units
+                ]
                 submitted = []
                 try:
                     prompts = [
-                        (self.prompts.render(u.items, text, thinking), u.items) for u in part.units
+                        (self.prompts.render(u.items, text, thinking), u.items, release)
+                        for u, release in zip(part.units, releases, strict=True)
                     ]
                     for u in part.units:
                         u.items = []  # the engine's (see _submit); units keep times and pages
                     if not cancelled():
                         submitted = self._submit(prompts, request)
                 finally:
-                    for nbytes, buffers in held[len(submitted) :]:
-                        self._release(nbytes, buffers)
+                    for release in releases[len(submitted) :]:
+                        release()
                 units += part.units[: len(submitted)]
                 preps += submitted
                 if cancelled():
@@ -287,7 +283,7 @@ class Pipeline:
             + f"\n\nWrite one summary of the whole {kind}."
         )
         prompt = self.prompts.render([], text, request.generation.thinking)
-        return self._collect(self._submit([(prompt, [])], request), request, cancelled)[0]
+        return self._collect(self._submit([(prompt, [], None)], request), request, cancelled)[0]
 
     @staticmethod
     def _reasoning(calls: list[_Call], final: _Call | None) -> str | None:
