@@ -1,6 +1,6 @@
 """What every kernel benchmark shares: the measured ceilings, timing, error, rows, the table.
 
-Ceilings from shared/spec/performance.md, measured on the H200: bf16 dense matmul
+Ceilings from docs/performance.md, measured on the H200: bf16 dense matmul
 767 TFLOP/s, device copy 4.24 TB/s (bytes read + written).
 """
 

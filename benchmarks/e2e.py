@@ -1,4 +1,4 @@
-"""W-video, W-doc and W-audio end to end (spec/performance.md "Standard workloads").
+"""W-video, W-doc and W-audio end to end (docs/performance.md "Standard workloads").
 
     python -m benchmarks.e2e [--workload video|doc|audio|all] [--model full|demo] [--jobs N]
                              [--small] [--reference] [--cache DIR] [--results DIR]
@@ -56,7 +56,7 @@ from workers.model.prompt import PromptBuilder, task_text
 LM_HEAD_FLOP, VIT_FLOP_PER_PATCH = 0.7e9, 1.43e9
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_PAGE_PATCHES = 1024  # --small: pages rendered near 1 K patches
-# W-doc renders its 1024×1536-point pages at 1024×1536 pixels (spec/performance.md: "pages
+# W-doc renders its 1024×1536-point pages at 1024×1536 pixels (docs/performance.md: "pages
 # rendered at 1024×1536", ≈ 14 ViT TFLOP a page): a 64×96 grid, where the service's default
 # budget of 13 312 patches would render them at ≈ 1504×2256.
 DOC_PAGE_PATCHES = (PAGE_W // PATCH) * (PAGE_H // PATCH)

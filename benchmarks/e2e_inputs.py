@@ -1,4 +1,4 @@
-"""The files of the standard workloads (spec/performance.md), generated once into a cache dir.
+"""The files of the standard workloads (docs/performance.md), generated once into a cache dir.
 
 A few distinct files per workload; the jobs cycle through them (each job still decodes its
 own copy from disk). Generation is deterministic and runs in a process pool, since one

@@ -1,8 +1,8 @@
-"""GPU benchmarks of the Mamba-2 and norm kernels at the real model shapes (spec/model.md §1.2).
+"""GPU benchmarks of the Mamba-2 and norm kernels at the real model shapes (docs/model.md §1.2).
 
 Each bench_* function checks the Triton op against its torch reference on the GPU, times both
 with triton.testing.do_bench (median), and reports achieved TFLOP/s or TB/s from the formula
-next to it against the H200 ceilings of spec/performance.md. Where mamba_ssm's source tree is
+next to it against the H200 ceilings of docs/performance.md. Where mamba_ssm's source tree is
 at .cache/mamba_ssm_src, its Triton SSD and state-update kernels are timed in the same run.
 max_rel_err = max|op - ref| / max|ref| over all outputs.
 

@@ -1,8 +1,8 @@
-"""GPU benchmarks of the MoE and attention kernels at the real shapes (spec/model.md §1.3, §1.4).
+"""GPU benchmarks of the MoE and attention kernels at the real shapes (docs/model.md §1.3, §1.4).
 
 Each bench_* function checks the Triton op against its torch reference on the GPU, times
 both with triton.testing.do_bench (median; it flushes L2 between runs) and reports the
-achieved rate from the formula beside it against the H200 ceilings of spec/performance.md.
+achieved rate from the formula beside it against the H200 ceilings of docs/performance.md.
 Baselines: the torch references for MoE, torch SDPA on contiguous K/V for attention.
 max_rel_err = max|op - ref| / max|ref|.
 

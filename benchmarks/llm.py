@@ -2,7 +2,7 @@
 
     python -m benchmarks.llm [--quick]
 
-Counts (shared/spec/performance.md): ≈ 5.75 GFLOP per prefill token (2.87 B active
+Counts (docs/performance.md): ≈ 5.75 GFLOP per prefill token (2.87 B active
 parameters without embeddings), + 0.7 GFLOP LM head per sampled token; MFU against the
 measured 767 TFLOP/s bf16 ceiling. Decode at batch B touches ~all 128 experts: ≈ 58.7 GB of
 expert weights + 4.4 GB others + fp32 Mamba state read and written per step.

@@ -1,4 +1,4 @@
-"""Media decode + sampling throughput on W-video (spec/performance.md), beside the ffmpeg CLI.
+"""Media decode + sampling throughput on W-video (docs/performance.md), beside the ffmpeg CLI.
 
     python -m benchmarks.media [--clips 2] [--cache DIR]
 

@@ -1,4 +1,4 @@
-"""Efficient Video Sampling retention mask (spec §3.3).
+"""Efficient Video Sampling retention mask (docs/model.md §3.3).
 
 Letters: N tubelets, R rows, C cols (post-pixel-shuffle grid), M = R·C tokens per tubelet,
 D embedding width. The kernel computes each token's dissimilarity to the same position in

@@ -1,7 +1,7 @@
 """Write tests/media/golden/*.npz from transformers 5.24 nemotron_h_omni's reference processors.
 
 The reference image/video processors import torchvision, which does not import beside the
-project's CPU torch, so this runs in a separate venv (spec §9.2):
+project's CPU torch, so this runs in a separate venv (docs/model.md §9.2):
 
     python3 -m venv .golden-venv
     .golden-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 \

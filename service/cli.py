@@ -1,4 +1,4 @@
-"""The `omnibatch` command (spec/api.md §2): argument parsing, then one call into a module."""
+"""The `omnibatch` command (docs/api.md §2): argument parsing, then one call into a module."""
 
 from __future__ import annotations
 

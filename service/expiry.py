@@ -7,7 +7,7 @@ from `created_at`, so a job that went back to its queue after its worker was los
 age it had.
 
 An expired job ends like any other (jobstore.end_queued: metrics, its input removed, its
-retention started). Its webhook, if it asked for one, is sent as `job.expired`: spec/api.md
+retention started). Its webhook, if it asked for one, is sent as `job.expired`: docs/api.md
 promises an event "on each terminal status" and lists `expired` among them, and a receiver
 that waits for its job's event would otherwise wait for ever; Standard Webhooks receivers
 are expected to ignore event types they do not know.

@@ -1,4 +1,4 @@
-"""The job contract (spec/api.md §1), shared by the gateway and `workers/`.
+"""The job contract (docs/api.md §1), shared by the gateway and `workers/`.
 
 Request models forbid unknown fields so a typo is an error, not a silently ignored option.
 Everything here is plain pydantic: `workers/` imports it without pulling in FastAPI.

@@ -1,4 +1,4 @@
-"""Configuration (spec/api.md §3): one pydantic-settings class per process type.
+"""Configuration (docs/api.md §3): one pydantic-settings class per process type.
 
 Every field reads `OMNIBATCH_<NAME>` from the environment. Durations are seconds.
 """

@@ -41,7 +41,7 @@ def make_video(
     noise = torch.randint(-24, 25, (frames, 3, h, w), generator=gen)
     f = (base + noise).clamp(0, 255).to(torch.uint8)
     if frames % 2:
-        f = torch.cat([f, f[-1:]])  # an odd last frame is repeated (spec §3.2)
+        f = torch.cat([f, f[-1:]])  # an odd last frame is repeated (docs/model.md §3.2)
     stamps = [0.5 * k for k in range(frames)]
     return VideoItem(tubelets=f.reshape(-1, 2, 3, h, w), grid=grid, timestamps=stamps, audio=audio)
 

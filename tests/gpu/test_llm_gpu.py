@@ -1,6 +1,6 @@
 """The full-size NemotronH on one GPU with random bf16 weights (run with `pytest -m gpu -s`).
 
-Checks the parameter count of spec §1.5, compares the Triton path against the PyTorch
+Checks the parameter count of docs/model.md §1.5, compares the Triton path against the PyTorch
 reference path on the same GPU and weights, and prints the peak memory of a 16K-token
 prefill.
 """

@@ -1,7 +1,8 @@
 """Parakeet encoder + sound_projection against the transformers 5.24.0 omni reference (CPU, fp32).
 
 The reference keeps ceil((frames + 1) / 8) rows per clip, one more than NVIDIA's
-ceil(frames / 8) when frames is a multiple of 8 (spec §9.4): the 30 s clip below (3000 frames)
+ceil(frames / 8) when frames is a multiple of 8 (docs/model.md §9.4): the 30 s clip below (3000
+frames)
 is such a case, so rows are compared per clip on NVIDIA's count.
 """
 

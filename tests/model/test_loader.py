@@ -180,7 +180,7 @@ def test_preprocessing_the_media_pipeline_does_not_implement_is_refused(key, val
         parse_preprocess({key: value})
 
 
-# --- quantised checkpoints (ModelOpt layouts, spec §6.4) ---------------------------------
+# --- quantised checkpoints (ModelOpt layouts, docs/model.md §6.4) ---------------------------------
 
 E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 

@@ -1,13 +1,13 @@
 """Acceptance parity of the whole Omni model against the transformers 5.24 reference (CPU, fp32).
 
 One tiny random checkpoint is written in the published layout; the reference
-(`NemotronH_Omni_Reasoning_V3.from_pretrained(dir, config=...)`, spec §9.1/§9.8) and ours
+(`NemotronH_Omni_Reasoning_V3.from_pretrained(dir, config=...)`, docs/model.md §9.1/§9.8) and ours
 load it. Both get the same pixel and mel tensors (no torchvision: the reference's
 processors are bypassed) and the same expanded prompt ids. Then, for 16 steps with the
 reference's own greedy ids fed back to both, the logits must agree within 1e-4 relative and
-our argmax must equal the reference's wherever its top-2 gap exceeds 1e-3 (spec §9.9).
+our argmax must equal the reference's wherever its top-2 gap exceeds 1e-3 (docs/model.md §9.9).
 
-Where the port differs from NVIDIA's code the test is shaped around it (spec §9):
+Where the port differs from NVIDIA's code the test is shaped around it (docs/model.md §9):
 audio longer than 30 s is split into 30 s clips (NVIDIA, vLLM); the reference gets the same
 clips as a batch of equal-length unpadded sequences, which it encodes one by one.
 """

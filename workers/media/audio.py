@@ -171,7 +171,8 @@ def _as_float(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def audio_item(wave: torch.Tensor) -> AudioItem:
-    """16 kHz mono float32 [n] -> AudioItem of per-clip log-mel features (spec §4.1–4.2)."""
+    """16 kHz mono float32 [n] -> AudioItem of per-clip log-mel features (docs/model.md
+    §4.1–4.2)."""
     clips = split_clips(wave)
     return AudioItem(
         clips=[log_mel(c) for c in clips],

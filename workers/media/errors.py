@@ -1,4 +1,4 @@
-"""Media failures, each carrying the stable `error.code` of spec/api.md.
+"""Media failures, each carrying the stable `error.code` of docs/api.md.
 
 The job boundary turns these into the job's `error {code, message}`; messages are written
 for clients, so they never contain a server path or a traceback.

@@ -1,4 +1,5 @@
-"""Still images: safe Pillow decode, colour normalisation to RGB, dynamic resolution (spec §2.3)."""
+"""Still images: safe Pillow decode, colour normalisation to RGB, dynamic resolution (docs/model.md
+§2.3)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ from workers.media.frame_buffers import BufferId
 
 @dataclass
 class ImageItem:
-    """One image (or one document page) at its native-aspect dynamic resolution (spec §2.3).
+    """One image (or one document page) at its native-aspect dynamic resolution (docs/model.md
+    §2.3).
 
     pixels: [3, 16·ph, 16·pw], CLIP-normalised.
     """
@@ -31,7 +32,7 @@ class ImageItem:
 
 @dataclass
 class AudioItem:
-    """Log-mel features of one audio stream, split into ≤ 30 s clips (spec §4.1, §4.2).
+    """Log-mel features of one audio stream, split into ≤ 30 s clips (docs/model.md §4.1, §4.2).
 
     clips: list of [frames_i, 128] features, one per clip, each normalised on its own
     valid frames exactly as the feature extractor does.
@@ -47,13 +48,14 @@ class AudioItem:
 
     @property
     def num_tokens(self) -> int:
-        """Encoder rows kept: ceil((samples // 160) / 8) per clip (NVIDIA's count, spec §4.4)."""
+        """Encoder rows kept: ceil((samples // 160) / 8) per clip (NVIDIA's count, docs/model.md
+        §4.4)."""
         return sum(-(-(n // 160) // 8) for n in self.clip_samples)
 
 
 @dataclass
 class VideoItem:
-    """Sampled frames of one video chunk as 2-frame tubelets (spec §3).
+    """Sampled frames of one video chunk as 2-frame tubelets (docs/model.md §3).
 
     tubelets: uint8 [n_tubelets, 2, 3, H, W], the sampled frames exactly as decoded to RGB
     (H, W: the upright size after rotation; from the decoder a channels-last view, so the
@@ -61,7 +63,7 @@ class VideoItem:
     `grid` and the CLIP normalisation happen on the vision encoder's device
     (`workers.media.resize.video_pixels` -> float [n_tubelets, 2, 3, 16·ph, 16·pw]).
     timestamps: seconds of each sampled frame (len = frames sampled, before the repeat),
-    used for the per-tubelet prompt labels (spec §3.4).
+    used for the per-tubelet prompt labels (docs/model.md §3.4).
     """
 
     tubelets: torch.Tensor

@@ -1,4 +1,5 @@
-"""128-bin log-mel features of 16 kHz mono audio exactly as spec §4.1; the 30 s clips of §4.2."""
+"""128-bin log-mel features of 16 kHz mono audio exactly as docs/model.md §4.1; the 30 s clips of
+§4.2."""
 
 from __future__ import annotations
 

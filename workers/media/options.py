@@ -16,7 +16,7 @@ class MediaOptions:
     end_s: float | None = None
     chunk_s: float | None = None  # None: max_frames / fps
     use_audio: bool = True
-    image_budget: int = DEFAULT_BUDGET  # patches per image / page (spec §2.3)
+    image_budget: int = DEFAULT_BUDGET  # patches per image / page (docs/model.md §2.3)
     pages: tuple[int, int] | None = None  # a document's pages [first, end), 0-based; None: all
 
 

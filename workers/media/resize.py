@@ -1,4 +1,5 @@
-"""Bicubic + antialias resize on float [0, 255] and CLIP normalisation (spec §2.3 step 5, §3.1).
+"""Bicubic + antialias resize on float [0, 255] and CLIP normalisation (docs/model.md §2.3 step 5,
+§3.1).
 
 Shared by images, document pages and video frames so all three see identical pixels. Images
 and pages are resized on CPU in the media pool; video frames on the vision encoder's device
@@ -59,7 +60,7 @@ def _even(ph: int, pw: int, budget: int) -> tuple[int, int]:
 
 
 def image_grid(height: int, width: int, budget: int, min_patches: int = 1024) -> tuple[int, int]:
-    """Patch grid (ph, pw) of an image under a budget of `budget` patches (spec §2.3)."""
+    """Patch grid (ph, pw) of an image under a budget of `budget` patches (docs/model.md §2.3)."""
     ph = round(height / PATCH + 0.5)  # round-half-even on purpose: exact odd multiples get +1
     pw = round(width / PATCH + 0.5)
     f = min(math.sqrt(budget / (ph * pw)), 1.0)
@@ -71,7 +72,8 @@ def image_grid(height: int, width: int, budget: int, min_patches: int = 1024) ->
 
 
 def video_grid(height: int, width: int, target: int = 1024) -> tuple[int, int]:
-    """Per-frame patch grid (ph, pw) near `target` patches keeping the aspect (spec §3.1)."""
+    """Per-frame patch grid (ph, pw) near `target` patches keeping the aspect (docs/model.md
+    §3.1)."""
     a = width / max(height, 1)
     ph = max(round(math.sqrt(target / a)), 1)
     pw = max(round(math.sqrt(target * a)), 1)

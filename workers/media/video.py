@@ -1,4 +1,5 @@
-"""Video: metadata, chunk/sample planning, frame-exact sparse decode, tubelets (spec §3.1–3.5).
+"""Video: metadata, chunk/sample planning, frame-exact sparse decode, tubelets (docs/model.md
+§3.1–3.5).
 
 Frame indices follow the reference's convention: index i is the frame shown at i / fps of
 the stream's average rate, measured from the stream's first timestamp (so non-zero start

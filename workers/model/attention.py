@@ -1,4 +1,4 @@
-"""GQA self-attention of NemotronH (spec §1.3).
+"""GQA self-attention of NemotronH (docs/model.md §1.3).
 
 Letters: T packed tokens, B sequences, D hidden, Hq query heads, Hkv KV heads, d head dim.
 

@@ -1,7 +1,8 @@
-"""Parakeet FastConformer audio encoder (spec §4.2) and the audio encoding API.
+"""Parakeet FastConformer audio encoder (docs/model.md §4.2) and the audio encoding API.
 
 API (the omni model mounts `AudioEncoder` as `sound_encoder.encoder`, the projector as
-`sound_projection`; parameter names are the checkpoint keys below those prefixes, spec §6.3):
+`sound_projection`; parameter names are the checkpoint keys below those prefixes, docs/model.md
+§6.3):
 
     AudioEncoder(cfg).forward(features[N, T, mel]) -> [N, ceil(T/8), D]   (no padding, no mask)
     encode_audios(encoder, projector, items) -> per AudioItem [item.num_tokens, out]
@@ -9,7 +10,8 @@ API (the omni model mounts `AudioEncoder` as `sound_encoder.encoder`, the projec
 
 Each ≤ 30 s clip is encoded on its own and the outputs are concatenated. A clip is cut to its
 valid mel frames (samples // 160) before the encoder: that gives exactly the rows of a masked,
-padded batch on its valid positions, and NVIDIA's count ceil((samples // 160) / 8) (spec §4.4,
+padded batch on its valid positions, and NVIDIA's count ceil((samples // 160) / 8) (docs/model.md
+§4.4,
 §9.4). Clips of equal valid length (every full 30 s clip) share one batched forward.
 """
 

@@ -29,7 +29,7 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class GenerationDefaults:
-    """`generation_config.json` (spec §5.3)."""
+    """`generation_config.json` (docs/model.md §5.3)."""
 
     temperature: float = 0.6
     top_p: float = 0.95

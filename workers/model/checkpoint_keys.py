@@ -1,4 +1,5 @@
-"""The published tensor names and shapes of a checkpoint for a given config (spec §6.2, §6.3).
+"""The published tensor names and shapes of a checkpoint for a given config (docs/model.md §6.2,
+§6.3).
 
 One table, used to write the demo checkpoint and to check a checkpoint before loading it.
 Names are the published ones; `SKIPPED` lists prefixes/suffixes present in published files

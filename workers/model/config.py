@@ -1,6 +1,6 @@
 """Model configuration: frozen dataclasses, one per tower plus the composite.
 
-Defaults are the published Nemotron 3 Nano Omni 30B-A3B values (shared/spec/model.md).
+Defaults are the published Nemotron 3 Nano Omni 30B-A3B values (docs/model.md).
 The checkpoint's `config.json` is parsed once, by `workers.model.hf_config` when the loader
 reads the checkpoint; nothing below the loader sees a dict or an HF config object.
 """
@@ -15,7 +15,7 @@ PATTERN_30B = "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME"
 
 @dataclass(frozen=True)
 class LLMConfig:
-    """NemotronH hybrid backbone (spec §1)."""
+    """NemotronH hybrid backbone (docs/model.md §1)."""
 
     hidden_size: int = 2688
     vocab_size: int = 131072
@@ -74,7 +74,7 @@ class LLMConfig:
 
 @dataclass(frozen=True)
 class VisionConfig:
-    """C-RADIOv4-H ViT-H/16 with the tubelet video embedder (spec §2, §3.2)."""
+    """C-RADIOv4-H ViT-H/16 with the tubelet video embedder (docs/model.md §2, §3.2)."""
 
     hidden_size: int = 1280
     num_layers: int = 32
@@ -97,7 +97,7 @@ class VisionConfig:
 
 @dataclass(frozen=True)
 class AudioConfig:
-    """Parakeet FastConformer encoder (spec §4.2)."""
+    """Parakeet FastConformer encoder (docs/model.md §4.2)."""
 
     hidden_size: int = 1024
     num_layers: int = 24
@@ -117,7 +117,8 @@ class AudioConfig:
 
 @dataclass(frozen=True)
 class OmniConfig:
-    """The composite model: towers, projectors, multimodal token ids (spec §2.5, §4.3, §5)."""
+    """The composite model: towers, projectors, multimodal token ids (docs/model.md §2.5, §4.3,
+    §5)."""
 
     llm: LLMConfig = field(default_factory=LLMConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)

@@ -1,6 +1,6 @@
 """A tiny random-weight checkpoint in the published layout (`omnibatch demo-checkpoint DIR`).
 
-Same files as the real repos (spec §6.1): composite config.json with the published key
+Same files as the real repos (docs/model.md §6.1): composite config.json with the published key
 names, preprocessor/generation configs, tokenizer files, chat template, ≥ 2 safetensors
 shards and their index. Deterministic from the seed. Its text output is meaningless.
 """

@@ -1,7 +1,7 @@
-"""The demo checkpoint's tokenizer files and chat template (spec §5.1, §5.2).
+"""The demo checkpoint's tokenizer files and chat template (docs/model.md §5.1, §5.2).
 
 A byte-level BPE trained on a little fixed text, so any input string round-trips. The
-special tokens sit at the ids of spec §5.1; where the spec leaves an id open we choose one
+special tokens sit at the ids of docs/model.md §5.1; where the spec leaves an id open we choose one
 (documented in SPECIAL_TOKENS) and the model code never hard-codes it: it asks the tokenizer.
 """
 
@@ -29,7 +29,7 @@ SPECIAL_TOKENS = {
     29: "<so_end>",
 }
 
-# ChatML-like, spec §5.2: a system turn always; media placeholders before the user text
+# ChatML-like, docs/model.md §5.2: a system turn always; media placeholders before the user text
 # (skipped for a modality whose placeholder the text already has); /think and /no_think
 # toggle reasoning and are stripped; past assistant turns lose their reasoning.
 CHAT_TEMPLATE = r"""

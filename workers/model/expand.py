@@ -1,4 +1,4 @@
-"""Placeholder expansion of a rendered prompt (spec §3.4, §3.5, §5.1).
+"""Placeholder expansion of a rendered prompt (docs/model.md §3.4, §3.5, §5.1).
 
 The chat template leaves one marker per media item: `<image>` per image, `<video>` per
 video, `<so_embedding>` per audio stream (a video's soundtrack is its own audio stream,

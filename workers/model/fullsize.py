@@ -111,7 +111,7 @@ def build_fullsize_omni(
 
 
 def parameter_counts(model: NemotronH) -> dict[str, int]:
-    """Checkpoint tensor elements by part (spec §1.5); works on a meta-device model."""
+    """Checkpoint tensor elements by part (docs/model.md §1.5); works on a meta-device model."""
     c = model.config
     counts = {"embeddings": 0, "lm_head": 0, "mamba": 0, "attention": 0, "routed_experts": 0}
     counts |= {"moe_other": 0, "norms": 0}

@@ -1,7 +1,7 @@
 """Parse a checkpoint's `config.json` into our frozen model config dataclasses.
 
 The published `config.json` is composite: `llm_config` (NemotronH keys), `vision_config`
-(RADIO), `sound_config` (Parakeet) and top-level multimodal keys (spec §6.1). Anything we
+(RADIO), `sound_config` (Parakeet) and top-level multimodal keys (docs/model.md §6.1). Anything we
 cannot honour (a layer type we don't build, grouped routing, a quantisation scheme we don't
 know, sizes that contradict each other) raises `CheckpointConfigError` naming the key.
 Quantisation and the other JSON files are read in `checkpoint_info.py`.

@@ -1,4 +1,4 @@
-"""Load a checkpoint directory in the published layout into an `OmniModel` (spec §6).
+"""Load a checkpoint directory in the published layout into an `OmniModel` (docs/model.md §6).
 
 The model is laid out on the meta device, materialised once on the target device in its
 final dtype, then filled tensor by tensor while the shards are read one at a time through

@@ -1,4 +1,4 @@
-"""Mamba-2 mixer of NemotronH (spec §1.2).
+"""Mamba-2 mixer of NemotronH (docs/model.md §1.2).
 
 Letters: T packed tokens, B sequences, D hidden, H heads, P head dim, G groups, N state,
 C conv channels (x, B and C), K conv width.

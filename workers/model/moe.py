@@ -1,4 +1,4 @@
-"""Mixture-of-experts FFN of NemotronH (spec §1.4).
+"""Mixture-of-experts FFN of NemotronH (docs/model.md §1.4).
 
 Letters: T tokens, D hidden, E routed experts, I expert inner size, k experts per token.
 

@@ -1,4 +1,4 @@
-"""NemotronH: the hybrid Mamba-2 / attention / MoE language model (spec §1).
+"""NemotronH: the hybrid Mamba-2 / attention / MoE language model (docs/model.md §1).
 
 Letters: T packed tokens, D hidden, V vocab.
 

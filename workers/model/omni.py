@@ -1,4 +1,4 @@
-"""The composite Omni model and the prompt-embedding builder (spec §3.3–§3.5, §5.1).
+"""The composite Omni model and the prompt-embedding builder (docs/model.md §3.3–§3.5, §5.1).
 
 Letters: T prompt tokens, D LLM width, n tubelets, r×c post-shuffle grid.
 
@@ -138,7 +138,7 @@ def splice_prompt_embeds(
 ) -> tuple[torch.Tensor, torch.Tensor, PromptStats]:
     """A tokenized prompt + its items' `encode_items` output -> (embeds [T, D], ids [T],
     stats). Pruned video rows are removed from both ids and embeds: the LLM has no positional
-    encoding, so nothing else needs to move (spec §1.3, §3.3).
+    encoding, so nothing else needs to move (docs/model.md §1.3, §3.3).
     """
     cfg = model.config
     visual, audio = tokens.visual, tokens.audio

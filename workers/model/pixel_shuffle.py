@@ -1,4 +1,4 @@
-"""Pixel shuffle v2 with ratio 0.5 (spec §2.4).
+"""Pixel shuffle v2 with ratio 0.5 (docs/model.md §2.4).
 
 pixel_shuffle(x[N, h, w, C]) -> [N, h/2, w/2, 4C]: output token (i, j) concatenates the inputs
 at (2i, 2j), (2i, 2j+1), (2i+1, 2j), (2i+1, 2j+1), i.e. channel r·2C + s·C + c for row offset r

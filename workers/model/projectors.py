@@ -1,4 +1,4 @@
-"""The two projectors into the LLM width (spec §2.5, §4.3).
+"""The two projectors into the LLM width (docs/model.md §2.5, §4.3).
 
 Both are RMSNorm → Linear → ReLU² → Linear, without biases:
 

@@ -1,4 +1,4 @@
-"""Prompt construction and output parsing (spec/api.md "Prompt construction", model.md §5.2).
+"""Prompt construction and output parsing (docs/api.md "Prompt construction", model.md §5.2).
 
 One user turn per request, rendered with the checkpoint's own chat template (jinja2): no
 system text, the media parts first (the template puts their markers before the text), then

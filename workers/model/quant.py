@@ -1,4 +1,4 @@
-"""Dequantisation of ModelOpt FP8 and NVFP4 linear weights at load time (spec §6.4).
+"""Dequantisation of ModelOpt FP8 and NVFP4 linear weights at load time (docs/model.md §6.4).
 
 FP8 (per-tensor): `weight` float8_e4m3fn [out, in], `weight_scale` fp32 scalar.
 NVFP4: `weight` uint8 [out, in/2] holding two E2M1 codes per byte (low nibble = even input

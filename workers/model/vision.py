@@ -1,4 +1,4 @@
-"""C-RADIOv4-H vision tower (spec §2.1, §2.2, §3.2) and the visual encoding API.
+"""C-RADIOv4-H vision tower (docs/model.md §2.1, §2.2, §3.2) and the visual encoding API.
 
 API (the omni model calls these; `vit` is mounted as `vision_model.radio_model`, `mlp1` as `mlp1`):
 
@@ -6,7 +6,7 @@ API (the omni model calls these; `vit` is mounted as `vision_model.radio_model`,
     RadioViT.embed(patches[N, h·w, P], grid, video) -> [N, 10 + h·w, D]
     encode_visual(vit, mlp1, items)  -> one tensor per item, in order:
         ImageItem -> [ph·pw/4, 2688]
-        VideoItem -> [n_tubelets, ph/2, pw/2, 2688]   (the 4-D layout EVS needs, spec §3.3)
+        VideoItem -> [n_tubelets, ph/2, pw/2, 2688]   (the 4-D layout EVS needs, docs/model.md §3.3)
     encode_images(vit, mlp1, images), encode_video(vit, mlp1, video): the same for one kind.
 
 A video's uint8 tubelets are resized and normalised here, on the ViT's device
@@ -14,8 +14,10 @@ A video's uint8 tubelets are resized and normalised here, on the ViT's device
 
 Sequences of equal length (same patch count, whatever the kind or aspect) share one batched
 forward with no mask, so a video's tubelets and equal-sized images cost one SDPA call per block;
-different lengths run as separate forwards. Each item attends only within itself (spec §2.1).
-Parameters are named after the checkpoint keys below `vision_model.radio_model.` (spec §6.3).
+different lengths run as separate forwards. Each item attends only within itself (docs/model.md
+§2.1).
+Parameters are named after the checkpoint keys below `vision_model.radio_model.` (docs/model.md
+§6.3).
 """
 
 from __future__ import annotations
