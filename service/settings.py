@@ -78,6 +78,13 @@ class GatewaySettings(CommonSettings):
     housekeeping_interval_s: float = Field(60.0, gt=0)  # expiry and retention sweeps
     webhook_secret: str | None = None  # master secret the per-key webhook secrets derive from
     debug: bool = False  # only then do 500s carry the exception text
+    # Batch API (service/batches/); the file and line caps are OpenAI's.
+    batch_max_file_mb: int = Field(200, gt=0)  # a `purpose=batch` input file
+    batch_max_lines: int = Field(50_000, gt=0)
+    batch_max_line_mb: int = Field(20, gt=0)  # one line, data-URL media included
+    batch_max_queued: int = Field(512, gt=0)  # one batch's jobs waiting in the queue at once
+    batch_feed_interval_s: float = Field(1.0, gt=0)  # how often the feeder tops the queue up
+    file_ttl_s: int = Field(30 * 24 * 3600, gt=0)  # uploaded files, batch output files, batches
 
     _csv_keys = field_validator("api_keys", mode="before")(_split_csv)
 

@@ -1,13 +1,14 @@
 """Reading submit bodies as a stream: nothing larger than a chunk is ever held in memory.
 
 The multipart form is parsed incrementally with python-multipart; the `file` part goes straight
-into an InputSink (which enforces the upload cap while bytes arrive), the `request` part is
-small JSON text kept in memory under REQUEST_PART_MAX.
+into an InputSink (which enforces the upload cap while bytes arrive), the other parts (the
+job's `request`, a file's `purpose`) are small text kept in memory under REQUEST_PART_MAX.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -30,10 +31,12 @@ async def read_small_body(stream: AsyncIterator[bytes], limit: int = REQUEST_PAR
 class _FormReader:
     """python-multipart callbacks that route the parts of one submit form."""
 
-    def __init__(self, open_sink: Callable[[], InputSink]):
+    def __init__(self, open_sink: Callable[[dict[str, bytes]], InputSink], fields: tuple[str, ...]):
         self.open_sink = open_sink
+        self.fields = fields
         self.sink: InputSink | None = None
-        self.request: bytearray | None = None
+        self.filename: str | None = None
+        self.values: dict[str, bytearray] = {}
         self._headers: dict[bytes, bytes] = {}
         self._field = b""
         self._value = b""
@@ -67,29 +70,51 @@ class _FormReader:
             raise BadRequest(f"the form has more than one {name!r} part")
         self.seen.add(name)
         if name == "file":
-            self.sink = self.open_sink().__enter__()
+            self.filename = params.get(b"filename", b"").decode("utf-8", "replace") or None
+            self.sink = self.open_sink({k: bytes(v) for k, v in self.values.items()}).__enter__()
             self._target = self.sink.write
-        elif name == "request":
-            self.request = bytearray()
-            self._target = self._request_data
+        elif name in self.fields:
+            value = self.values[name] = bytearray()
+            self._target = lambda data: self._field_data(name, value, data)
         else:
-            raise BadRequest(f"unexpected form part {name!r}; send 'file' and 'request'")
+            expected = ", ".join(repr(f) for f in ("file", *self.fields))
+            raise BadRequest(f"unexpected form part {name!r}; send {expected}")
 
-    def _request_data(self, data: bytes) -> None:
-        self.request += data
-        if len(self.request) > REQUEST_PART_MAX:
-            raise PayloadTooLarge(f"the 'request' part is limited to {REQUEST_PART_MAX} bytes")
+    @staticmethod
+    def _field_data(name: str, value: bytearray, data: bytes) -> None:
+        value += data
+        if len(value) > REQUEST_PART_MAX:
+            raise PayloadTooLarge(f"the {name!r} part is limited to {REQUEST_PART_MAX} bytes")
+
+
+@dataclass(frozen=True)
+class Form:
+    values: dict[str, bytes]  # the small parts that were sent, by name
+    sink: InputSink | None  # the `file` part, closed; None when the form had none
+    filename: str | None  # the `file` part's filename as the client named it (never a path)
 
 
 async def read_form(
     stream: AsyncIterator[bytes], content_type: str, open_sink: Callable[[], InputSink]
 ) -> tuple[bytes | None, InputSink | None]:
     """Parse a multipart submit; returns (request JSON bytes or None, the closed sink or None)."""
+    form = await read_form_parts(stream, content_type, lambda _values: open_sink(), ("request",))
+    return form.values.get("request"), form.sink
+
+
+async def read_form_parts(
+    stream: AsyncIterator[bytes],
+    content_type: str,
+    open_sink: Callable[[dict[str, bytes]], InputSink],
+    fields: tuple[str, ...],
+) -> Form:
+    """Parse a multipart form of one `file` part and the small text parts `fields`.
+    `open_sink` gets the small parts that came before the file (to pick its cap)."""
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
         raise BadRequest("multipart/form-data without a boundary")
-    reader = _FormReader(open_sink)
+    reader = _FormReader(open_sink, fields)
     parser = MultipartParser(boundary, reader.callbacks())
     try:
         async for chunk in stream:
@@ -103,8 +128,8 @@ async def read_form(
         raise
     if reader.sink is not None:
         reader.sink.__exit__(None, None, None)
-    request = bytes(reader.request) if reader.request is not None else None
-    return request, reader.sink
+    values = {k: bytes(v) for k, v in reader.values.items()}
+    return Form(values, reader.sink, reader.filename)
 
 
 def _discard(sink: InputSink | None, exc: BaseException) -> None:
