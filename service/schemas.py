@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -28,6 +28,8 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+
+from service.json_grammar import JSON_OBJECT_SCHEMA, json_grammar
 
 QUEUE_HIGH = "jobs:high"
 QUEUE_NORMAL = "jobs:normal"
@@ -161,6 +163,50 @@ class WebhookOptions(_Strict):
     secret: Annotated[str, StringConstraints(pattern=r"^whsec_[A-Za-z0-9+/]+={0,2}$")] | None = None
 
 
+class TextFormat(_Strict):
+    """Free text (the default)."""
+
+    type: Literal["text"] = "text"
+
+    def grammar(self) -> str | None:
+        return None
+
+
+class JsonObjectFormat(_Strict):
+    """Any JSON object (OpenAI's JSON mode)."""
+
+    type: Literal["json_object"]
+
+    def grammar(self) -> str | None:
+        return json_grammar(JSON_OBJECT_SCHEMA, strict=True)
+
+
+class JsonSchemaSpec(_Strict):
+    # `schema` and `json` shadow BaseModel attributes: the fields are `schema_`/`json_` in Python
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, serialize_by_alias=True)
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None  # None = false, as OpenAI reads it
+
+
+class JsonSchemaFormat(_Strict):
+    """JSON that matches `json_schema.schema` (OpenAI's Structured Outputs shape)."""
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+    def grammar(self) -> str | None:
+        return json_grammar(self.json_schema.schema_, strict=bool(self.json_schema.strict))
+
+
+# `grammar()`: the llguidance grammar text of the format, None for free text. The gateway
+# compiles it at submit (service/submit.py), the worker constrains decoding with it.
+ResponseFormat = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
+]
+
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 
@@ -174,6 +220,7 @@ class JobCreate(_Strict):
     media_type: MediaType | None = None  # None: sniffed from the content
     video: VideoOptions = Field(default_factory=VideoOptions)
     generation: GenerationOptions = Field(default_factory=GenerationOptions)
+    response_format: ResponseFormat = Field(default_factory=TextFormat)
     webhook: WebhookOptions | None = None
     priority: Priority = Priority.normal
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=16)
@@ -258,16 +305,31 @@ class ModelInfo(BaseModel):
     precision: str | None = None
 
 
+# Why a model call ended: "stop" (end of its answer), "length" (generation.max_tokens reached:
+# the text is cut short, and a structured output's `json` is null).
+FinishReason = Literal["stop", "length"]
+
+
 class Segment(BaseModel):
+    model_config = ConfigDict(validate_by_name=True, serialize_by_alias=True)
+
     start_s: float | None = None
     end_s: float | None = None
     page: int | None = None  # documents: one segment per page
     text: str
+    json_: Any = Field(None, alias="json")  # with a JSON response_format: `text` parsed
+    finish_reason: FinishReason | None = None
 
 
 class Output(BaseModel):
+    model_config = ConfigDict(validate_by_name=True, serialize_by_alias=True)
+
     text: str
     reasoning: str | None = None
+    # With a JSON response_format: `text` parsed, when it is one model call's answer (one
+    # segment, or the final pass of `summarize`) and that call finished with "stop".
+    json_: Any = Field(None, alias="json")
+    finish_reason: FinishReason | None = None  # "length" when any call behind `text` was cut
     segments: list[Segment] | None = None
     warning: str | None = None  # e.g. the demo checkpoint's "text is meaningless"
 

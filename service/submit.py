@@ -27,6 +27,7 @@ from service.errors import (
 )
 from service.fetch import fetch_to_sink
 from service.jobstore import JobRecord
+from service.json_grammar import check_grammar
 from service.schemas import JobCreate, JobStatus, WebhookState
 from service.upload import read_form, read_small_body
 from workers.media.errors import MediaError, MediaTooLarge
@@ -43,10 +44,23 @@ def parse_request(raw: bytes | None) -> JobCreate:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest("the request is not valid JSON") from exc
+    return validate_request(data)
+
+
+def validate_request(data: object) -> JobCreate:
+    """A decoded request body → JobCreate, its response_format's schema compiled (without a
+    tokenizer: tens of µs to, for huge schemas, a second — callers keep it off the event loop)."""
     try:
-        return JobCreate.model_validate(data)
+        req = JobCreate.model_validate(data)
     except ValidationError as exc:
         raise InvalidRequest(describe_validation(exc.errors())) from exc
+    grammar = req.response_format.grammar()
+    if grammar is not None:
+        try:
+            check_grammar(grammar)
+        except ValueError as exc:
+            raise InvalidRequest(f"response_format: the schema cannot be compiled: {exc}") from exc
+    return req
 
 
 def check_capacity(
@@ -73,7 +87,7 @@ async def receive_upload(
     raw, sink = await read_form(stream, content_type, open_sink)
     if sink is None:
         raise InvalidRequest("the form has no 'file' part")
-    req = parse_request(raw)
+    req = await run_in_threadpool(parse_request, raw)
     if req.input is not None:
         raise InvalidRequest("input.url belongs in a JSON body, not next to an uploaded file")
     return req, sink.sha256
@@ -81,7 +95,7 @@ async def receive_upload(
 
 async def receive_url(state: AppState, job_id: str, stream: AsyncIterator[bytes]) -> JobCreate:
     """JSON body with input.url → request; the URL's content is downloaded under DATA_DIR."""
-    req = parse_request(await read_small_body(stream))
+    req = await run_in_threadpool(parse_request, await read_small_body(stream))
     if req.input is None:
         raise InvalidRequest("a JSON body needs input.url (or upload the file as multipart)")
     s = state.settings

@@ -1,0 +1,33 @@
+"""`response_format` → an llguidance grammar, without a tokenizer (docs/api.md "Structured output").
+
+The gateway validates every schema at submit, so a schema the library cannot compile is a 422
+there rather than a failed job; the worker builds its token matchers from the same grammar text
+(workers/engine/grammar.py). One set of options serves both, given as llguidance `overrides` so
+a schema's own `x-guidance` cannot change them:
+- compact JSON (`whitespace_flexible: false`): with free whitespace a model can emit spaces and
+  newlines until max_tokens (vllm #38696);
+- `strict: true` refuses keywords the library does not implement; `strict: false` (OpenAI's
+  default) ignores them (`lenient`), so the output may not check them.
+"""
+
+from __future__ import annotations
+
+import json
+
+from llguidance import LLMatcher
+
+JSON_OBJECT_SCHEMA = {"type": "object"}
+MAX_MESSAGE = 500  # characters of the library's complaint passed on to the client
+
+
+def json_grammar(schema: dict, strict: bool) -> str:
+    """A JSON Schema → the grammar text LLMatcher takes (cheap: it compiles nothing yet)."""
+    overrides = {"whitespace_flexible": False, "lenient": not strict}
+    return LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=overrides)
+
+
+def check_grammar(grammar: str) -> None:
+    """Compile `grammar` without a tokenizer; raise ValueError with the library's reason."""
+    is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise ValueError(messages[0][:MAX_MESSAGE] if messages else "invalid schema")
