@@ -14,7 +14,7 @@ from service.auth import KeyRing
 from service.deps import AppState
 from service.errors import register_handlers
 from service.housekeeping import Housekeeper
-from service.routes import health, jobs
+from service.routes import batches, files, health, jobs
 from service.schemas import JobCreate
 from service.settings import GatewaySettings
 from service.storage import Storage
@@ -57,6 +57,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
     register_handlers(app, settings.debug)
     app.openapi = lambda: _openapi(app)
     return app

@@ -85,7 +85,6 @@ class BatchRecord(BaseModel):
     failed: int = 0  # invalid lines, lines that failed to feed, jobs that did not succeed
     input_tokens: int = 0
     output_tokens: int = 0
-    planned: bool = False  # validation has written the plan
     valid: int = 0  # lines in the plan
     fed: int = 0  # plan lines handed to the job system (or failed on the way)
     fed_offset: int = 0  # byte offset of plan line `fed`
@@ -139,8 +138,6 @@ def _encode(name: str, value: object) -> str:
         return json.dumps(value if not isinstance(value, list) else [
             e.model_dump() if isinstance(e, BaseModel) else e for e in value
         ])  # fmt: skip
-    if isinstance(value, bool):
-        return "1" if value else "0"
     return str(value)
 
 
@@ -206,7 +203,9 @@ def set_fields(r: redis.Redis, batch_id: str, **fields: object) -> None:
     r.hset(batch_key(batch_id), mapping={n: _encode(n, v) for n, v in fields.items()})
 
 
-def count_job(r: redis.Redis, batch_id: str, job_id: str, ok: bool, tokens: tuple[int, int]) -> bool:
+def count_job(
+    r: redis.Redis, batch_id: str, job_id: str, ok: bool, tokens: tuple[int, int]
+) -> bool:
     """Count a fed job that ended (`ok`: it succeeded), once; False if it was counted before."""
     keys = (inflight_key(batch_id), batch_key(batch_id))
     counter = "completed" if ok else "failed"
