@@ -124,7 +124,7 @@ def test_response_format_passes_through_and_a_bad_schema_is_a_line_error():
             "base64",
         ),
         (
-            {"messages": user({"type": "input_audio", "input_audio": {"data": "!", "format": "x"}})},
+            {"messages": user({"type": "input_audio", "input_audio": {"data": "!", "format": ""}})},
             "invalid_media",
             "not valid base64",
         ),
