@@ -162,8 +162,9 @@ def new_record(
 
 
 def create(r: redis.Redis, rec: BatchRecord) -> None:
+    fields = {name: _encode(name, getattr(rec, name)) for name in BatchRecord.model_fields}
     pipe = r.pipeline()
-    pipe.hset(batch_key(rec.id), mapping={n: _encode(n, getattr(rec, n)) for n in rec.model_fields})
+    pipe.hset(batch_key(rec.id), mapping=fields)
     pipe.zadd(owner_batches_key(rec.owner), {rec.id: 0})
     pipe.sadd(ACTIVE_KEY, rec.id)
     pipe.execute()
