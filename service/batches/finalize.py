@@ -101,7 +101,9 @@ def _write(
     feed_errors = {k.decode(): BatchError.model_validate_json(v) for k, v in raw_errors.items()}
     chunk: list[PlanEntry] = []
     for index, (entry, _) in enumerate(read_plan(ctx, rec.id)):
-        if index >= rec.fed:
+        if index >= rec.fed:  # never fed: the fed lines before it go first, in input order
+            _write_jobs(ctx, chunk, feed_errors, stop_code, put)
+            chunk = []
             put("error", output.stopped_line(entry.custom_id, stop_code, entry.job_id))
             continue
         chunk.append(entry)
@@ -113,6 +115,8 @@ def _write(
 
 
 def _write_jobs(ctx, entries: list[PlanEntry], feed_errors, stop_code, put) -> None:
+    if not entries:
+        return
     pipe = ctx.redis.pipeline(transaction=False)
     for entry in entries:
         pipe.hgetall(job_key(entry.job_id))
