@@ -1,8 +1,9 @@
 """Plan lines → jobs, a window at a time, and the batch's jobs counted as they end.
 
 At most `batch_max_queued` of one batch's jobs wait in the queue at once (running jobs do not
-count: a worker holds as many as it can batch), and the feeder never fills the queue beyond
-the gateway's `max_queue_depth`, which interactive submits keep answering. Each fed line is
+count: a worker holds as many as it can batch), and the feeder stops while the queues hold
+half of the gateway's `max_queue_depth`: the other half stays free for interactive submits,
+which would otherwise meet `queue_full`. Each fed line is
 entered in the batch's in-flight hash before its job is created and the cursor (`fed`,
 `fed_offset`) moves after it, so a runner that dies anywhere in between leaves a state the
 next one finishes: a job that exists is not created again, a line is counted once
@@ -82,7 +83,7 @@ def feed(ctx: BatchContext, rec: BatchRecord, queued: int) -> int:
     s = ctx.settings
     room = min(
         s.batch_max_queued - queued,
-        s.max_queue_depth - joblist.queue_depth(ctx.redis),
+        s.max_queue_depth // 2 - joblist.queue_depth(ctx.redis),
         rec.valid - rec.fed,
     )
     if room <= 0:
