@@ -84,7 +84,7 @@ async def test_a_batch_runs_to_completed_with_output_and_error_files(
         media = await upload(api, wav_bytes(), "user_data", "a.wav")
         audio = base64.b64encode(wav_bytes()).decode()
         lines = [
-            chat_line("img"),
+            chat_line("img", response_format={"type": "json_object"}),
             chat_line("aud", {"type": "input_audio", "input_audio": {"data": audio, "format": ""}}),
             chat_line("fid", {"type": "file", "file": {"file_id": media["id"]}}),
             chat_line("url", {"type": "image_url", "image_url": {"url": receiver.url + "/a.png"}}),
@@ -111,6 +111,8 @@ async def test_a_batch_runs_to_completed_with_output_and_error_files(
         assert recs["aud"].media_type == "audio" and recs["url"].media_type == "image"
         assert storage.input_path(jobs["url"]).read_bytes() == png_bytes()
         assert recs["img"].request.prompt == "what colour?"
+        assert recs["img"].request.response_format.type == "json_object"
+        assert recs["aud"].request.response_format.type == "text"
 
         for cid, job_id in jobs.items():
             (fail if cid == "fails" else succeed)(r, storage, job_id, **(
