@@ -24,6 +24,8 @@ def _run(args: argparse.Namespace) -> int:
         max_frames=args.max_frames,
         evs_rate=args.evs_rate,
         use_audio=not args.no_audio,
+        schema=args.schema,
+        json_object=args.json,
     )
     with open(args.out, "w") if args.out else contextlib.nullcontext(sys.stdout) as out:
         failed = run_files(args.paths, request, args.model, args.device, out)
@@ -86,6 +88,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--evs-rate", type=float)
     p.add_argument("--no-audio", action="store_true", help="ignore video soundtracks")
     p.add_argument("--thinking", action="store_true", help="reasoning mode")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument(
+        "--schema", type=Path, metavar="FILE", help="answer JSON matching this JSON Schema file"
+    )
+    fmt.add_argument("--json", action="store_true", help="answer a JSON object")
     p.add_argument("--out", type=Path, help="write the JSON lines here instead of stdout")
     p.set_defaults(func=_run)
 

@@ -7,11 +7,13 @@ bar on stderr when stderr is a terminal.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TextIO
 
 from pydantic import ValidationError
 
+from service.json_grammar import check_grammar
 from service.progress_bar import ProgressBar
 from service.schemas import JobCreate, JobStatus
 from service.settings import WorkerSettings
@@ -29,8 +31,13 @@ def request_from_flags(
     max_frames: int | None,
     evs_rate: float | None,
     use_audio: bool,
+    schema: Path | None = None,
+    json_object: bool = False,
 ) -> JobCreate:
-    """The same request model the REST API takes; flags left out keep its defaults."""
+    """The same request model the REST API takes; flags left out keep its defaults.
+
+    schema: a JSON Schema file → `response_format` json_schema (strict: keywords the grammar
+    library does not implement are refused); json_object → any JSON object."""
 
     def given(**fields):
         return {k: v for k, v in fields.items() if v is not None}
@@ -38,13 +45,33 @@ def request_from_flags(
     body = given(task=task, prompt=prompt)
     body["generation"] = given(max_tokens=max_tokens, temperature=temperature, thinking=thinking)
     body["video"] = given(fps=fps, max_frames=max_frames, evs_rate=evs_rate, use_audio=use_audio)
+    if schema is not None:
+        body["response_format"] = _schema_format(schema)
+    elif json_object:
+        body["response_format"] = {"type": "json_object"}
     try:
-        return JobCreate.model_validate(body)
+        request = JobCreate.model_validate(body)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors()
         )
         raise SystemExit(f"omnibatch run: invalid options: {problems}") from None
+    grammar = request.response_format.grammar()
+    if grammar is not None:
+        try:
+            check_grammar(grammar)
+        except ValueError as exc:
+            raise SystemExit(f"omnibatch run: --schema {schema}: {exc}") from None
+    return request
+
+
+def _schema_format(path: Path) -> dict:
+    try:
+        schema = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"omnibatch run: --schema {path}: {exc}") from None
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", path.stem)[:64] or "schema"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
 
 def default_device() -> str:

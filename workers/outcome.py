@@ -26,6 +26,8 @@ def output_of(result: JobOutput) -> Output:
     return Output(
         text=result.text,
         reasoning=result.reasoning,
+        json_=result.json,
+        finish_reason=result.finish_reason,
         segments=segments,
         warning=result.warning,
     )

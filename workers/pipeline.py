@@ -6,10 +6,16 @@ document pages), all handed to the engine at once; each becomes a segment of the
 and `summarize` adds a last text-only pass over the segment texts. Several threads may call
 `run` at once: the engine batches their model calls together. `cancelled` is polled while
 they run; a stopped job returns what finished.
+
+A JSON response_format constrains every model call (engine/grammar.py): each segment's answer
+is parsed into `segments[i].json`; `json` of the whole output is the one call's answer, or
+the `summarize` pass's, and None when the output joins several segments.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
@@ -21,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from workers.engine.engine import Engine, Prepared, engine_config
+from workers.engine.grammar import GrammarCompiler
 from workers.engine.request import SamplingParams
 from workers.media.errors import MediaTooLong
 from workers.media.limits import DEFAULT_LIMITS, MediaLimits
@@ -35,6 +42,9 @@ from workers.model.prompt import PromptBuilder, task_text
 
 log = logging.getLogger("omnibatch.pipeline")
 DEMO_WARNING = "demo-random: a tiny random-weight model; its text is meaningless"
+# with a JSON response_format, when an answer did not parse (its `json` is null)
+TRUNCATED_WARNING = "generation.max_tokens was reached before the JSON was complete"
+NO_JSON_WARNING = "the model ended without a JSON answer (in its reasoning)"
 Progress = Callable[[str, int, int], None]
 
 
@@ -52,6 +62,8 @@ class JobOutput:
     segments: list[dict] | None
     usage: dict
     warning: str | None = None
+    json: object = None  # the answer parsed, with a JSON response_format (module docstring)
+    finish_reason: str | None = None  # "length" when any call behind `text` hit max_tokens
 
 
 @dataclass
@@ -64,6 +76,8 @@ class _Call:
     output_tokens: int
     stats: dict = field(default_factory=dict)
     finished: bool = True  # False: cut short by a cancel, not part of the result
+    finish_reason: str | None = None  # "stop" or "length"
+    json: object = None  # structured output: `text` parsed (None when it is not whole)
 
 
 def demo_checkpoint_dir(cache_dir: Path | None = None) -> Path:
@@ -105,6 +119,9 @@ class Pipeline:
         self.engine = Engine(model, prompts.tokenizer, engine_config(model, gpu_memory_gb)).start()
         self.stop_ids = tuple(
             sorted(set(info.generation.eos_token_ids) | {info.model.llm.eos_token_id})
+        )
+        self.grammars = GrammarCompiler(
+            prompts.tokenizer.to_str(), model.config.llm.vocab_size, self.stop_ids
         )
 
     @classmethod
@@ -151,10 +168,16 @@ class Pipeline:
         them, then lets go: the release frees their budget and frame buffers)."""
         params = self._sampling(request)
         evs = request.video.evs_rate
+        grammar = request.response_format.grammar()
+        # reasoning runs free: the grammar starts after `</think>` (thinking off: at once)
+        think_end = self.prompts.think_end if request.generation.thinking else None
         preps = [
-            Prepared(t, items, params, evs, on_host_release=release)
+            Prepared(
+                t, items, params, evs, on_host_release=release,
+                grammar=self.grammars.compile(grammar, think_end) if grammar else None,
+            )
             for t, items, release in prompts
-        ]
+        ]  # fmt: skip
         prompts.clear()
         for p in preps:
             self.engine.submit(p)
@@ -188,7 +211,14 @@ class Pipeline:
         out = self.prompts.parse_output(req.output_ids, request.generation.thinking)
         done = req.finish_reason != "cancelled"
         n_out = len(req.output_ids)
-        return _Call(out.text, out.reasoning, stats.prompt_tokens, n_out, vars(stats), done)
+        parsed = None
+        if req.grammar is not None and req.finish_reason == "stop":
+            with contextlib.suppress(ValueError):  # no answer: it ended in its reasoning
+                parsed = json.loads(out.text)
+        return _Call(
+            out.text, out.reasoning, stats.prompt_tokens, n_out, vars(stats), done,
+            req.finish_reason, parsed,
+        )  # fmt: skip
 
     def run(
         self, request, input_path, progress: Progress, cancelled: Callable[[], bool]
@@ -216,13 +246,28 @@ class Pipeline:
         final = self._final(task, kind, done, len(units), request, cancelled)
         usage = self._usage(media_usage, calls + ([final] if final else []), t0)
         outs = [c for _, c in done]
+        answer = final or (outs[0] if len(units) == 1 and outs else None)  # one call's text
+        behind = [answer] if answer else outs
+        finish = None
+        if behind:
+            finish = "length" if any(c.finish_reason == "length" for c in behind) else "stop"
+        structured = request.response_format.grammar() is not None
         return JobOutput(
             text=final.text if final else "\n\n".join(c.text for c in outs),
             reasoning=self._reasoning(outs, final),
             segments=_segments(done) if len(units) > 1 else None,
             usage=usage,
-            warning=DEMO_WARNING if self.demo else None,
+            warning=self._warning(outs + ([final] if final else []), structured),
+            json=answer.json if answer else None,
+            finish_reason=finish,
         )
+
+    def _warning(self, calls: list[_Call], structured: bool) -> str | None:
+        notes = [DEMO_WARNING] if self.demo else []
+        if structured and any(c.json is None for c in calls):
+            cut = any(c.finish_reason == "length" for c in calls)
+            notes.append(TRUNCATED_WARNING if cut else NO_JSON_WARNING)
+        return "; ".join(notes) or None
 
     def _decode_and_submit(
         self, input_path, opts: MediaOptions, request, cancelled
@@ -310,5 +355,7 @@ def _label(u: Unit) -> str:
 
 def _segments(done: list[tuple[Unit, _Call]]) -> list[dict]:
     return [
-        {"start_s": u.start_s, "end_s": u.end_s, "page": u.page, "text": c.text} for u, c in done
-    ]
+        {"start_s": u.start_s, "end_s": u.end_s, "page": u.page, "text": c.text, "json": c.json,
+         "finish_reason": c.finish_reason}
+        for u, c in done
+    ]  # fmt: skip

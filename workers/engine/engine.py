@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from workers.engine.cache import HybridCache
+from workers.engine.grammar import RequestGrammar
 from workers.engine.request import Request, SamplingParams
 from workers.engine.runner import ModelRunner
 from workers.engine.sampler import make_generator
@@ -126,6 +127,7 @@ class Prepared:
     # Called once the engine holds none of `items` on the host any more: copied to the GPU
     # on submit, or encoded, failed or cancelled (the worker's shared-memory budget).
     on_host_release: Callable[[], None] | None = None
+    grammar: RequestGrammar | None = None  # structured output, compiled on the job's thread
 
 
 class Engine:
@@ -291,9 +293,8 @@ class Engine:
             except Exception as exc:
                 p.future.set_exception(exc)
                 continue
-            req = Request(
-                p.rid, embeds, p.params, generator=make_generator(p.params, self.model.device)
-            )
+            generator = make_generator(p.params, self.model.device)
+            req = Request(p.rid, embeds, p.params, generator=generator, grammar=p.grammar)
             self._pending[p.rid] = (p, stats)
             self.scheduler.add(req)
             if req.finished:  # rejected: can never fit in the cache

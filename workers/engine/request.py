@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from workers.engine.grammar import RequestGrammar
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Request:
     output_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop", "length", "cancelled", "rejected"
     generator: torch.Generator | None = None
+    grammar: RequestGrammar | None = None  # structured output: constrains what is sampled
 
     @property
     def prompt_len(self) -> int:

@@ -63,6 +63,11 @@ class StepPlan:
     def empty(self) -> bool:
         return not self.decode and not self.prefill
 
+    @property
+    def sampling(self) -> list[Request]:
+        """The requests that sample a token this step, in the runner's logits row order."""
+        return self.decode + [c.request for c in self.prefill if c.is_last]
+
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, slots: SlotAllocator):
@@ -167,7 +172,9 @@ class Scheduler:
             return
         req.output_ids.append(token)
         if len(req.output_ids) >= p.max_tokens:
-            self._finish(req, "length")
+            # a structured answer that closed on its last allowed token is whole, not cut
+            whole = req.grammar is not None and req.grammar.complete(req.output_ids)
+            self._finish(req, "stop" if whole else "length")
             done.append(req)
 
     def _finish(self, req: Request, reason: str) -> None:

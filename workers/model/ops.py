@@ -24,6 +24,7 @@ from kernels import moe_routing as _routing
 from kernels import rmsnorm as _rmsnorm
 from kernels import ssd_scan as _ssd
 from kernels import ssm_state_update as _ssm_update
+from kernels import token_bitmask as _bitmask
 
 _FORCE_REFERENCE: ContextVar[bool] = ContextVar("omnibatch_force_reference", default=False)
 
@@ -95,3 +96,8 @@ def attention_decode(q, k_pool, v_pool, req_to_token, slots, seq_lens, scale):
 def evs_keep_mask(emb, q):
     op = _evs.evs_keep_mask if _triton(emb) else _evs.evs_keep_mask_ref
     return op(emb, q)
+
+
+def mask_logits(logits, bits, rows):
+    op = _bitmask.mask_logits if _triton(logits) else _bitmask.mask_logits_ref
+    return op(logits, bits, rows)
