@@ -7,6 +7,7 @@ import base64
 import json
 import time
 
+import jsonschema
 import openai
 import pytest
 from openai.types.chat import ChatCompletion
@@ -14,6 +15,12 @@ from openai.types.chat import ChatCompletion
 from tests.e2e.conftest import KEYS, make_stack
 
 ENDPOINT = "/v1/chat/completions"
+VERDICT = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}, "kind": {"enum": ["image", "other"]}},
+    "required": ["ok", "kind"],
+    "additionalProperties": False,
+}
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
@@ -87,6 +94,8 @@ def test_the_openai_client_runs_a_mixed_media_batch(live, media):
     }
     counts = dict.fromkeys(kinds, 6) | {"image": 14}
     lines = [line(f"{kind}-{i}", kinds[kind]) for kind, n in counts.items() for i in range(n)]
+    fmt = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": VERDICT}}
+    lines.append(line("json-0", kinds["image"], max_tokens=48, response_format=fmt))
     valid = [ln["custom_id"] for ln in lines]
     two_media = {"role": "user", "content": [kinds["image"], kinds["pdf"]]}
     lines += [
@@ -117,8 +126,13 @@ def test_the_openai_client_runs_a_mixed_media_batch(live, media):
         assert o["response"]["status_code"] == 200 and o["error"] is None
         completion = ChatCompletion.model_validate(o["response"]["body"])
         assert completion.choices[0].message.role == "assistant"
-        assert 1 <= completion.usage.completion_tokens <= 2
+        limit = 48 if o["custom_id"].startswith("json-") else 2
+        assert 1 <= completion.usage.completion_tokens <= limit
         assert completion.model == "demo-random"
+    for o in (o for o in out if o["custom_id"].startswith("json-")):
+        choice = o["response"]["body"]["choices"][0]
+        assert choice["finish_reason"] == "stop", choice
+        jsonschema.validate(json.loads(choice["message"]["content"]), VERDICT)
     kinds_done = {o["custom_id"]: o["response"]["body"]["omnibatch"]["usage"] for o in out}
     assert kinds_done["pdf-0"]["pages"] == 1 and kinds_done["audio-0"]["audio_seconds"] > 0
     assert kinds_done["video_file-0"]["video_seconds"] > 0 and kinds_done["image-0"]["images"] == 1
