@@ -135,9 +135,9 @@ def _encode(name: str, value: object) -> str:
     if value is None:
         return ""
     if name in _JSON_FIELDS:
-        return json.dumps(value if not isinstance(value, list) else [
-            e.model_dump() if isinstance(e, BaseModel) else e for e in value
-        ])  # fmt: skip
+        if isinstance(value, list):
+            value = [e.model_dump() if isinstance(e, BaseModel) else e for e in value]
+        return json.dumps(value)
     return str(value)
 
 

@@ -78,8 +78,8 @@ def wait(oai: openai.OpenAI, batch_id: str, until, timeout: float = 240):
 
 def test_the_openai_client_runs_a_mixed_media_batch(live, media):
     oai = client(live)
-    upload = lambda path: oai.files.create(file=path.open("rb"), purpose="user_data").id
-    pdf_id, video_id = upload(media["document"]), upload(media["video"])
+    upload = lambda path: oai.files.create(file=(path.name, path.read_bytes()), purpose="user_data")
+    pdf_id, video_id = upload(media["document"]).id, upload(media["video"]).id
     audio_b64 = base64.b64encode(media["audio"].read_bytes()).decode()
     png, wav = data_url("image/png", media["image"]), data_url("audio/wav", media["audio"])
     pdf, mp4 = data_url("application/pdf", media["document"]), data_url("video/mp4", media["video"])
@@ -147,7 +147,8 @@ def test_the_openai_client_runs_a_mixed_media_batch(live, media):
 
 def test_a_running_batch_is_cancelled_and_its_jobs_stop(live, media):
     oai = client(live)
-    video_id = oai.files.create(file=media["long_video"].open("rb"), purpose="user_data").id
+    long_video = (media["long_video"].name, media["long_video"].read_bytes())
+    video_id = oai.files.create(file=long_video, purpose="user_data").id
     part = {"type": "file", "file": {"file_id": video_id}}
     chunked = {"video": {"fps": 2, "chunk_s": 1.0}}
     lines = [line(f"v{i}", part, max_tokens=64, omnibatch=chunked) for i in range(12)]

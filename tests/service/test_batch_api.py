@@ -3,8 +3,10 @@ problem+json, and one key never seeing another's files or batches."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import time
 
 import pytest
 
@@ -155,3 +157,18 @@ async def test_openapi_shows_the_batch_and_file_schemas(api):
     assert set(schemas["Batch"]["properties"]["status"]["$ref"].split("/")[-1:]) == {"BatchStatus"}
     assert "multipart/form-data" in spec["paths"]["/v1/files"]["post"]["requestBody"]["content"]
     assert {"/v1/batches/{batch_id}/cancel", "/v1/files/{file_id}/content"} <= set(spec["paths"])
+
+
+async def test_files_go_when_their_time_has_passed(settings, redis_client):
+    async with serve_app(settings(file_ttl_s=1, housekeeping_interval_s=0.1)) as api:
+        obj = await upload(api, png_bytes(), "user_data", "a.png")
+        assert obj["expires_at"] == obj["created_at"] + 1
+        path = filestore.content_path(api.app_state.storage.root, obj["id"])
+        deadline = time.monotonic() + 10
+        while path.exists():
+            assert time.monotonic() < deadline, "the file outlived its time"
+            await asyncio.sleep(0.05)
+        assert_problem(await api.get(f"/v1/files/{obj['id']}"), 404, "not_found")
+        assert (await api.get("/v1/files")).json()["data"] == []
+        assert redis_client.zcard(filestore.EXPIRY_KEY) == 0
+        assert redis_client.zcard(filestore.owner_files_key("alpha")) == 0
