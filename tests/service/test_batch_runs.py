@@ -192,15 +192,24 @@ async def test_cancel_stops_queued_and_running_jobs_and_keeps_what_finished(
         resp = await api.post(f"/v1/batches/{batch['id']}/cancel")
         assert resp.status_code == 200 and resp.json()["status"] == "cancelling"
         assert resp.json()["cancelling_at"] is not None
-        await until(api, batch["id"], lambda b: r.exists(cancel_key(running)))
-        assert jobstore.load(r, waiting).status is JobStatus.cancelled
+        await until(
+            api, batch["id"],
+            lambda b: r.exists(cancel_key(running))
+            and jobstore.load(r, waiting).status is JobStatus.cancelled,
+        )  # fmt: skip
+        assert jobstore.load(r, running).status is JobStatus.running
         assert (await api.get(f"/v1/batches/{batch['id']}")).json()["status"] == "cancelling"
         # the worker stops the running job at a safe point
         stopped = JobError(code=JobErrorCode.cancelled, message="cancelled while running")
         jobstore.finish(r, storage, running, JobStatus.cancelled, error=stopped)
         batch = await until(api, batch["id"], lambda b: b["status"] == "cancelled")
         assert batch["cancelled_at"] is not None and queued(r) == []
-        assert batch["request_counts"] == {"total": 6, "completed": 1, "failed": 2}
+        jobs = [j for j in (await api.get("/v1/jobs")).json()["data"]
+                if j["metadata"]["batch_id"] == batch["id"]]  # fmt: skip
+        # the feeder may have topped the window up before the cancel: those jobs count too
+        cancelled = sum(j["status"] == "cancelled" for j in jobs)
+        assert cancelled >= 2 and len(jobs) == cancelled + 1
+        assert batch["request_counts"] == {"total": 6, "completed": 1, "failed": cancelled}
         out = await lines_of(api, batch["output_file_id"])
         assert [ln["custom_id"] for ln in out] == ["c0"]
         errors = await lines_of(api, batch["error_file_id"])
