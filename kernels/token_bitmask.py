@@ -23,7 +23,8 @@ def _mask_logits_kernel(logits_ptr, bits_ptr, rows_ptr, V, W, stride_l, BLOCK: t
     words = tl.load(bits_ptr + i.to(tl.int64) * W + word_idx, mask=in_mask, other=0)
     allowed = (words >> (cols % 32)) & 1
     drop = (cols < V) & (allowed == 0)
-    tl.store(logits_ptr + row * stride_l + cols, float("-inf"), mask=drop)
+    ninf = tl.full([BLOCK], float("-inf"), tl.float32)
+    tl.store(logits_ptr + row * stride_l + cols, ninf, mask=drop)
 
 
 def _mask_logits_launch(logits: torch.Tensor, bits: torch.Tensor, rows: torch.Tensor) -> None:

@@ -274,6 +274,7 @@ SCHEMAS: dict[str, dict] = {
         "required": ["items", "summary"],
         "additionalProperties": False,
     },
+    "digit": {"type": "integer", "minimum": 0, "maximum": 9},
     "root_array": {
         "type": "array",
         "items": {"type": "integer", "minimum": -100, "maximum": 100},
