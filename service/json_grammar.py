@@ -2,12 +2,13 @@
 
 The gateway validates every schema at submit, so a schema the library cannot compile is a 422
 there rather than a failed job; the worker builds its token matchers from the same grammar text
-(workers/engine/grammar.py). One set of options serves both, given as llguidance `overrides` so
-a schema's own `x-guidance` cannot change them:
+(workers/engine/grammar.py). One set of options serves both:
 - compact JSON (`whitespace_flexible: false`): with free whitespace a model can emit spaces and
   newlines until max_tokens (vllm #38696);
 - `strict: true` refuses keywords the library does not implement; `strict: false` (OpenAI's
   default) ignores them (`lenient`), so the output may not check them.
+A schema's own `x-guidance` (the library's options) is dropped: a whitespace pattern there
+could bring the runaway back.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ MAX_MESSAGE = 500  # characters of the library's complaint passed on to the clie
 
 def json_grammar(schema: dict, strict: bool) -> str:
     """A JSON Schema → the grammar text LLMatcher takes (cheap: it compiles nothing yet)."""
+    schema = {k: v for k, v in schema.items() if k != "x-guidance"}
     overrides = {"whitespace_flexible": False, "lenient": not strict}
     return LLMatcher.grammar_from_json_schema(json.dumps(schema), overrides=overrides)
 

@@ -188,7 +188,9 @@ class JsonSchemaSpec(_Strict):
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
     description: str | None = None
     schema_: dict[str, Any] = Field(alias="schema")
-    strict: bool | None = None  # None = false, as OpenAI reads it
+    strict: bool | None = Field(
+        None, description="true: refuse schema keywords the grammar library does not implement"
+    )  # None = false, as OpenAI reads it
 
 
 class JsonSchemaFormat(_Strict):
@@ -220,7 +222,11 @@ class JobCreate(_Strict):
     media_type: MediaType | None = None  # None: sniffed from the content
     video: VideoOptions = Field(default_factory=VideoOptions)
     generation: GenerationOptions = Field(default_factory=GenerationOptions)
-    response_format: ResponseFormat = Field(default_factory=TextFormat)
+    response_format: ResponseFormat = Field(
+        default_factory=TextFormat,
+        description="OpenAI's shape. json_object / json_schema constrain the answer to JSON; the "
+        "result's output.json holds it parsed (docs/api.md, Structured output)",
+    )
     webhook: WebhookOptions | None = None
     priority: Priority = Priority.normal
     metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=16)
@@ -328,8 +334,10 @@ class Output(BaseModel):
     reasoning: str | None = None
     # With a JSON response_format: `text` parsed, when it is one model call's answer (one
     # segment, or the final pass of `summarize`) and that call finished with "stop".
-    json_: Any = Field(None, alias="json")
-    finish_reason: FinishReason | None = None  # "length" when any call behind `text` was cut
+    json_: Any = Field(None, alias="json", description="with a JSON response_format: the answer")
+    finish_reason: FinishReason | None = Field(
+        None, description="length: generation.max_tokens cut the answer (or a segment) short"
+    )
     segments: list[Segment] | None = None
     warning: str | None = None  # e.g. the demo checkpoint's "text is meaningless"
 

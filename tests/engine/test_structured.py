@@ -183,3 +183,16 @@ def test_compiled_grammars_are_cached_and_copied(demo):
     assert b.matcher.validate_tokens(first) == len(first)  # b did not move with a
     with pytest.raises(ValueError, match="does not compile"):
         compiler.compile(json_grammar({"type": "strin"}, strict=True))
+
+
+def test_json_is_compact_whatever_the_schema_asks(demo, engine):
+    model, pb, compiler, stop = demo
+    schema = SCHEMAS["objects_array"] | {
+        "x-guidance": {"whitespace_flexible": True, "whitespace_pattern": "[ \\n]+"}
+    }
+    preps = [prepared(pb, compiler, schema, params(stop, 1.0, s)) for s in SEEDS]
+    for req in results(engine, preps):
+        value = check(pb, schema, req)
+        names = "".join(p["name"] for p in value["people"])
+        # no whitespace between tokens: the only spaces are inside the strings
+        assert pb.decode(req.output_ids).count(" ") == names.count(" ")
