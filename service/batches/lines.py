@@ -173,16 +173,27 @@ def convert(body: dict, metadata: dict[str, str]) -> LineJob:
         chat = _ChatBody.model_validate(body)
     except ValidationError as exc:
         raise LineError("invalid_request", describe_validation(exc.errors())) from exc
+    # System and developer messages are instructions: the model's prompt has no system turn,
+    # so their text leads the user's (most batch files carry one; refusing them failed whole files)
     roles = [m.role for m in chat.messages]
-    if roles != ["user"]:
+    instructions = [m for m in chat.messages if m.role in ("system", "developer")]
+    if [r for r in roles if r not in ("system", "developer")] != ["user"]:
         raise LineError(
             "invalid_request",
-            f"messages must be one user message, not {roles}: the prompt has no system text "
-            "and no earlier turns",
+            f"messages must be one user message, after any system or developer messages, not "
+            f"{roles}: there are no earlier turns",
             "body.messages",
         )
-    content = chat.messages[0].content
-    parts = [_Text(type="text", text=content)] if isinstance(content, str) else content
+    for m in instructions:
+        if not isinstance(m.content, str) and not all(isinstance(p, _Text) for p in m.content):
+            message = f"a {m.role} message holds text only"
+            raise LineError("invalid_request", message, "body.messages")
+    user = next(m for m in chat.messages if m.role == "user")
+    parts = [
+        _Text(type="text", text=p) if isinstance(p, str) else p
+        for m in [*instructions, user]
+        for p in ([m.content] if isinstance(m.content, str) else m.content)
+    ]
     media = [p for p in parts if not isinstance(p, _Text)]
     if len(media) != 1:
         raise LineError(

@@ -54,6 +54,17 @@ def test_text_and_image_become_an_ask_job_at_low_priority():
     assert job.media.data == PNG and job.media.url is None and job.model == "nemotron"
 
 
+def test_system_and_developer_text_leads_the_prompt():
+    messages = [
+        {"role": "system", "content": "Answer in French."},
+        {"role": "developer", "content": [text("One sentence.")]},
+        *user(IMAGE, text("What is shown?")),
+    ]
+    req = convert({"messages": messages}, META).request
+    assert req.task is Task.ask
+    assert req.prompt == "Answer in French.\nOne sentence.\nWhat is shown?"
+
+
 def test_defaults_follow_the_jobs_api_and_no_text_means_caption():
     job = convert({"messages": user(IMAGE), "max_tokens": 5}, META)
     assert job.request.task is Task.caption and job.request.prompt is None
@@ -103,9 +114,14 @@ def test_response_format_passes_through_and_a_bad_schema_is_a_line_error():
         ({"messages": user(text("only words"))}, "invalid_request", "file), not 0"),
         ({"messages": "hello"}, "invalid_request", "messages"),
         (
-            {"messages": [{"role": "system", "content": "be brief"}, *user(IMAGE)]},
+            {"messages": [*user(IMAGE), {"role": "assistant", "content": "a cat"}, *user(IMAGE)]},
             "invalid_request",
             "one user message",
+        ),
+        (
+            {"messages": [{"role": "system", "content": [IMAGE]}, *user(IMAGE)]},
+            "invalid_request",
+            "text only",
         ),
         ({"messages": user(IMAGE), "tools": []}, "invalid_request", "tools: Extra inputs"),
         ({"messages": user(IMAGE), "stream": True}, "invalid_request", "stream: "),
