@@ -143,8 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     free = lambda b: None
     constrained = lambda b: compiler.compile(grammars[names[b % len(names)]])
-    run_block(runner, rows, 4, free)  # warm-up: autotuning, the first masks
-    run_block(runner, rows, 4, constrained)
+    warm = min(4, args.steps)
+    run_block(runner, rows, warm, free)  # warm-up: autotuning, the first masks
+    run_block(runner, rows, warm, constrained)
     runner.masks.fill_s.clear()
     times: dict[str, list[float]] = {"free": [], "structured": []}
     finished: list = []
