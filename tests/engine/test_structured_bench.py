@@ -10,7 +10,7 @@ from benchmarks.structured import main
 
 def test_structured_benchmark_smoke(tmp_path, monkeypatch):
     monkeypatch.setenv("OUT", str(tmp_path))
-    args = ["--small", "--batch", "2", "--ctx", "8", "--steps", "4", "--temperature", "1"]
+    args = ["--small", "--batch", "2", "--ctx", "8", "--steps", "2", "--temperature", "1"]
     result = main([*args, "--schemas", "digit"])  # one token, then a stop token
     assert json.loads((tmp_path / "structured.json").read_text()) == result
     assert result["vocab"] == 131072

@@ -1,6 +1,6 @@
 """Constrained decoding with llguidance: the engine's only contact with the library.
 
-Four calls, so another library could stand in (docs: /work/shared/research/api-next.md §1.5):
+Four calls, so another library (xgrammar, say) could stand in:
 - compile (`GrammarCompiler.compile`, on the job thread): grammar text (service/json_grammar.py)
   → a per-request matcher. Compiled matchers are cached by the grammar's hash and copied, so
   the thousand items of one batch with one schema compile it once.
@@ -34,8 +34,9 @@ from llguidance import LLExecutor, LLMatcher, LLTokenizer
 
 log = logging.getLogger("omnibatch.grammar")
 CACHED_GRAMMARS = 32  # compiled matchers kept per worker (a huge schema's can take 100s of MB)
-# Mask threads: at batch 256 a step's masks take ~13 ms of one core (research note §1.2) and
-# must finish within one decode forward (~40 ms); the host's other cores decode media.
+# Mask threads: at batch 256 a step's masks take ~13 ms of one core (llguidance, 131k-token
+# BPE, measured for the design) and must finish within one decode forward (~30-40 ms); the
+# host's other cores decode media.
 MASK_THREADS = min(4, os.cpu_count() or 1)
 
 
@@ -72,13 +73,24 @@ class GrammarCompiler:
     """The worker's tokenizer as llguidance reads it, and compiled grammars by hash.
 
     tokenizer_json: the checkpoint's tokenizer.json text; stop_ids: the tokens that end an
-    answer (allowed once the grammar is complete).
+    answer (allowed once the grammar is complete). The library's tokenizer is built with the
+    first grammar (about a second at a 131k vocabulary), so a worker that never sees one
+    never pays for it, and a tokenizer the library cannot read fails structured jobs only.
     """
 
     def __init__(self, tokenizer_json: str, vocab_size: int, stop_ids: Sequence[int]):
-        self.tokenizer = LLTokenizer(tokenizer_json, n_vocab=vocab_size, eos_token=list(stop_ids))
+        self._source = (tokenizer_json, vocab_size, list(stop_ids))
+        self._tokenizer: LLTokenizer | None = None
         self._cache: OrderedDict[str, LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def tokenizer(self) -> LLTokenizer:
+        with self._lock:
+            if self._tokenizer is None:
+                text, vocab_size, stop_ids = self._source
+                self._tokenizer = LLTokenizer(text, n_vocab=vocab_size, eos_token=stop_ids)
+            return self._tokenizer
 
     def compile(self, grammar: str, think_end: int | None = None) -> RequestGrammar:
         """grammar text → a fresh matcher for one request; ValueError if it does not compile."""
