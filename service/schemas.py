@@ -124,7 +124,12 @@ def _http_only(v: str) -> str:
     return v
 
 
-HttpUrlText = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_http_only)]
+HttpUrlText = Annotated[
+    str,
+    StringConstraints(max_length=4096),
+    AfterValidator(_http_only),
+    Field(json_schema_extra={"pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"}),  # what _http_only checks
+]
 
 
 class InputSpec(_Strict):
@@ -132,6 +137,8 @@ class InputSpec(_Strict):
 
 
 class VideoOptions(_Strict):
+    """`end_s`, when given with `start_s`, must be greater than it."""
+
     fps: float = Field(1.0, gt=0, le=8)
     max_frames: int = Field(512, ge=2, le=1024)
     evs_rate: float = Field(0.5, ge=0, le=0.95)
@@ -165,8 +172,19 @@ MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 
 
+# _ask_needs_prompt, told to OpenAPI clients: another task, or a prompt
+_ASK_NEEDS_PROMPT = {
+    "anyOf": [
+        {"properties": {"task": {"enum": [t.value for t in Task if t is not Task.ask]}}},
+        {"properties": {"prompt": {"type": "string", "minLength": 1}}, "required": ["prompt"]},
+    ]
+}
+
+
 class JobCreate(_Strict):
     """The submit request: the `request` part of a multipart upload, or the JSON body."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_ASK_NEEDS_PROMPT)
 
     task: Task = Task.caption
     prompt: Annotated[str, StringConstraints(max_length=8000)] | None = None
