@@ -144,11 +144,12 @@ def register_handlers(app: FastAPI, debug: bool, routes: Sequence[BaseRoute]) ->
         )
         return respond(exc.status_code, code, str(exc.detail), str(exc.detail), headers)
 
-    async def on_redis_down(_request, exc: redis.RedisError) -> JSONResponse:
-        # Connection refused or lost, a timeout, or LOADING after a restart: all pass.
+    async def on_redis_down(request, exc: redis.RedisError) -> JSONResponse:
+        # Refused or lost connections, timeouts, LOADING after a restart: each passes, and
+        # redis-py has already retried for a few seconds; the client comes back later.
         log.warning("Redis unavailable: %s: %s", type(exc).__name__, exc)
         err = ServiceUnavailable("the job store is unavailable; retry later", REDIS_RETRY_AFTER_S)
-        return await on_domain(_request, err)
+        return await on_domain(request, err)
 
     async def on_unexpected(_request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")

@@ -27,13 +27,14 @@ from service.schemas import (
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 POLL_INTERVAL_S = 0.2
-_ERRORS = {
-    code: {"model": Problem, "content": {PROBLEM_JSON: {}}}
-    for code in (401, 404, 409, 413, 415, 422, 429, 503)
-}
-_SUBMIT_ERRORS = _ERRORS | {
-    code: {"model": Problem, "content": {PROBLEM_JSON: {}}} for code in (400, 408)
-}
+
+
+def _problems(*codes: int) -> dict:
+    return {code: {"model": Problem, "content": {PROBLEM_JSON: {}}} for code in codes}
+
+
+_ERRORS = _problems(401, 404, 409, 413, 415, 422, 429, 503)
+_SUBMIT_ERRORS = _ERRORS | _problems(400, 408)  # a malformed form; a body that stalled
 # The two doors' request schemas are built from JobCreate in service/main.py.
 _SUBMIT_BODY = {
     "requestBody": {
