@@ -2,7 +2,8 @@
 
 The multipart form is parsed incrementally with python-multipart; the `file` part goes straight
 into an InputSink (which enforces the upload cap while bytes arrive), the `request` part is
-small JSON text kept in memory under REQUEST_PART_MAX.
+small JSON text kept in memory under REQUEST_PART_MAX. A body whose client stops sending is
+cut off after an idle timeout (`idle_timeout`).
 """
 
 from __future__ import annotations
