@@ -163,9 +163,14 @@ class GenerationOptions(_Strict):
     thinking: bool = False
 
 
+# `whsec_` + padded base64 of at least one byte: what signing decodes (service/webhooks.py)
+_B64 = "[A-Za-z0-9+/]"
+WEBHOOK_SECRET_RE = rf"^whsec_(?:{_B64}{{4}})*(?:{_B64}{{2}}==|{_B64}{{3}}=|{_B64}{{4}})$"
+
+
 class WebhookOptions(_Strict):
     url: HttpUrlText
-    secret: Annotated[str, StringConstraints(pattern=r"^whsec_[A-Za-z0-9+/]+={0,2}$")] | None = None
+    secret: Annotated[str, StringConstraints(pattern=WEBHOOK_SECRET_RE)] | None = None
 
 
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from service.upload import JSON_BODY_MAX
-from tests.service.conftest import png_bytes
+from tests.service.conftest import png_bytes, serve_app
 from tests.service.test_submit import assert_problem, form
 
 pytestmark = pytest.mark.anyio
@@ -86,3 +86,18 @@ async def test_openapi_document_states_the_submit_contract(api):
     wait = next(p for p in doc["paths"]["/v1/jobs/{job_id}"]["get"]["parameters"]
                 if p["name"] == "wait")  # fmt: skip
     assert wait["schema"]["maximum"] == 60
+
+
+@pytest.mark.parametrize(
+    ("secret", "status"),
+    [("whsec_iC=", 422), ("whsec_a", 422), ("whsec_", 422), ("whsec_c2VjcmV0LW9mLWpvYg==", 202)],
+)
+async def test_webhook_secret_must_be_base64_signing_can_decode(settings, secret, status):
+    """A secret the delivery worker cannot decode would fail every delivery, silently."""
+    webhook = {"url": "http://127.0.0.1:9/hook", "secret": secret}
+    async with serve_app(settings(allow_private_urls=["127.0.0.1/32"])) as api:
+        resp = await api.post("/v1/jobs", files=form(png_bytes(), {"webhook": webhook}))
+    assert resp.status_code == status, resp.text
+    if status == 422:
+        assert "webhook.secret" in resp.json()["detail"]
+
