@@ -13,10 +13,14 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from fastapi import FastAPI
+    from starlette.routing import BaseRoute
 
 log = logging.getLogger("omnibatch.errors")
 PROBLEM_JSON = "application/problem+json"
+REDIS_RETRY_AFTER_S = 5  # a restart with AOF replay, or a failover, takes seconds
 
 
 class OmnibatchError(Exception):
@@ -84,6 +88,19 @@ class QueueFull(_RetryLater):
     status, code, title = 503, "queue_full", "Queue full"
 
 
+class ServiceUnavailable(_RetryLater):
+    """Redis (the job store and queue) is unreachable or still loading its data."""
+
+    status, code, title = 503, "service_unavailable", "Service unavailable"
+
+
+class RequestTimeout(OmnibatchError):
+    status, code, title = 408, "request_timeout", "Request timeout"
+
+    def __init__(self, detail: str):
+        super().__init__(detail, {"Connection": "close"})
+
+
 class NotReady(OmnibatchError):
     status, code, title = 503, "not_ready", "Not ready"
 
@@ -92,9 +109,11 @@ def problem_body(status: int, code: str, title: str, detail: str) -> dict[str, A
     return {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code}
 
 
-def register_handlers(app: FastAPI, debug: bool) -> None:
+def register_handlers(app: FastAPI, debug: bool, routes: Sequence[BaseRoute]) -> None:
+    """`routes`: the app's API routes, for the `Allow` header of 405 and OPTIONS answers."""
+    import redis
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     def respond(status: int, code: str, title: str, detail: str, headers=None) -> JSONResponse:
@@ -111,12 +130,26 @@ def register_handlers(app: FastAPI, debug: bool) -> None:
     async def on_validation(_request, exc: RequestValidationError) -> JSONResponse:
         return respond(422, "invalid_request", "Invalid request", describe_validation(exc.errors()))
 
-    async def on_http(_request, exc: StarletteHTTPException) -> JSONResponse:
+    async def on_http(request, exc: StarletteHTTPException) -> Response:
+        headers = exc.headers
+        if exc.status_code == 405:
+            # The router names only the first route of the path; the resource has them all.
+            allow = {"Allow": ", ".join(allowed_methods(routes, request.scope))}
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers=allow)
+            headers = (headers or {}) | allow
         codes = {401: "unauthorized", 404: "not_found", 409: "conflict", 413: "payload_too_large"}
         code = codes.get(
             exc.status_code, "invalid_request" if exc.status_code < 500 else "internal"
         )
-        return respond(exc.status_code, code, str(exc.detail), str(exc.detail), exc.headers)
+        return respond(exc.status_code, code, str(exc.detail), str(exc.detail), headers)
+
+    async def on_redis_down(request, exc: redis.RedisError) -> JSONResponse:
+        # Refused or lost connections, timeouts, LOADING after a restart: each passes, and
+        # redis-py has already retried for a few seconds; the client comes back later.
+        log.warning("Redis unavailable: %s: %s", type(exc).__name__, exc)
+        err = ServiceUnavailable("the job store is unavailable; retry later", REDIS_RETRY_AFTER_S)
+        return await on_domain(request, err)
 
     async def on_unexpected(_request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
@@ -126,7 +159,20 @@ def register_handlers(app: FastAPI, debug: bool) -> None:
     app.add_exception_handler(OmnibatchError, on_domain)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(redis.ConnectionError, on_redis_down)  # BusyLoadingError too
+    app.add_exception_handler(redis.TimeoutError, on_redis_down)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+def allowed_methods(routes: Sequence[BaseRoute], scope: dict) -> list[str]:
+    """Every method some route of the request's path answers, OPTIONS included."""
+    from starlette.routing import Match
+
+    methods = {"OPTIONS"}
+    for route in routes:
+        if getattr(route, "methods", None) and route.matches(scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
 
 
 def describe_validation(errors: list[dict[str, Any]]) -> str:

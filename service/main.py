@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -55,22 +56,28 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
         debug=False,
     )
-    app.include_router(health.router)
-    app.include_router(jobs.router)
-    app.include_router(files.router)
-    app.include_router(batches.router)
-    register_handlers(app, settings.debug)
+    routers = (health.router, jobs.router, files.router, batches.router)
+    for router in routers:
+        app.include_router(router)
+    register_handlers(app, settings.debug, [route for r in routers for route in r.routes])
     app.openapi = lambda: _openapi(app)
     return app
 
 
 def _openapi(app: FastAPI) -> dict:
-    """The generated schema plus JobCreate, which the submit route parses from a stream."""
+    """The generated schema plus the submit route's request (parsed from a stream, so FastAPI
+    cannot see it): JobCreate as each door accepts it. The upload's `request` part has no
+    `input`; the JSON body must have one."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
         create = JobCreate.model_json_schema(ref_template="#/components/schemas/{model}")
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(create.pop("$defs", {}))
-        components["JobCreate"] = create
+        upload, url = copy.deepcopy(create), copy.deepcopy(create)
+        del upload["properties"]["input"]
+        url["properties"]["input"] = {"$ref": "#/components/schemas/InputSpec"}
+        url["required"] = ["input"]
+        components["JobCreateUpload"] = upload | {"title": "JobCreateUpload"}
+        components["JobCreateUrl"] = url | {"title": "JobCreateUrl"}
         app.openapi_schema = schema
     return app.openapi_schema

@@ -126,7 +126,12 @@ def _http_only(v: str) -> str:
     return v
 
 
-HttpUrlText = Annotated[str, StringConstraints(max_length=4096), AfterValidator(_http_only)]
+HttpUrlText = Annotated[
+    str,
+    StringConstraints(max_length=4096),
+    AfterValidator(_http_only),
+    Field(json_schema_extra={"pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"}),  # what _http_only checks
+]
 
 
 class InputSpec(_Strict):
@@ -134,6 +139,8 @@ class InputSpec(_Strict):
 
 
 class VideoOptions(_Strict):
+    """`end_s`, when given with `start_s`, must be greater than it."""
+
     fps: float = Field(1.0, gt=0, le=8)
     max_frames: int = Field(512, ge=2, le=1024)
     evs_rate: float = Field(0.5, ge=0, le=0.95)
@@ -158,9 +165,14 @@ class GenerationOptions(_Strict):
     thinking: bool = False
 
 
+# `whsec_` + padded base64 of at least one byte: what signing decodes (service/webhooks.py)
+_B64 = "[A-Za-z0-9+/]"
+WEBHOOK_SECRET_RE = rf"^whsec_(?:{_B64}{{4}})*(?:{_B64}{{2}}==|{_B64}{{3}}=|{_B64}{{4}})$"
+
+
 class WebhookOptions(_Strict):
     url: HttpUrlText
-    secret: Annotated[str, StringConstraints(pattern=r"^whsec_[A-Za-z0-9+/]+={0,2}$")] | None = None
+    secret: Annotated[str, StringConstraints(pattern=WEBHOOK_SECRET_RE)] | None = None
 
 
 class TextFormat(_Strict):
@@ -213,8 +225,19 @@ MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 
 
+# _ask_needs_prompt, told to OpenAPI clients: another task, or a prompt
+_ASK_NEEDS_PROMPT = {
+    "anyOf": [
+        {"properties": {"task": {"enum": [t.value for t in Task if t is not Task.ask]}}},
+        {"properties": {"prompt": {"type": "string", "minLength": 1}}, "required": ["prompt"]},
+    ]
+}
+
+
 class JobCreate(_Strict):
     """The submit request: the `request` part of a multipart upload, or the JSON body."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_ASK_NEEDS_PROMPT)
 
     task: Task = Task.caption
     prompt: Annotated[str, StringConstraints(max_length=8000)] | None = None

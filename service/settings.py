@@ -72,6 +72,8 @@ class GatewaySettings(CommonSettings):
     idempotency_ttl_s: int = Field(24 * 3600, gt=0)
     url_fetch_timeout_s: float = Field(300.0, gt=0)  # whole download of an input.url
     url_connect_timeout_s: float = Field(10.0, gt=0)
+    # a submit body that sends nothing for this long is answered 408 and its connection closed
+    upload_idle_timeout_s: float = Field(60.0, gt=0)
     max_wait_s: int = Field(60, ge=0, le=60)
     max_queue_age_s: float = Field(24 * 3600, gt=0)  # a job queued longer becomes `expired`
     submits_per_minute: int = Field(600, gt=0)  # per API key; bursts of up to a minute's worth

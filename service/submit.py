@@ -7,7 +7,6 @@ The input lands under DATA_DIR before the job exists; every failure path removes
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import AsyncIterator
 
@@ -29,7 +28,13 @@ from service.fetch import fetch_to_sink
 from service.jobstore import JobRecord
 from service.json_grammar import check_grammar
 from service.schemas import JobCreate, JobStatus, WebhookState
-from service.upload import read_form, read_small_body
+from service.upload import (
+    JSON_BODY_MAX,
+    JSON_BODY_TOO_LARGE,
+    idle_timeout,
+    read_form,
+    read_small_body,
+)
 from workers.media.errors import MediaError, MediaTooLarge
 from workers.media.limits import MediaLimits
 from workers.media.probe import kind_of
@@ -38,22 +43,24 @@ MULTIPART_OVERHEAD = 1 << 20  # form boundaries and the request part, beyond the
 
 
 def parse_request(raw: bytes | None) -> JobCreate:
+    """JSON text → JobCreate in one pass. pydantic's parser refuses JSON nested deeper than
+    it can read (a few hundred levels), where json.loads would recurse to a RecursionError."""
     if raw is None:
         return JobCreate()
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidRequest("the request is not valid JSON") from exc
-    return validate_request(data)
-
-
-def validate_request(data: object) -> JobCreate:
-    """A decoded request body → JobCreate, its response_format's schema compiled (without a
-    tokenizer: tens of µs to, for huge schemas, a second — callers keep it off the event loop)."""
-    try:
-        req = JobCreate.model_validate(data)
+        req = JobCreate.model_validate_json(raw)
     except ValidationError as exc:
-        raise InvalidRequest(describe_validation(exc.errors())) from exc
+        errors = exc.errors()
+        if errors[0]["type"] == "json_invalid":
+            why = errors[0]["msg"].removeprefix("Invalid JSON: ")
+            raise InvalidRequest(f"the request is not valid JSON: {why}") from exc
+        raise InvalidRequest(describe_validation(errors)) from exc
+    return _check_response_format(req)
+
+
+def _check_response_format(req: JobCreate) -> JobCreate:
+    """The response_format's schema compiled, without a tokenizer: tens of µs to, for huge
+    schemas, a second — callers keep it off the event loop."""
     grammar = req.response_format.grammar()
     if grammar is not None:
         try:
@@ -74,9 +81,10 @@ def check_capacity(
     if joblist.queue_depth(state.redis) >= s.max_queue_depth:
         raise QueueFull("too many queued jobs; retry later", s.queue_full_retry_after_s)
     if content_length and content_length.isdigit():
-        cap = s.max_upload_bytes + MULTIPART_OVERHEAD if multipart else MULTIPART_OVERHEAD
-        if int(content_length) > cap:
+        if multipart and int(content_length) > s.max_upload_bytes + MULTIPART_OVERHEAD:
             raise PayloadTooLarge(f"uploads are limited to {s.max_upload_mb} MiB")
+        if not multipart and int(content_length) > JSON_BODY_MAX:
+            raise PayloadTooLarge(JSON_BODY_TOO_LARGE)
 
 
 async def receive_upload(
@@ -177,6 +185,7 @@ async def submit(
     idempotency_key: str | None,
 ) -> tuple[JobRecord, bool]:
     job_id = jobstore.new_job_id()
+    stream = idle_timeout(stream, state.settings.upload_idle_timeout_s)
     try:
         if content_type.startswith("multipart/form-data"):
             req, content_sha = await receive_upload(state, job_id, stream, content_type)

@@ -2,29 +2,49 @@
 
 The multipart form is parsed incrementally with python-multipart; the `file` part goes straight
 into an InputSink (which enforces the upload cap while bytes arrive), the other parts (the
-job's `request`, a file's `purpose`) are small text kept in memory under REQUEST_PART_MAX.
+job's `request`, a file's `purpose`) are small text kept in memory under REQUEST_PART_MAX. A
+body whose client stops sending is cut off after an idle timeout (`idle_timeout`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from service.errors import BadRequest, PayloadTooLarge
+from service.errors import BadRequest, PayloadTooLarge, RequestTimeout
 from service.storage import InputSink
 
 REQUEST_PART_MAX = 256 * 1024
+JSON_BODY_MAX = REQUEST_PART_MAX  # the JSON door carries the same request, with input.url
+JSON_BODY_TOO_LARGE = f"a JSON body is limited to {JSON_BODY_MAX // 1024} KiB"
 
 
-async def read_small_body(stream: AsyncIterator[bytes], limit: int = REQUEST_PART_MAX) -> bytes:
+async def idle_timeout(stream: AsyncIterator[bytes], timeout_s: float) -> AsyncIterator[bytes]:
+    """`stream`, cut off with RequestTimeout (408, connection closed) when no byte of it
+    arrives for `timeout_s`: a client that stalls mid-body does not hold a connection, a
+    thread of work and a partial input file forever."""
+    chunks = aiter(stream)
+    while True:
+        try:
+            async with asyncio.timeout(timeout_s):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise RequestTimeout(f"the request body stalled for {timeout_s:g} s") from exc
+        yield chunk
+
+
+async def read_small_body(stream: AsyncIterator[bytes]) -> bytes:
     body = bytearray()
     async for chunk in stream:
         body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"a JSON body is limited to {limit} bytes")
+        if len(body) > JSON_BODY_MAX:
+            raise PayloadTooLarge(JSON_BODY_TOO_LARGE)
     return bytes(body)
 
 
@@ -84,7 +104,8 @@ class _FormReader:
     def _field_data(name: str, value: bytearray, data: bytes) -> None:
         value += data
         if len(value) > REQUEST_PART_MAX:
-            raise PayloadTooLarge(f"the {name!r} part is limited to {REQUEST_PART_MAX} bytes")
+            limit = REQUEST_PART_MAX // 1024
+            raise PayloadTooLarge(f"the {name!r} part is limited to {limit} KiB")
 
 
 @dataclass(frozen=True)

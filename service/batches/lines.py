@@ -216,7 +216,7 @@ def convert(body: dict, metadata: dict[str, str]) -> LineJob:
 
 @lru_cache(maxsize=64)
 def _grammar_problem(grammar: str) -> str | None:
-    """What /v1/jobs checks at submit (submit.validate_request), once per distinct schema:
+    """What /v1/jobs checks at submit (submit.parse_request), once per distinct schema:
     the lines of one batch mostly share theirs, and a big one takes up to a second."""
     try:
         check_grammar(grammar)

@@ -27,7 +27,7 @@ from service.errors import (
 )
 from service.schemas import Problem
 from service.submit import MULTIPART_OVERHEAD
-from service.upload import Form, read_form_parts
+from service.upload import Form, idle_timeout, read_form_parts
 
 router = APIRouter(prefix="/v1", tags=["files"])
 _ERRORS = {
@@ -117,7 +117,8 @@ async def upload_file(request: Request, state: State, owner: Owner) -> FileObjec
         return filestore.open_content(root, file_id, caps.get(purpose, max(caps.values())))
 
     try:
-        form = await read_form_parts(request.stream(), content_type, open_sink, ("purpose",))
+        stream = idle_timeout(request.stream(), state.settings.upload_idle_timeout_s)
+        form = await read_form_parts(stream, content_type, open_sink, ("purpose",))
         rec = await run_in_threadpool(_register, state, owner, file_id, form)
     except BaseException:
         shutil.rmtree(filestore.content_path(root, file_id).parent, ignore_errors=True)

@@ -9,8 +9,8 @@ from fastapi.responses import PlainTextResponse
 
 from service import metrics
 from service.deps import State
-from service.errors import NotReady
-from service.schemas import WORKER_HEARTBEAT_PREFIX
+from service.errors import PROBLEM_JSON, NotReady
+from service.schemas import WORKER_HEARTBEAT_PREFIX, Problem
 
 router = APIRouter(tags=["health"])
 
@@ -29,7 +29,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={503: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": "Not ready"}},
+)
 async def readyz(state: State) -> dict[str, str | int]:
     try:
         workers = await run_in_threadpool(ready_workers, state.redis)

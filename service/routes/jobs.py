@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from service import joblist, jobstore, submit, webhooks
 from service.deps import AppState, OwnedJob, Owner, State
-from service.errors import PROBLEM_JSON, Conflict, InvalidRequest, UnsupportedMediaType
+from service.errors import PROBLEM_JSON, Conflict, UnsupportedMediaType
 from service.jobstore import JobRecord
 from service.schemas import (
     JOB_ID_RE,
@@ -27,10 +27,15 @@ from service.schemas import (
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 POLL_INTERVAL_S = 0.2
-_ERRORS = {
-    code: {"model": Problem, "content": {PROBLEM_JSON: {}}}
-    for code in (401, 404, 409, 413, 415, 422, 429, 503)
-}
+
+
+def _problems(*codes: int) -> dict:
+    return {code: {"model": Problem, "content": {PROBLEM_JSON: {}}} for code in codes}
+
+
+_ERRORS = _problems(401, 404, 409, 413, 415, 422, 429, 503)
+_SUBMIT_ERRORS = _ERRORS | _problems(400, 408)  # a malformed form; a body that stalled
+# The two doors' request schemas are built from JobCreate in service/main.py.
 _SUBMIT_BODY = {
     "requestBody": {
         "required": True,
@@ -40,16 +45,21 @@ _SUBMIT_BODY = {
                     "type": "object",
                     "required": ["file"],
                     "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "request": {"$ref": "#/components/schemas/JobCreate"},
+                        "file": {"type": "string", "format": "binary", "minLength": 1},
+                        "request": {"$ref": "#/components/schemas/JobCreateUpload"},
                     },
+                    "additionalProperties": False,
                 },
                 "encoding": {"request": {"contentType": "application/json"}},
             },
-            "application/json": {"schema": {"$ref": "#/components/schemas/JobCreate"}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/JobCreateUrl"}},
         },
     }
 }
+CURSOR = Query(
+    pattern=f"^({JOB_ID_RE.pattern.strip('^$')})?$",
+    description="`next_cursor` of the previous page; empty or absent: the first page",
+)
 
 
 def _ts(t: float | None) -> datetime | None:
@@ -78,7 +88,7 @@ def to_public(state: AppState, request: Request, rec: JobRecord) -> JobPublic:
     "/jobs",
     status_code=202,
     response_model=JobSubmitted,
-    responses={200: {"model": JobSubmitted, "description": "Idempotent replay"}, **_ERRORS},
+    responses={200: {"model": JobSubmitted, "description": "Idempotent replay"}, **_SUBMIT_ERRORS},
     openapi_extra=_SUBMIT_BODY,
 )
 async def create_job(
@@ -113,13 +123,11 @@ async def list_jobs(
     owner: Owner,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, CURSOR] = None,
 ) -> JobList:
     """The caller's jobs, newest first; pass `next_cursor` back as `cursor` for the next page."""
-    if cursor is not None and not JOB_ID_RE.match(cursor):
-        raise InvalidRequest("malformed cursor")
     page, next_cursor = await run_in_threadpool(
-        joblist.list_jobs, state.redis, owner, status, limit, cursor
+        joblist.list_jobs, state.redis, owner, status, limit, cursor or None
     )
     data = [await run_in_threadpool(to_public, state, request, rec) for rec in page]
     return JobList(data=data, next_cursor=next_cursor)
@@ -130,7 +138,9 @@ async def get_job(
     request: Request,
     state: State,
     job: OwnedJob,
-    wait: Annotated[float, Query(ge=0, description="long-poll up to this many seconds")] = 0,
+    wait: Annotated[
+        float, Query(ge=0, le=60, description="long-poll up to this many seconds")
+    ] = 0,
 ) -> JobPublic:
     deadline = time.monotonic() + min(wait, state.settings.max_wait_s)
     while not job.status.terminal and time.monotonic() < deadline:

@@ -42,12 +42,14 @@ def write_video(
     gop: int | None = None,
     audio: list[tuple[str, int, int]] = (),
     options: dict | None = None,
+    container_options: dict | None = None,
 ) -> str:
     """Encode `frames` pattern frames; `pts` (in 1/fps·1/100 units) makes a VFR/offset stream.
 
     audio: [(codec, sample_rate, channels)] adds that many audio tracks of length frames/fps.
+    options: the video encoder's; container_options: the muxer's.
     """
-    with av.open(path, "w", format=container) as out:
+    with av.open(path, "w", format=container, options=container_options or {}) as out:
         vs = out.add_stream(codec, rate=fps, options=options or {})
         vs.width, vs.height, vs.pix_fmt = width, height, pix_fmt
         if gop:

@@ -286,3 +286,44 @@ def test_published_full_size_config_gives_the_real_model():
     )
     d.update(projector_hidden_size=20480, vit_hidden_size=1280)
     assert parse_omni(d) == OmniConfig()
+
+
+def test_explicit_vision_sizes_load_whatever_args_model_names(copy):
+    """transformers reads RADIO's sizes from the config's keys and never looks at args.model;
+    so do we: the backbone table only fills sizes a config leaves out."""
+    cfg = json.loads((copy / "config.json").read_text())
+    vision = cfg["vision_config"]
+    vision["args"]["model"] = "vit_so400m_patch16_siglip_384"  # no entry of ours
+    vision["intermediate_size"] = int(vision["hidden_size"] * vision.pop("mlp_ratio"))
+    (copy / "config.json").write_text(json.dumps(cfg))
+    model, info = load_model(copy)
+    v = info.model.vision
+    assert (v.hidden_size, v.num_layers, v.num_heads, v.mlp_size) == (32, 2, 2, 128)
+    name = "vision_model.radio_model.model.blocks.1.mlp.fc1.weight"
+    ours = _ours(model, name)
+    assert torch.equal(ours, _published(copy)[name].to(ours.dtype))
+
+
+@pytest.mark.parametrize("model_name", ["vit_so400m_patch16_siglip_384", None])
+def test_vision_sizes_neither_given_nor_known_are_named(model_name):
+    d = demo_config_dict()
+    vision = d["vision_config"]
+    for key in ("hidden_size", "num_attention_heads"):
+        del vision[key]
+    if model_name:
+        vision["args"]["model"] = model_name
+    with pytest.raises(CheckpointConfigError) as err:
+        parse_omni(d)
+    message = str(err.value)
+    assert "vision_config: hidden_size, num_attention_heads missing" in message
+    assert (repr(model_name) if model_name else "no args.model") in message
+    assert "vit_huge_patch16_224" in message  # what it could have named
+
+
+def test_backbone_table_fills_only_the_missing_sizes():
+    d = demo_config_dict()
+    vision = d["vision_config"]
+    vision["args"]["model"] = "vit_huge_patch16_224"
+    del vision["num_hidden_layers"]
+    v = parse_omni(d).vision
+    assert (v.hidden_size, v.num_layers, v.num_heads, v.mlp_size) == (32, 32, 2, 128)

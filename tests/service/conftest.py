@@ -4,6 +4,8 @@ a loopback HTTP receiver for URL ingestion and webhooks, and small generated med
 - `settings(**overrides)`: GatewaySettings on the test Redis and a temp DATA_DIR, two API keys.
 - `serve_app(settings)`: async context manager → httpx client (key A) on a started app.
 - `api` (async): `serve_app(settings())`.
+- `gateway(redis_url, **env)`: the gateway as a real uvicorn process on a free port (key A,
+  DATA_DIR under tmp_path, extra `OMNIBATCH_*` env); returns its base URL, `gateway.pid`.
 - `receiver`: threaded http.server on 127.0.0.1; `receiver.replies` is a list of
   (status, headers, body) answered in order (the last one repeats); `receiver.requests`
   records (path, headers, body) of everything it got.
@@ -12,7 +14,11 @@ a loopback HTTP receiver for URL ingestion and webhooks, and small generated med
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import threading
+import time
 import wave
 from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +28,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from PIL import Image
 
+from service.embedded_redis import free_port
 from service.main import create_app
 from service.settings import GatewaySettings
 
@@ -132,3 +139,40 @@ def receiver():
     yield rec
     rec.server.shutdown()
     rec.server.server_close()
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    procs = []
+
+    def start(redis_url: str, **env) -> str:
+        port = free_port()
+        env = (
+            os.environ
+            | {
+                "OMNIBATCH_REDIS_URL": redis_url,
+                "OMNIBATCH_DATA_DIR": str(tmp_path / "data"),
+                "OMNIBATCH_API_KEYS": f"alpha:{KEY_A}",
+            }
+            | env
+        )
+        cmd = [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
+        proc = subprocess.Popen(cmd, env=env)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
+                time.sleep(0.1)
+        start.pid = proc.pid
+        return url
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)

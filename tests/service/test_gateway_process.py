@@ -3,16 +3,9 @@ queued jobs survive a restart of an AOF-backed redis-server."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-
 import httpx
-import pytest
 
-from service.embedded_redis import free_port
-from tests.service.conftest import AUTH_A, KEY_A, png_bytes
+from tests.service.conftest import AUTH_A, png_bytes
 
 MiB = 1024 * 1024
 
@@ -21,43 +14,6 @@ def peak_rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         fields = dict(line.split(":", 1) for line in f)
     return int(fields["VmHWM"].split()[0]) / 1024
-
-
-@pytest.fixture
-def gateway(tmp_path):
-    procs = []
-
-    def start(redis_url: str, **env) -> str:
-        port = free_port()
-        env = (
-            os.environ
-            | {
-                "OMNIBATCH_REDIS_URL": redis_url,
-                "OMNIBATCH_DATA_DIR": str(tmp_path / "data"),
-                "OMNIBATCH_API_KEYS": f"alpha:{KEY_A}",
-            }
-            | env
-        )
-        cmd = [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
-               "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
-        proc = subprocess.Popen(cmd, env=env)
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-                time.sleep(0.1)
-        start.pid = proc.pid
-        return url
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(10)
 
 
 def multipart_stream(size: int, boundary: str = "bnd"):

@@ -193,8 +193,9 @@ async def test_redis_down_is_not_ready_and_answers_problems(settings, make_redis
         server.stop()
         assert_problem(await api.get("/readyz"), 503, "not_ready")
         resp = await api.get("/v1/jobs")
-        body = assert_problem(resp, 500, "internal")
+        body = assert_problem(resp, 503, "service_unavailable")
         assert "Traceback" not in resp.text and "/" not in body["detail"]
+        assert resp.headers["retry-after"] == "5"
         await asyncio.sleep(0)
 
 
@@ -202,9 +203,10 @@ async def test_openapi_shows_the_real_schemas(api):
     schema = (await api.get("/openapi.json")).json()
     post = schema["paths"]["/v1/jobs"]["post"]
     content = post["requestBody"]["content"]
-    assert content["application/json"]["schema"]["$ref"] == "#/components/schemas/JobCreate"
+    assert content["application/json"]["schema"]["$ref"] == "#/components/schemas/JobCreateUrl"
     assert "multipart/form-data" in content
     components = schema["components"]["schemas"]
-    assert components["JobCreate"]["additionalProperties"] is False
+    assert components["JobCreateUrl"]["additionalProperties"] is False
+    assert components["JobCreateUpload"]["additionalProperties"] is False
     assert "VideoOptions" in components and "JobPublic" in components
     assert components["VideoOptions"]["properties"]["fps"]["exclusiveMinimum"] == 0

@@ -198,3 +198,21 @@ async def test_idempotency_key_replays_or_rejects(api):
     assert from_b.status_code == 202 and from_b.json()["id"] != first.json()["id"]
     listed = (await api.get("/v1/jobs")).json()["data"]
     assert [j["id"] for j in listed] == [first.json()["id"]]
+
+
+async def test_mpeg_transport_and_program_streams_are_accepted(api, tmp_path):
+    from tests.media.test_mpeg_streams import program_stream, transport_stream
+
+    for path in (
+        transport_stream(str(tmp_path / "a.ts")),
+        transport_stream(str(tmp_path / "a.m2ts"), m2ts=True),
+        program_stream(str(tmp_path / "a.vob")),
+    ):
+        with open(path, "rb") as f:
+            resp = await api.post("/v1/jobs", files=form(f.read(), name=os.path.basename(path)))
+        assert resp.status_code == 202, resp.text
+        job = (await api.get(f"/v1/jobs/{resp.json()['id']}")).json()
+        assert job["media_type"] == "video"
+    playlist = b"#EXTM3U\n#EXTINF:2,\nhttp://example.com/a.ts\n#EXT-X-ENDLIST\n"
+    resp = await api.post("/v1/jobs", files=form(playlist, name="index.ts"))
+    assert "playlist" in assert_problem(resp, 415, "unsupported_media_type")["detail"]

@@ -2,7 +2,10 @@
 
 `sniff` maps magic numbers to (kind, demuxer). Containers are then opened with that exact
 demuxer, a demuxer allow-list and `protocol_whitelist=file`, so a playlist (HLS), a concat
-script or any format that can reference other files or URLs is never even probed.
+script or any format that can reference other files or URLs is never even probed. MPEG
+transport streams (`.ts`, `.m2ts`: camcorders, broadcast, HLS segments) and program streams
+(`.mpg`, `.vob`) are single self-contained files and are allowed; an HLS playlist that
+names `.ts` segments is still a playlist, and refused.
 """
 
 from __future__ import annotations
@@ -16,7 +19,12 @@ from workers.media.errors import MediaTooLarge, MediaUnreadable, MediaUnsupporte
 from workers.media.limits import MediaLimits
 
 IMAGE, VIDEO, AUDIO, DOCUMENT = "image", "video", "audio", "document"
-DEMUXERS = ("mov", "matroska", "avi", "ogg", "wav", "flac", "mp3", "aac")
+DEMUXERS = ("mov", "matroska", "avi", "ogg", "wav", "flac", "mp3", "aac", "mpegts", "mpeg")
+HEAD_BYTES = 1024  # what sniffing reads: five transport-stream packets
+# MPEG-TS packet layouts: (packet size, offset of the 0x47 sync byte): plain 188-byte packets,
+# Blu-ray/AVCHD .m2ts with a 4-byte timestamp before each, DVB's 204 with Reed-Solomon bytes
+_TS_LAYOUTS = ((188, 0), (192, 4), (204, 0))
+_TS_MIN_PACKETS = 3
 
 _REJECT = (
     (b"#EXTM3U", "playlists (HLS, M3U) are not accepted"),
@@ -33,6 +41,15 @@ _REJECT = (
 class Sniffed:
     kind: str  # image | video | audio | document; "av" until the streams are known
     demuxer: str | None  # ffmpeg demuxer name for audio/video, None for images/documents
+
+
+def _is_transport_stream(head: bytes) -> bool:
+    """A sync byte at the start of every packet the head holds (at least three of them)."""
+    for size, offset in _TS_LAYOUTS:
+        syncs = range(offset, len(head), size)
+        if len(syncs) >= _TS_MIN_PACKETS and all(head[i] == 0x47 for i in syncs):
+            return True
+    return False
 
 
 def _sniff_bytes(head: bytes) -> Sniffed:
@@ -55,6 +72,10 @@ def _sniff_bytes(head: bytes) -> Sniffed:
         return Sniffed("av", "matroska")
     if head.startswith(b"OggS"):
         return Sniffed("av", "ogg")
+    if _is_transport_stream(head):
+        return Sniffed("av", "mpegts")
+    if head.startswith(b"\x00\x00\x01\xba"):  # an MPEG program stream's pack header
+        return Sniffed("av", "mpeg")
     if head.startswith(b"fLaC"):
         return Sniffed(AUDIO, "flac")
     if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE6 == 0xE2):
@@ -71,7 +92,7 @@ def sniff(path: str, limits: MediaLimits) -> Sniffed:
     if size > limits.max_file_bytes:
         raise MediaTooLarge("the file is larger than the size limit")
     with open(path, "rb") as f:
-        return _sniff_bytes(f.read(64))
+        return _sniff_bytes(f.read(HEAD_BYTES))
 
 
 def open_container(path: str, demuxer: str, limits: MediaLimits) -> av.container.InputContainer:

@@ -19,11 +19,12 @@ class CheckpointConfigError(ValueError):
     """A config file of the checkpoint is missing, unreadable or describes something unsupported."""
 
 
-# timm backbones named by RADIO's `args.model`: (width, depth, heads, mlp)
+# timm backbones RADIO's `args.model` names, for the sizes a config leaves out: _VIT_SIZES
+_VIT_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads")
 _VIT_TABLE = {
-    "vit_huge_patch16_224": (1280, 32, 16, 5120),
-    "vit_large_patch16_224": (1024, 24, 16, 4096),
-    "vit_base_patch16_224": (768, 12, 12, 3072),
+    "vit_huge_patch16_224": (1280, 32, 16),
+    "vit_large_patch16_224": (1024, 24, 16),
+    "vit_base_patch16_224": (768, 12, 12),
 }
 _ALIASES = {
     "text_config": "llm_config",
@@ -133,21 +134,36 @@ def parse_llm(d: dict) -> LLMConfig:
     return cfg
 
 
+def _vit_sizes(d: dict, w: str) -> tuple[int, int, int, int]:
+    """(width, depth, heads, mlp) as transformers reads them: the sizes the config gives win;
+    the backbone named in `args.model` fills only those it leaves out; the MLP is
+    `intermediate_size`, else `mlp_ratio` (4, as in every timm ViT) times the width."""
+    sizes = {k: d[k] for k in _VIT_SIZES if d.get(k) is not None}
+    if missing := [k for k in _VIT_SIZES if k not in sizes]:
+        name = (d.get("args") or {}).get("model")
+        if name not in _VIT_TABLE:
+            which = f"args.model={name!r} is not a backbone we know" if name else "no args.model"
+            raise CheckpointConfigError(
+                f"{w}: {', '.join(missing)} missing and {which} to take them from "
+                f"(known: {', '.join(_VIT_TABLE)})"
+            )
+        sizes = dict(zip(_VIT_SIZES, _VIT_TABLE[name], strict=True)) | sizes
+    width = sizes["hidden_size"]
+    mlp = int(width * _get(d, "mlp_ratio", w, 4.0))
+    if d.get("intermediate_size") is not None:
+        if d.get("mlp_ratio") is not None and d["intermediate_size"] != mlp:
+            raise CheckpointConfigError(
+                f"{w}.intermediate_size={d['intermediate_size']} but mlp_ratio gives {mlp}"
+            )
+        mlp = d["intermediate_size"]
+    return width, sizes["num_hidden_layers"], sizes["num_attention_heads"], mlp
+
+
 def parse_vision(d: dict, temporal_patch_size: int) -> VisionConfig:
-    """RADIO: explicit HF keys win; otherwise the timm backbone named in `args.model`."""
+    """RADIO: sizes from the config's keys, else from the timm backbone in `args.model`."""
     w = "vision_config"
     args = d.get("args") or {}
-    width = depth = heads = mlp = None
-    if "model" in args:
-        if args["model"] not in _VIT_TABLE:
-            raise CheckpointConfigError(f"{w}.args.model={args['model']!r} is not a known backbone")
-        width, depth, heads, mlp = _VIT_TABLE[args["model"]]
-    width = _get(d, "hidden_size", w, width)
-    depth = _get(d, "num_hidden_layers", w, depth)
-    heads = _get(d, "num_attention_heads", w, heads)
-    if None in (width, depth, heads):
-        raise CheckpointConfigError(f"{w}: neither hidden sizes nor a known args.model")
-    mlp = int(width * d["mlp_ratio"]) if "mlp_ratio" in d else (mlp or 4 * width)
+    width, depth, heads, mlp = _vit_sizes(d, w)
     patch = _get(d, "patch_size", w, 16)
     max_img = _get(d, "max_img_size", w, args.get("cpe_max_size", 2048))
     prefix = _get(d, "num_cls_tokens", w, 3) + _get(d, "num_registers", w, 7)
