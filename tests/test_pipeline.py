@@ -14,7 +14,7 @@ from PIL import Image
 
 from service.schemas import JobCreate
 from tests.media.corpus import write_video
-from workers.job import Job
+from workers.job import Job, JobThreads
 from workers.media.errors import MediaError
 from workers.media.items import AudioItem
 from workers.media_units import audio_units
@@ -210,3 +210,36 @@ def test_evs_rate_unset_is_the_checkpoints(pipeline, files, monkeypatch):
     assert kept["video_tokens_after_evs"] == kept["video_tokens_before_evs"]
     assert half["video_tokens_after_evs"] < half["video_tokens_before_evs"]
     assert asked["video_tokens_after_evs"] == half["video_tokens_after_evs"]
+
+
+def test_job_threads_run_at_most_max_jobs_at_once():
+    """Jobs past `max_jobs` wait their turn; each gets its own result or error."""
+    lock, release = threading.Lock(), threading.Event()
+    running, most = 0, 0
+
+    def run(job: Job, n: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        release.wait(10)
+        with lock:
+            running -= 1
+        if n == 2:
+            raise ValueError("job 2 fails")
+        return n
+
+    threads = JobThreads(run, max_jobs=2)
+    jobs = [Job(engine=None, name=str(n)) for n in range(4)]
+    for n, job in enumerate(jobs):
+        threads.submit(job, n)
+    deadline = time.monotonic() + 10
+    while running < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert running == 2 and not any(j.wait(0) for j in jobs)
+    release.set()
+    assert [j.result(timeout=10) for j in (jobs[0], jobs[1], jobs[3])] == [0, 1, 3]
+    with pytest.raises(ValueError, match="job 2 fails"):
+        jobs[2].result()
+    assert most == 2
+    threads.close()

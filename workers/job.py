@@ -106,6 +106,7 @@ class JobThreads:
             try:
                 output = self._run(job, *args)
             except Exception as exc:  # the job's owner gets it from `Job.result`
+                job.cancel()  # what it left in the engine stops there
                 self._done(job)
                 job.future.set_exception(exc)
             else:

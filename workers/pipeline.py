@@ -270,7 +270,7 @@ class Pipeline:
 
         Until a unit reaches the engine its media count in the shared-memory budget; a unit
         never submitted (a cancel) is released here. A part that fails to decode fails the
-        job: what was submitted is cancelled first.
+        job (whose thread then cancels what was submitted).
         """
         kind, units, preps, usage = "", [], [], {}
         thinking = request.generation.thinking
@@ -301,9 +301,6 @@ class Pipeline:
                 preps += submitted
                 if job.cancelled:
                     break
-        except BaseException:
-            job.cancel()
-            raise
         finally:
             parts.close()  # a part still decoding lands unused (media_units.decode)
         return kind, units, preps, usage
