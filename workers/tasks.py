@@ -115,7 +115,7 @@ def run_job(job_id: str, ctx: JobContext, attempt: Attempt) -> JobStatus | None:
         while not job.wait(CANCEL_POLL_S / 2):  # the flag itself is read every CANCEL_POLL_S
             if not job.cancelled and watch.should_stop():
                 job.cancel()  # it stops at its next safe point and keeps what finished
-    except BaseException:  # the stop check failed (Redis): the job must not run on unowned
+    except BaseException:  # the stop check failed (Redis): no job left running unwatched
         job.cancel()
         raise
     try:
