@@ -1,13 +1,22 @@
-"""W-video, W-doc and W-audio end to end (docs/performance.md "Standard workloads").
+"""W-video, W-doc and W-audio end to end (docs/performance.md "Standard workloads"), through
+the shipped pipeline.
 
     python -m benchmarks.e2e [--workload video|doc|audio|all] [--model full|demo] [--jobs N]
-                             [--small] [--reference] [--cache DIR] [--results DIR]
+                             [--small] [--via-cli] [--reference] [--cache DIR] [--results DIR]
 
-From files on disk to stored results (e2e_flow): all jobs queued at once, their media decoded
-by the process pool (one worker per core) ahead of the GPU as far as host memory allows; as
-each decode lands its units' prompts are rendered and handed to the batch engine, so CPU
-decode overlaps GPU work; each finished job's result is written as JSON. Wall time runs
-from the first decode submitted to the last result written.
+Every job is handed to `workers.pipeline.Pipeline` at once, as the GPU worker and `omnibatch
+run` do: its job threads decode the media in the process pool (one worker per core) ahead of
+the GPU as far as the media budget allows, the engine batches all jobs' model calls, and each
+job's result is written as JSON as it finishes (`jobNNNN.json`, the line `omnibatch run`
+writes). Wall time runs from the first job submitted to the last result written.
+`--via-cli`: the jobs go through `omnibatch run`'s own runner instead (`local_run.run_all`:
+every file in flight at once, a JSON line per file into `<workload>.jsonl` as each finishes):
+for W-video that is `omnibatch run --task caption --max-tokens 256 --temperature 0
+--evs-rate 0.5 FILE…` less the model load (no full-size checkpoint exists on disk here).
+
+Requests are the API's own (JobCreate), greedy; every model call generates its max_tokens
+(EOS ignored: PipelineConfig.ignore_eos): 256 a W-video clip, 512 a W-doc page (pages
+rendered at 1024×1536: PipelineConfig.image_budget), ≈ 13 a second of a W-audio unit.
 
 `--model full`: the real-size model with random bf16 weights on CUDA; the real tokenizer is
 not available here, so prompts use the demo checkpoint's tokenizer and chat template (its
@@ -21,9 +30,10 @@ Counting (spec "Counting"): 5.75 GFLOP per LLM token fed (prefill or decode), + 
 head per sampled token, 1.43 GFLOP per ViT patch position (a 2-frame tubelet shares one);
 the audio encoder has no spec figure and is not counted. MFU = those FLOPs / wall / 767
 TFLOP/s. Stage shares come from the engine's synchronised stage timers (EngineConfig.profile):
-"media" is the wall time before the GPU got its first request (decode later overlaps GPU work;
-its total CPU seconds and the pool's busy share are reported beside), "other" is the rest
-(engine idle, scheduling, result writing).
+"media" is the wall time before the first job's media reached the engine (decode later
+overlaps GPU work; the pool's CPU seconds and their share of its worker-seconds are reported
+beside; not measured with `--via-cli`), "other" is the rest (engine idle, scheduling, result
+writing).
 Prints a short table last; full JSON to $OUT/e2e.json when OUT is set.
 """
 
@@ -34,24 +44,24 @@ import copy
 import gc
 import json
 import os
+import time
+from concurrent.futures import as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from benchmarks.common import BF16_TFLOPS, LLM_FLOP_PER_TOKEN
-from benchmarks.e2e_flow import Flow
-from benchmarks.e2e_inputs import PAGE_H, PAGE_W, workload_files
-from benchmarks.e2e_pool import UnitPool
-from workers.engine.engine import Engine, Prepared, engine_config
-from workers.engine.request import SamplingParams
+from benchmarks.e2e_inputs import AUDIO_S, PAGE_H, PAGE_W, SMALL_AUDIO_S, workload_files
+from service.schemas import JobCreate
+from workers.engine.engine import EngineConfig, engine_config
 from workers.engine.stats import StageStats
-from workers.media.items import frame_buffers
-from workers.media.options import MediaOptions
+from workers.local_run import result_line, run_all
 from workers.media.resize import PATCH
-from workers.media_budget import shm_budget
-from workers.media_units import Unit
-from workers.model.prompt import PromptBuilder, task_text
+from workers.media_units import CLIPS_PER_UNIT
+from workers.model.checkpoint_info import read_checkpoint_info
+from workers.model.prompt import PromptBuilder
+from workers.pipeline import ModelInfo, Pipeline, PipelineConfig, demo_checkpoint_dir
 
 LM_HEAD_FLOP, VIT_FLOP_PER_PATCH = 0.7e9, 1.43e9
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,25 +70,28 @@ SMALL_PAGE_PATCHES = 1024  # --small: pages rendered near 1 K patches
 # rendered at 1024×1536", ≈ 14 ViT TFLOP a page): a 64×96 grid, where the service's default
 # budget of 13 312 patches would render them at ≈ 1504×2256.
 DOC_PAGE_PATCHES = (PAGE_W // PATCH) * (PAGE_H // PATCH)
+WARM_CALLS = 32  # model calls of the warm-up, about
 
 
 @dataclass(frozen=True)
 class Workload:
     name: str
-    media: str  # the input kind named in the task text
-    task: str
-    prompt: str | None
-    opts: MediaOptions
-    evs_rate: float
+    fields: dict  # of its JobCreate, generation aside
     metric: str
     target: float
 
-    def max_tokens(self, unit: Unit) -> int:
+    def request(self, max_tokens: int) -> JobCreate:
+        generation = {"max_tokens": max_tokens, "temperature": 0.0}
+        return JobCreate.model_validate(self.fields | {"generation": generation})
+
+    def max_tokens(self, small: bool) -> int:
+        """Per model call: a clip, a page, or a unit of audio (5 minutes at most)."""
         if self.name == "video":
             return 256
         if self.name == "doc":
-            return 512  # per page: each page is a unit
-        return round(13 * (unit.end_s - unit.start_s))  # ≈ 13 tokens per audio second
+            return 512
+        unit_s = min(SMALL_AUDIO_S if small else AUDIO_S, CLIPS_PER_UNIT * 30)
+        return round(13 * unit_s)  # ≈ 13 tokens per audio second
 
     def amount(self, usage: dict) -> float:
         """The metric's numerator for one job: hours of video or audio, or pages."""
@@ -89,25 +102,23 @@ class Workload:
 
 WORKLOADS = {
     "video": Workload(
-        "video", "video", "caption", None, MediaOptions(fps=1.0, max_frames=512, use_audio=True),
-        0.5, "video-hours/hour", 300.0,
+        "video",
+        {"task": "caption", "video": {"fps": 1.0, "max_frames": 512, "evs_rate": 0.5}},
+        "video-hours/hour", 300.0,
     ),
     "doc": Workload(
-        "doc", "document", "ask", "Convert this page to markdown.",
-        MediaOptions(media_type="document", image_budget=DOC_PAGE_PATCHES), 0.0, "pages/hour",
-        40000.0,
+        "doc",
+        {"task": "ask", "prompt": "Convert this page to markdown.", "media_type": "document"},
+        "pages/hour", 40000.0,
     ),
     "audio": Workload(
-        "audio", "audio", "transcribe", None, MediaOptions(media_type="audio"), 0.0,
-        "audio-hours/hour", 800.0,
+        "audio", {"task": "transcribe", "media_type": "audio"}, "audio-hours/hour", 800.0,
     ),
 }  # fmt: skip
 
 
 def load(kind: str) -> tuple:
     """(OmniModel, PromptBuilder, note) for `--model full|demo`."""
-    from workers.pipeline import demo_checkpoint_dir
-
     demo_dir = demo_checkpoint_dir()
     prompts = PromptBuilder.from_dir(demo_dir)
     if kind == "full":
@@ -121,46 +132,126 @@ def load(kind: str) -> tuple:
     return load_model(demo_dir, device)[0], prompts, "demo checkpoint (tiny, random)"
 
 
+def bench_pipeline(model, prompts: PromptBuilder, engine: EngineConfig, note: str, args):
+    """The pipeline the worker runs, around `model`: every job of a run in flight at once,
+    pages at the workload's size, every model call to its max_tokens."""
+    # the demo checkpoint's files (stop ids, generation defaults) with the model's own config
+    info = replace(read_checkpoint_info(demo_checkpoint_dir()), model=model.config)
+    dtype = str(model.llm.embeddings.weight.dtype).removeprefix("torch.")
+    config = PipelineConfig(
+        max_jobs=args.jobs,
+        media_bytes=int(args.media_gb * 1e9),
+        image_budget=SMALL_PAGE_PATCHES if args.small else DOC_PAGE_PATCHES,
+        ignore_eos=True,
+    )
+    model_info = ModelInfo(note, None, dtype)
+    return Pipeline(model, info, prompts, model_info, args.model == "demo", engine, config)
+
+
 def _delta(after: StageStats, before: StageStats) -> dict:
-    counts = [k for k in vars(after) if k not in ("profile", "seconds", "peak_unprefilled")]
+    peaks = ("peak_unprefilled", "peak_batch")  # high-water marks (warm-up included)
+    counts = [k for k in vars(after) if k not in ("profile", "seconds", *peaks)]
     out = {k: getattr(after, k) - getattr(before, k) for k in counts}
-    out["peak_unprefilled"] = after.peak_unprefilled  # a high-water mark (warm-up included)
+    out |= {k: getattr(after, k) for k in peaks}
     out["seconds"] = {k: v - before.seconds.get(k, 0.0) for k, v in after.seconds.items()}
     return out
 
 
-def warm_up(w: Workload, engine: Engine, prompts: PromptBuilder, pool, workers: int, files):
-    """One decode per pool worker (all started and warm before the clock runs), then up to
-    32 of their units through the engine, 4 tokens each: encoder, full prefill chunks and
-    decode kernels meet this workload's shapes once."""
-    futures = [pool.submit(files[i % len(files)], w.opts) for i in range(workers)]
-    units = [u for f in futures for u in f.result()[0].units][:32]
-    text = task_text(w.task, w.prompt, w.media)
-    params = SamplingParams(max_tokens=4, ignore_eos=True)
-    preps = [
-        Prepared(prompts.render(u.items, text, False), u.items, params, w.evs_rate) for u in units
-    ]
-    for f in [engine.submit(p) for p in preps]:
-        f.result()
-    pool.recycle([b for f in futures for u in f.result()[0].units for b in frame_buffers(u.items)])
+def warm_up(w: Workload, pipeline: Pipeline, files: list[str], workers: int) -> None:
+    """Jobs of 4 tokens a model call, about WARM_CALLS calls but at most one job per pool
+    worker, before the clock runs: the encoder, full prefill chunks and decode kernels meet
+    this workload's shapes once."""
+    request = w.request(4)
+    first = pipeline.submit(request, files[0]).result()
+    calls = len(first.segments or [first])
+    more = min(workers, -(-WARM_CALLS // calls)) - 1
+    for job in [pipeline.submit(request, files[(i + 1) % len(files)]) for i in range(more)]:
+        job.result()
 
 
-def run_workload(
-    w: Workload, engine: Engine, prompts: PromptBuilder, pool, files: list[str], args, workers: int
-) -> dict:
-    """All jobs through decode → engine → result files; the workload's measurements."""
-    cuda = engine.model.device.type == "cuda"
+class _FirstSubmit:
+    """A progress callback noting when the first job had its media with the engine."""
+
+    def __init__(self):
+        self.at: float | None = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage == "decoding" and done == total and self.at is None:
+            self.at = time.perf_counter()
+
+
+def _submit_all(pipeline: Pipeline, request: JobCreate, paths: list[Path], out: Path):
+    """Every job submitted at once, each result written as it finishes -> (result lines,
+    seconds until the first job's media reached the engine, wall seconds)."""
+    out.mkdir(parents=True, exist_ok=True)
+    first = _FirstSubmit()
+    t0 = time.perf_counter()
+    jobs = {}
+    for j, path in enumerate(paths):
+        job = pipeline.submit(request, path, first)
+        jobs[job.future] = (j, path, job)
+    lines = []
+    for f in as_completed(jobs):
+        j, path, job = jobs[f]
+        lines.append(result_line(path, job))
+        tmp = out / f".job{j:04d}.json"
+        tmp.write_text(json.dumps(lines[-1]))
+        tmp.rename(out / f"job{j:04d}.json")
+    return lines, first.at - t0, time.perf_counter() - t0
+
+
+def _via_cli(pipeline: Pipeline, request: JobCreate, paths: list[Path], out: Path):
+    """The same jobs through `omnibatch run`'s runner -> (its lines, None, wall seconds)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with out.open("w") as f:
+        run_all(pipeline, paths, request, f)
+    wall = time.perf_counter() - t0
+    return [json.loads(line) for line in out.read_text().splitlines()], None, wall
+
+
+def pool_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's children so far: the pool's workers."""
+    me, total = os.getpid(), 0
+    for d in Path("/proc").iterdir():
+        try:
+            stat = (d / "stat").read_text() if d.name.isdigit() else ""
+        except OSError:  # gone meanwhile
+            continue
+        f = stat.rsplit(")", 1)[-1].split()
+        if len(f) > 12 and int(f[1]) == me:
+            total += int(f[11]) + int(f[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_workload(w: Workload, pipeline: Pipeline, files: list[str], args) -> dict:
+    """All jobs through the pipeline; the workload's measurements."""
+    cuda = pipeline.model.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    before = copy.deepcopy(engine.stats)
-    media_bytes = shm_budget(int(args.media_gb * 1e9))
-    max_requests = engine.config.max_running * 3 // 2
-    flow = Flow(
-        w, engine, prompts, pool, files, args.jobs, args.results / w.name, workers,
-        media_bytes, max_requests,
-    )  # fmt: skip
-    counts = flow.run()
-    return _measure(w, _delta(engine.stats, before), counts, cuda)
+    before = copy.deepcopy(pipeline.engine.stats)
+    pipeline.media_budget.reset_peak()
+    request = w.request(w.max_tokens(args.small))
+    paths = [Path(files[j % len(files)]) for j in range(args.jobs)]
+    cpu = pool_cpu_s()
+    if args.via_cli:
+        lines, exposed, wall = _via_cli(pipeline, request, paths, args.results / f"{w.name}.jsonl")
+    else:
+        lines, exposed, wall = _submit_all(pipeline, request, paths, args.results / w.name)
+    if failed := [line for line in lines if line["status"] != "succeeded"]:
+        raise RuntimeError(f"W-{w.name}: {len(failed)} jobs failed, e.g. {failed[0]}")
+    counts = {
+        "wall_s": wall,
+        "jobs": len(lines),
+        "pool_workers": pipeline.media.num_workers,
+        "units": sum(len(line["output"].get("segments") or [0]) for line in lines),
+        "amount": sum(w.amount(line["usage"]) for line in lines),
+        "output_tokens": sum(line["usage"]["output_tokens"] for line in lines),
+        "pool_cpu_s": pool_cpu_s() - cpu,
+        "media_exposed_s": exposed,
+        "peak_media_gb": pipeline.media_budget.peak / 1e9,
+    }
+    return _measure(w, _delta(pipeline.engine.stats, before), counts, cuda)
 
 
 def _measure(w: Workload, s: dict, counts: dict, cuda: bool) -> dict:
@@ -179,10 +270,9 @@ def _measure(w: Workload, s: dict, counts: dict, cuda: bool) -> dict:
         "prefill": secs.get("prefill", 0.0),
         "decode": decode_s,
     }
-    shares = {k: v / wall for k, v in shares.items()}
-    shares["other"] = 1.0 - sum(shares.values())
+    shares = {k: None if v is None else v / wall for k, v in shares.items()}
+    shares["other"] = 1.0 - sum(v for v in shares.values() if v is not None)
     metric = counts["amount"] / (wall / 3600)
-    pool_busy = counts["decode_busy_s"] / (wall * counts["pool_workers"])
     return {
         "workload": w.name,
         "metric_name": w.metric,
@@ -193,7 +283,8 @@ def _measure(w: Workload, s: dict, counts: dict, cuda: bool) -> dict:
         "prefill_tok_s": s["prefill_tokens"] / secs["prefill"] if secs.get("prefill") else None,
         "decode_tok_s": s["decode_tokens"] / decode_s if decode_s else None,
         "output_tok_s_wall": s["sampled_tokens"] / wall,
-        "pool_busy_share": pool_busy,  # of the pool's worker-seconds, spent decoding
+        # of the pool's worker-seconds, spent on CPU (decoding)
+        "pool_cpu_share": counts["pool_cpu_s"] / (wall * counts["pool_workers"]),
         "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
         "useful_tflop": flops / 1e12,
         "mfu": flops / wall / (BF16_TFLOPS * 1e12),
@@ -204,6 +295,8 @@ def _measure(w: Workload, s: dict, counts: dict, cuda: bool) -> dict:
 
 def _table(report: dict) -> None:
     print(f"\n{report['model']}; {report['device']}; pool {report['pool_workers']} workers")
+    if report["via_cli"]:
+        print("through omnibatch run's runner (--via-cli): no media share")
     print(
         f"{'workload':8} {'jobs':>4} {'wall s':>8} {'metric':>26} {'×target':>7} "
         f"{'prefill/s':>9} {'decode/s':>9} {'steps':>6} {'peak GB':>7} {'MFU':>6}  "
@@ -211,7 +304,9 @@ def _table(report: dict) -> None:
     )
     for r in report["workloads"].values():
         peak = f"{r['peak_gpu_gb']:7.1f}" if r["peak_gpu_gb"] is not None else f"{'-':>7}"
-        shares = "/".join(f"{100 * v:.0f}" for v in r["stage_shares"].values())
+        shares = "/".join(
+            "-" if v is None else f"{100 * v:.0f}" for v in r["stage_shares"].values()
+        )
         print(
             f"{r['workload']:8} {r['jobs']:4d} {r['wall_s']:8.1f} "
             f"{r['metric']:10.1f} {r['metric_name']:>15} {r['vs_target']:7.3f} "
@@ -233,6 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", choices=["full", "demo"], default="full")
     ap.add_argument("--jobs", type=int, default=64)
     ap.add_argument("--small", action="store_true", help="short inputs (CPU smoke run)")
+    ap.add_argument("--via-cli", action="store_true", help="through `omnibatch run`'s runner")
     ap.add_argument("--reference", action="store_true", help="add transformers' generate floor")
     ap.add_argument(
         "--media-gb", type=float, default=16.0, help="decoded media held in host memory at most"
@@ -244,33 +340,31 @@ def main(argv: list[str] | None = None) -> dict:
     files = {n: workload_files(n, args.cache, args.small) for n in names}
     model, prompts, note = load(args.model)
     device = model.device
-    engine = Engine(model, prompts.tokenizer, replace(engine_config(model, None), profile=True))
-    engine.start()
-    workers = os.cpu_count() or 1
+    engine = replace(engine_config(model, None), profile=True)
+    pipeline = bench_pipeline(model, prompts, engine, note, args)
+    workers = pipeline.media.num_workers
     report = {
         "model": note,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "pool_workers": workers,
-        "engine": {k: v for k, v in vars(engine.config).items()},
+        "via_cli": args.via_cli,
+        "engine": dict(vars(engine)),
         "workloads": {},
     }
     try:
-        with UnitPool(workers) as pool:
-            for n in names:
-                w = WORKLOADS[n]
-                if args.small:
-                    w = replace(w, opts=replace(w.opts, image_budget=SMALL_PAGE_PATCHES))
-                warm_up(w, engine, prompts, pool, workers, files[n])
-                row = run_workload(w, engine, prompts, pool, files[n], args, workers)
-                report["workloads"][n] = row
-                print(f"W-{n}: {row['metric']:.2f} {w.metric} in {row['wall_s']:.1f} s", flush=True)
+        for n in names:
+            w = WORKLOADS[n]
+            warm_up(w, pipeline, files[n], workers)
+            row = run_workload(w, pipeline, files[n], args)
+            report["workloads"][n] = row
+            print(f"W-{n}: {row['metric']:.2f} {w.metric} in {row['wall_s']:.1f} s", flush=True)
     finally:
-        engine.close()
+        pipeline.close()
     if args.reference:
         from benchmarks.e2e_reference import reference_floor
 
         llm_config = model.config.llm
-        del engine, model
+        del pipeline, model
         gc.collect()  # our weights and cache must be gone before the reference model loads
         if device.type == "cuda":
             torch.cuda.empty_cache()

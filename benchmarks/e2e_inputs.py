@@ -27,7 +27,7 @@ from scripts.make_samples import write_video
 
 DISTINCT = 4  # files per workload
 PAGE_W, PAGE_H, PAGES = 1024, 1536, 20
-AUDIO_S, RATE = 600, 16000
+AUDIO_S, SMALL_AUDIO_S, RATE = 600, 20, 16000
 
 
 def make_pdf(path: str, pages: int, seed: int) -> None:
@@ -79,7 +79,7 @@ def _make(kind: str, path: str, seed: int, small: bool) -> None:
     elif kind == "doc":
         make_pdf(tmp, 2 if small else PAGES, seed)
     else:
-        make_speech_wav(tmp, 20.0 if small else AUDIO_S, seed)
+        make_speech_wav(tmp, SMALL_AUDIO_S if small else AUDIO_S, seed)
     os.replace(tmp, path)
 
 

@@ -75,7 +75,10 @@ def _demo_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="process local files in-process (no Redis, no server)")
+    p = sub.add_parser(
+        "run",
+        help="process local files in-process (no Redis, no server), all in flight at once",
+    )
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     p.add_argument("--task", choices=[t.value for t in Task])
     p.add_argument("--prompt")
@@ -85,7 +88,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float)
     p.add_argument("--fps", type=float)
     p.add_argument("--max-frames", type=int)
-    p.add_argument("--evs-rate", type=float)
+    p.add_argument("--evs-rate", type=float, help="default: the checkpoint's video_pruning_rate")
     p.add_argument("--no-audio", action="store_true", help="ignore video soundtracks")
     p.add_argument("--thinking", action="store_true", help="reasoning mode")
     fmt = p.add_mutually_exclusive_group()

@@ -143,7 +143,7 @@ class VideoOptions(_Strict):
 
     fps: float = Field(1.0, gt=0, le=8)
     max_frames: int = Field(512, ge=2, le=1024)
-    evs_rate: float = Field(0.5, ge=0, le=0.95)
+    evs_rate: float | None = Field(None, ge=0, le=0.95)  # None: the checkpoint's default
     use_audio: bool = True
     start_s: float | None = Field(None, ge=0)
     end_s: float | None = Field(None, gt=0)

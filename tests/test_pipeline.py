@@ -1,8 +1,10 @@
-"""Pipeline.run end to end on CPU with the demo checkpoint: real files of every media type."""
+"""Pipeline.submit end to end on CPU with the demo checkpoint: real files of every media type."""
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from PIL import Image
 
 from service.schemas import JobCreate
 from tests.media.corpus import write_video
+from workers.job import Job, JobThreads
 from workers.media.errors import MediaError
 from workers.media.items import AudioItem
 from workers.media_units import audio_units
@@ -50,6 +53,32 @@ class Stages:
         self.seen.append((stage, done, total))
 
 
+class CancelAt:
+    """A progress callback that cancels its job when the job reports `at`."""
+
+    def __init__(self, at: tuple[str, int, int]):
+        self.at, self.job, self._bound = at, None, threading.Event()
+
+    def bind(self, job: Job) -> Job:
+        self.job = job
+        self._bound.set()
+        return job
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if (stage, done, total) == self.at:
+            self._bound.wait()
+            self.job.cancel()
+
+
+def run(pipeline, req, path, progress=None):
+    return pipeline.submit(req, path, progress).result(timeout=120)
+
+
+def run_cancelled(pipeline, req, path, at):
+    cancel = CancelAt(at)
+    return cancel.bind(pipeline.submit(req, path, cancel)).result(timeout=120)
+
+
 def test_demo_model_is_marked(pipeline):
     assert pipeline.model_info.name == "demo-random"
     assert pipeline.model_info.precision == "float32"
@@ -57,7 +86,7 @@ def test_demo_model_is_marked(pipeline):
 
 def test_image(pipeline, files):
     stages = Stages()
-    out = pipeline.run(request(task="caption"), files / "a.png", stages, lambda: False)
+    out = run(pipeline, request(task="caption"), files / "a.png", stages)
     assert out.warning == DEMO_WARNING and out.segments is None and out.reasoning is None
     assert out.usage["images"] == 1
     assert out.usage["input_tokens"] >= 256  # at least 1024 patches / 4 image tokens
@@ -66,7 +95,7 @@ def test_image(pipeline, files):
 
 
 def test_audio(pipeline, files):
-    out = pipeline.run(request(task="transcribe"), files / "a.wav", Stages(), lambda: False)
+    out = run(pipeline, request(task="transcribe"), files / "a.wav")
     assert out.usage["audio_seconds"] == pytest.approx(3.0)
     assert out.usage["input_tokens"] >= 38  # 12.5 audio tokens per second
     assert out.usage["video_tokens_before_evs"] == 0
@@ -74,7 +103,7 @@ def test_audio(pipeline, files):
 
 def test_video_with_audio_in_chunks(pipeline, files):
     req = request(task="summarize", video={"fps": 2, "max_frames": 4, "evs_rate": 0.5})
-    out = pipeline.run(req, files / "a.mp4", Stages(), lambda: False)
+    out = run(pipeline, req, files / "a.mp4")
     assert [(s["start_s"], s["end_s"]) for s in out.segments] == [(0.0, 2.0), (2.0, 4.0)]
     u = out.usage
     assert u["video_seconds"] == pytest.approx(4.0) and u["frames_sampled"] == 8
@@ -85,7 +114,7 @@ def test_video_with_audio_in_chunks(pipeline, files):
 
 
 def test_document_pages_are_segments(pipeline, files):
-    out = pipeline.run(request(task="extract"), files / "a.pdf", Stages(), lambda: False)
+    out = run(pipeline, request(task="extract"), files / "a.pdf")
     assert [s["page"] for s in out.segments] == [1, 2]
     assert out.usage["pages"] == 2
     assert out.text == "\n\n".join(s["text"] for s in out.segments)
@@ -93,14 +122,14 @@ def test_document_pages_are_segments(pipeline, files):
 
 def test_thinking_output_has_reasoning(pipeline, files):
     req = request(task="caption", generation={"max_tokens": 4, "temperature": 0, "thinking": True})
-    out = pipeline.run(req, files / "a.png", Stages(), lambda: False)
+    out = run(pipeline, req, files / "a.png")
     # the prompt opens <think>: whatever came before </think> (or all of it) is reasoning
     assert out.reasoning is not None
 
 
 def test_cancel_before_generation_returns_nothing_generated(pipeline, files):
     req = request(task="caption", video={"fps": 2, "max_frames": 4})
-    out = pipeline.run(req, files / "a.mp4", Stages(), lambda: True)
+    out = run_cancelled(pipeline, req, files / "a.mp4", ("decoding", 0, 1))
     assert out.usage["output_tokens"] == 0 and out.text == ""
 
 
@@ -115,11 +144,11 @@ def test_long_audio_is_cut_at_clip_boundaries():
     assert parts[1].clips[0] is clips[10]
 
 
-def test_cancel_during_decode_keeps_only_finished_segments(pipeline, files):
-    polls = iter([False] * 3)
+def test_cancel_keeps_only_finished_segments(pipeline, files):
     req = request(task="summarize", video={"fps": 2, "max_frames": 4})
-    out = pipeline.run(req, files / "a.mp4", Stages(), lambda: next(polls, True))
-    # the chunks were mid-generation when the cancel came: what was cut is not in the result
+    # cancelled once both chunks are with the engine: the second was just handed over
+    out = run_cancelled(pipeline, req, files / "a.mp4", ("decoding", 1, 1))
+    # what the cancel cut is not in the result, and no summary pass ran
     assert len(out.segments) < 2
     assert out.usage["output_tokens"] > 0 and out.usage["input_tokens"] > 0
 
@@ -128,12 +157,12 @@ def test_jobs_leave_the_media_budget_as_they_found_it(pipeline, files):
     """Decoded media counts against the shared-memory budget until the engine has it: after
     jobs that finished, failed to decode or were cancelled, nothing is held or in flight."""
     budget = pipeline.media_budget
-    pipeline.run(request(task="caption"), files / "a.png", Stages(), lambda: False)
-    pipeline.run(request(task="caption"), files / "a.mp4", Stages(), lambda: True)
+    run(pipeline, request(task="caption"), files / "a.png")
+    run_cancelled(pipeline, request(task="caption"), files / "a.mp4", ("decoding", 0, 1))
     bad = files / "bad.mp4"
     bad.write_bytes(b"\x00" * 64)
     with pytest.raises(MediaError):
-        pipeline.run(request(task="caption"), bad, Stages(), lambda: False)
+        run(pipeline, request(task="caption"), bad)
     assert budget.held == 0 and budget.in_flight == 0 and budget.peak > 0
 
 
@@ -142,9 +171,75 @@ def test_video_frame_buffers_go_back_to_the_pool(pipeline, files):
     goes back to the pool worker that decoded it (one chunk per run here)."""
     pool = pipeline.media
     before = pool.handed_back
-    pipeline.run(request(task="caption"), files / "a.mp4", Stages(), lambda: False)
-    pipeline.run(request(task="caption"), files / "a.mp4", Stages(), lambda: True)
+    run(pipeline, request(task="caption"), files / "a.mp4")
+    run_cancelled(pipeline, request(task="caption"), files / "a.mp4", ("decoding", 0, 1))
     deadline = time.monotonic() + 10
     while pool.handed_back < before + 2 and time.monotonic() < deadline:
         time.sleep(0.01)  # the pool's dispatcher thread sends them
     assert pool.handed_back == before + 2
+
+
+def test_jobs_submitted_together_run_at_once(pipeline, files):
+    """`submit` returns before its job is done; every job of a batch finishes with its own
+    result, each reporting its own progress."""
+    paths = [files / "a.png", files / "a.wav", files / "a.png", files / "a.wav"]
+    stages = [Stages() for _ in paths]
+    jobs = [pipeline.submit(request(), p, s) for p, s in zip(paths, stages, strict=True)]
+    assert not jobs[-1].wait(0), "submit waited for its job"
+    outs = [j.result(timeout=120) for j in jobs]
+    assert [o.usage.get("images", 0) for o in outs] == [1, 0, 1, 0]
+    assert [o.usage.get("audio_seconds", 0) for o in outs] == pytest.approx([0, 3.0, 0, 3.0])
+    for s in stages:
+        assert s.seen[0] == ("decoding", 0, 1) and s.seen[-1] == ("generating", 1, 1)
+
+
+def test_evs_rate_unset_is_the_checkpoints(pipeline, files, monkeypatch):
+    """A request without `video.evs_rate` gets the checkpoint's `video_pruning_rate`; one that
+    sets it gets its own."""
+    video = {"fps": 2, "max_frames": 4}
+    unset = request(task="caption", video=video)
+    set_half = request(task="caption", video=video | {"evs_rate": 0.5})
+    assert unset.video.evs_rate is None and pipeline.info.model.video_pruning_rate == 0.5
+    half = run(pipeline, unset, files / "a.mp4").usage
+    info = pipeline.info  # the same pipeline, read from a checkpoint that prunes nothing
+    monkeypatch.setattr(
+        pipeline, "info", replace(info, model=replace(info.model, video_pruning_rate=0.0))
+    )
+    kept = run(pipeline, unset, files / "a.mp4").usage
+    asked = run(pipeline, set_half, files / "a.mp4").usage
+    assert kept["video_tokens_after_evs"] == kept["video_tokens_before_evs"]
+    assert half["video_tokens_after_evs"] < half["video_tokens_before_evs"]
+    assert asked["video_tokens_after_evs"] == half["video_tokens_after_evs"]
+
+
+def test_job_threads_run_at_most_max_jobs_at_once():
+    """Jobs past `max_jobs` wait their turn; each gets its own result or error."""
+    lock, release = threading.Lock(), threading.Event()
+    running, most = 0, 0
+
+    def run(job: Job, n: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        release.wait(10)
+        with lock:
+            running -= 1
+        if n == 2:
+            raise ValueError("job 2 fails")
+        return n
+
+    threads = JobThreads(run, max_jobs=2)
+    jobs = [Job(engine=None, name=str(n)) for n in range(4)]
+    for n, job in enumerate(jobs):
+        threads.submit(job, n)
+    deadline = time.monotonic() + 10
+    while running < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert running == 2 and not any(j.wait(0) for j in jobs)
+    release.set()
+    assert [j.result(timeout=10) for j in (jobs[0], jobs[1], jobs[3])] == [0, 1, 3]
+    with pytest.raises(ValueError, match="job 2 fails"):
+        jobs[2].result()
+    assert most == 2
+    threads.close()

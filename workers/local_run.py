@@ -1,24 +1,36 @@
 """`omnibatch run`: local files through the pipeline in this process (no Redis, no server).
 
-Writes one JSON line per input, `{input, status, output, usage, error?}`, and draws a progress
-bar on stderr when stderr is a terminal.
+Every file is submitted at once: the pipeline runs up to MAX_CONCURRENT_JOBS of them
+together, decoding ahead as far as the shared-memory budget allows, and the engine batches
+their model calls. One JSON line per input, `{input, status, output, usage, error?}`, is
+written as that file finishes (so in the order they finish), and one progress bar over the
+files is drawn on stderr when stderr is a terminal.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import sys
+import threading
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import TextIO
 
 from pydantic import ValidationError
+from tqdm import tqdm
 
 from service.json_grammar import check_grammar
-from service.progress_bar import ProgressBar
 from service.schemas import JobCreate, JobStatus
 from service.settings import WorkerSettings
+from workers.job import Job
 from workers.outcome import error_of, output_of, usage_of
-from workers.pipeline import Pipeline
+from workers.pipeline import Pipeline, PipelineConfig, Progress
+
+log = logging.getLogger("omnibatch.run")
+BAR_REFRESH_S = 0.5
 
 
 def request_from_flags(
@@ -83,39 +95,86 @@ def default_device() -> str:
 def run_files(
     paths: list[Path], request: JobCreate, model: Path | None, device: str | None, out: TextIO
 ) -> int:
-    """Process `paths` one after another; returns how many failed."""
-    settings = WorkerSettings()
-    pipeline = Pipeline.load(
-        model or settings.model,
-        device or default_device(),
-        settings.gpu_memory_gb,
-        settings.media_limits,
-    )
+    """Load the pipeline as a worker would, process `paths`; returns how many failed."""
+    s = WorkerSettings()
+    config = PipelineConfig(s.media_limits, s.max_concurrent_jobs)
+    pipeline = Pipeline.load(model or s.model, device or default_device(), s.gpu_memory_gb, config)
     try:
-        return _run_each(pipeline, paths, request, out)
+        failed = run_all(pipeline, paths, request, out)
+        log.info(
+            "%d files; the engine computed up to %d requests in one step",
+            len(paths),
+            pipeline.engine.stats.peak_batch,
+        )
+        return failed
     finally:
         pipeline.close()
 
 
-def _run_each(pipeline: Pipeline, paths: list[Path], request: JobCreate, out: TextIO) -> int:
-    bar = ProgressBar(len(paths))
+def run_all(pipeline: Pipeline, paths: list[Path], request: JobCreate, out: TextIO) -> int:
+    """Every file of `paths` in flight at once; a line to `out` as each finishes. Returns how
+    many failed (one bad file never stops the others)."""
+    stages = _Stages()
+    jobs = {}
+    for i, path in enumerate(paths):
+        job = pipeline.submit(request, path, stages.reporter(i))
+        jobs[job.future] = (i, path, job)
     failed = 0
-    for path in paths:
-        bar.start(path.name)
-        line: dict = {"input": str(path)}
-        try:
-            result = pipeline.run(request, path, bar.stage, lambda: False)
-            line |= {
-                "status": JobStatus.succeeded,
-                "output": output_of(result).model_dump(mode="json", exclude_none=True),
-                "usage": usage_of(result).model_dump(mode="json"),
-            }
-        except Exception as exc:  # one bad file must not stop the batch
-            failed += 1
-            error = error_of(exc, path.name)
-            line |= {"status": JobStatus.failed, "output": None, "usage": None}
-            line["error"] = error.model_dump(mode="json")
-        out.write(json.dumps(line) + "\n")
-        out.flush()
-        bar.advance()
+    with tqdm(total=len(paths), unit="file", disable=not sys.stderr.isatty()) as bar:
+        pending = set(jobs)
+        while pending:
+            done, pending = wait(pending, BAR_REFRESH_S, return_when=FIRST_COMPLETED)
+            for f in done:
+                i, path, job = jobs.pop(f)
+                line = result_line(path, job)
+                failed += line["status"] == JobStatus.failed
+                out.write(json.dumps(line) + "\n")
+                out.flush()
+                stages.finished(i)
+            bar.set_postfix_str(stages.summary(), refresh=False)
+            bar.update(len(done))
     return failed
+
+
+def result_line(path: Path, job: Job) -> dict:
+    """A finished job as its output line: `{input, status, output, usage, error?}`."""
+    line: dict = {"input": str(path)}
+    try:
+        result = job.result()
+    except Exception as exc:  # the file's error goes in its line
+        error = error_of(exc, path.name)
+        return line | {
+            "status": JobStatus.failed,
+            "output": None,
+            "usage": None,
+            "error": error.model_dump(mode="json"),
+        }
+    return line | {
+        "status": JobStatus.succeeded,
+        "output": output_of(result).model_dump(mode="json", exclude_none=True),
+        "usage": usage_of(result).model_dump(mode="json"),
+    }
+
+
+class _Stages:
+    """Each unfinished file's stage as its job reports it (job threads), for the bar."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._of: dict[int, str] = {}
+
+    def reporter(self, i: int) -> Progress:
+        def report(stage: str, done: int, total: int) -> None:
+            with self._lock:
+                self._of[i] = stage
+
+        return report
+
+    def finished(self, i: int) -> None:
+        with self._lock:
+            self._of.pop(i, None)
+
+    def summary(self) -> str:
+        with self._lock:
+            counts = Counter(self._of.values())
+        return ", ".join(f"{n} {stage}" for stage, n in sorted(counts.items()))

@@ -8,13 +8,14 @@ fill that half. A decode may start while the bytes held plus the
 decodes in flight, each estimated at the mean size decoded so far, stay under the budget;
 until one has landed, `first` may run at once (one per pool worker). With nothing held and
 nothing in flight a decode always starts, so a file larger than the budget still gets its
-turn.
+turn. Waiting decodes start in the order they asked.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 
 SHM = "/dev/shm"
 
@@ -33,7 +34,10 @@ class MediaBudget:
         self.max_bytes, self.first = max_bytes, first
         self.held = self.in_flight = self.peak = 0
         self._seen = self._decoded = 0  # bytes and count of decodes landed: the mean's terms
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        # `start` callers waiting for room, in arrival order; each is woken once, when its
+        # turn comes (hundreds of job threads may wait: no wake-up of all at every change)
+        self._waiting: deque[threading.Event] = deque()
 
     def _may_start(self) -> bool:
         if self.in_flight == 0 and self.held == 0:
@@ -44,32 +48,48 @@ class MediaBudget:
         return self.held + (self.in_flight + 1) * mean <= self.max_bytes
 
     def try_start(self) -> bool:
-        """Count a decode in flight if the budget allows one now."""
-        with self._cond:
-            if not self._may_start():
+        """Count a decode in flight if the budget allows one now and nobody waits for room."""
+        with self._lock:
+            if self._waiting or not self._may_start():
                 return False
             self.in_flight += 1
             return True
 
     def start(self) -> None:
-        """Wait until the budget allows a decode; count it in flight."""
-        with self._cond:
-            self._cond.wait_for(self._may_start)
-            self.in_flight += 1
+        """Wait until the budget allows a decode, after those who asked first; count it in
+        flight."""
+        with self._lock:
+            if not self._waiting and self._may_start():
+                self.in_flight += 1
+                return
+            turn = threading.Event()
+            self._waiting.append(turn)
+        turn.wait()  # `_grant` counted it
 
     def landed(self, nbytes: int | None) -> None:
         """A decode finished holding `nbytes`; None: it failed and holds nothing."""
-        with self._cond:
+        with self._lock:
             self.in_flight -= 1
             if nbytes is not None:
                 self.held += nbytes
                 self._seen += nbytes
                 self._decoded += 1
                 self.peak = max(self.peak, self.held)
-            self._cond.notify_all()
+            self._grant()
+
+    def reset_peak(self) -> None:
+        """Start a new high-water mark from what is held now (a benchmark's next workload)."""
+        with self._lock:
+            self.peak = self.held
 
     def release(self, nbytes: int) -> None:
         """The engine took `nbytes` of the held media."""
-        with self._cond:
+        with self._lock:
             self.held -= nbytes
-            self._cond.notify_all()
+            self._grant()
+
+    def _grant(self) -> None:
+        """Room the budget has now goes to the waiting, in order (under the lock)."""
+        while self._waiting and self._may_start():
+            self.in_flight += 1
+            self._waiting.popleft().set()

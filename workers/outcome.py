@@ -13,7 +13,7 @@ from service.schemas import JobError, JobErrorCode, Output, Segment, Usage
 from workers.media.errors import MediaError
 
 if TYPE_CHECKING:
-    from workers.pipeline import JobOutput
+    from workers.job import JobOutput
 
 log = logging.getLogger("omnibatch.worker")
 

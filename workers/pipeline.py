@@ -1,11 +1,16 @@
 """One job end to end: decode the media, build the prompts, run the model, assemble the result.
 
-`Pipeline.load` loads the model once per process; `Pipeline.run` is what the GPU worker and
-`omnibatch run` call per job. Long media becomes several model calls ("units": video chunks,
-document pages), all handed to the engine at once; each becomes a segment of the result,
-and `summarize` adds a last text-only pass over the segment texts. Several threads may call
-`run` at once: the engine batches their model calls together. `cancelled` is polled while
-they run; a stopped job returns what finished.
+`Pipeline.load` loads the model once per process. `Pipeline.submit` takes a job and returns
+at once with its `Job` handle; the GPU worker, `omnibatch run` and the end-to-end benchmark
+all drive the pipeline so. Each job runs in one of the pipeline's job threads (at most
+`max_jobs` at once; later ones wait their turn), its media decoded in the process pool as far
+ahead of the GPU as the shared-memory budget allows, and every job's model calls meet in the
+one engine, which batches them.
+
+Long media becomes several model calls ("units": video chunks, document pages), handed to the
+engine part by part as they decode; each becomes a segment of the result, and `summarize`
+adds a last text-only pass over the segment texts. A cancel stops the job's model calls at the
+engine's next step and its decoding before the next part; the result keeps what finished.
 
 A JSON response_format constrains every model call (engine/grammar.py): each segment's answer
 is parsed into `segments[i].json`; `json` of the whole output is the one call's answer, or
@@ -22,22 +27,26 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import wait
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from workers.engine.engine import Engine, Prepared, engine_config
+from service.schemas import JobCreate
+from workers.engine.engine import Engine, EngineConfig, Prepared, engine_config
 from workers.engine.grammar import GrammarCompiler
 from workers.engine.request import SamplingParams
+from workers.job import Job, JobOutput, JobThreads
 from workers.media.errors import MediaTooLong
+from workers.media.image import DEFAULT_BUDGET
 from workers.media.limits import DEFAULT_LIMITS, MediaLimits
 from workers.media.options import MediaOptions
 from workers.media.pool import MediaPool
 from workers.media_budget import MediaBudget, shm_budget
 from workers.media_units import Unit, decode, host_release
+from workers.model.checkpoint_info import CheckpointInfo
 from workers.model.demo import DEMO_NAME, DEMO_VERSION, write_demo_checkpoint
 from workers.model.loader import load_model
-from workers.model.omni import PromptStats
+from workers.model.omni import OmniModel, PromptStats
 from workers.model.prompt import PromptBuilder, task_text
 
 log = logging.getLogger("omnibatch.pipeline")
@@ -45,7 +54,11 @@ DEMO_WARNING = "demo-random: a tiny random-weight model; its text is meaningless
 # with a JSON response_format, when an answer did not parse (its `json` is null)
 TRUNCATED_WARNING = "generation.max_tokens was reached before the JSON was complete"
 NO_JSON_WARNING = "the model ended without a JSON answer (in its reasoning)"
-Progress = Callable[[str, int, int], None]
+Progress = Callable[[str, int, int], None]  # (stage, done, total), from the job's thread
+
+
+def _quiet(stage: str, done: int, total: int) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -55,15 +68,15 @@ class ModelInfo:
     precision: str
 
 
-@dataclass
-class JobOutput:
-    text: str
-    reasoning: str | None
-    segments: list[dict] | None
-    usage: dict
-    warning: str | None = None
-    json: object = None  # the answer parsed, with a JSON response_format (module docstring)
-    finish_reason: str | None = None  # "length" when any call behind `text` hit max_tokens
+@dataclass(frozen=True)
+class PipelineConfig:
+    limits: MediaLimits = DEFAULT_LIMITS
+    max_jobs: int = 256  # jobs running at once (MAX_CONCURRENT_JOBS); later ones wait their turn
+    media_bytes: int | None = None  # decoded media held ahead of the GPU; None: half of /dev/shm
+    # The standard workloads (benchmarks/e2e.py) render pages at the size docs/performance.md
+    # gives, and have every model call generate its `max_tokens` whatever random weights sample.
+    image_budget: int = DEFAULT_BUDGET
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -98,31 +111,30 @@ def demo_checkpoint_dir(cache_dir: Path | None = None) -> Path:
 class Pipeline:
     def __init__(
         self,
-        model,
-        info,
+        model: OmniModel,
+        info: CheckpointInfo,
         prompts: PromptBuilder,
         model_info: ModelInfo,
         demo: bool,
-        gpu_memory_gb: float | None = None,
-        limits: MediaLimits = DEFAULT_LIMITS,
+        engine: EngineConfig,
+        config: PipelineConfig = PipelineConfig(),
     ):
         self.model, self.info, self.prompts = model, info, prompts
-        self.model_info = model_info
-        self.demo = demo
+        self.model_info, self.demo, self.config = model_info, demo, config
         # One file's decoded pixels must fit in shared memory beside the others' (pool.py).
+        limits = config.limits
         self.limits = replace(limits, max_decoded_bytes=limits.max_decoded_bytes or shm_budget())
         self.media = MediaPool(limits=self.limits)  # decoding runs ahead, one process per core
         # ... as far as shared memory allows: jobs wait for room before decoding
-        self.media_budget = MediaBudget(shm_budget(), first=self.media.num_workers)
-        # The worker runs several jobs in threads: their media decoding overlaps, and their
-        # model calls meet in the one engine, which batches them.
-        self.engine = Engine(model, prompts.tokenizer, engine_config(model, gpu_memory_gb)).start()
+        self.media_budget = MediaBudget(shm_budget(config.media_bytes), self.media.num_workers)
+        self.engine = Engine(model, prompts.tokenizer, engine).start()
         self.stop_ids = tuple(
             sorted(set(info.generation.eos_token_ids) | {info.model.llm.eos_token_id})
         )
         self.grammars = GrammarCompiler(
             prompts.tokenizer.to_str(), model.config.llm.vocab_size, self.stop_ids
         )
+        self._threads = JobThreads(self._run, config.max_jobs)
 
     @classmethod
     def load(
@@ -130,7 +142,7 @@ class Pipeline:
         model_dir: str | Path | None,
         device: str = "cpu",
         gpu_memory_gb: float | None = None,
-        limits: MediaLimits = DEFAULT_LIMITS,
+        config: PipelineConfig = PipelineConfig(),
     ) -> Pipeline:
         demo = model_dir is None
         if demo:
@@ -144,13 +156,71 @@ class Pipeline:
         name = DEMO_NAME if demo else Path(model_dir).resolve().name
         info_ = ModelInfo(name, None, precision)
         prompts = PromptBuilder.from_dir(model_dir)
-        return cls(model, info, prompts, info_, demo, gpu_memory_gb, limits)
+        engine = engine_config(model, gpu_memory_gb)
+        return cls(model, info, prompts, info_, demo, engine, config)
 
     def close(self) -> None:
+        """Stop the jobs' threads (cancelling the jobs not done), the engine, the media pool."""
+        self._threads.close()
         self.engine.close()
         self.media.close()
 
-    def _sampling(self, request) -> SamplingParams:
+    # ---- called by the job's owner -------------------------------------------------------
+    def submit(
+        self, request: JobCreate, input_path: str | Path, progress: Progress | None = None
+    ) -> Job:
+        """Queue one job; returns at once. `progress(stage, done, total)` is called from the
+        job's thread: ("decoding", 0, 1) → ("decoding", 1, 1) once every part is with the
+        engine → ("generating", k, n) for k = 0 … n as its n model calls finish."""
+        job = Job(self.engine, str(input_path))
+        self._threads.submit(job, request, Path(input_path), progress or _quiet)
+        return job
+
+    # ---- in the job's thread ---------------------------------------------------------------
+    def _run(self, job: Job, request: JobCreate, input_path: Path, progress: Progress) -> JobOutput:
+        t0 = time.monotonic()
+        if job.cancelled:  # while it waited for a thread: nothing ran
+            return JobOutput("", None, None, self._usage({}, [], t0), self._warning([], False))
+        progress("decoding", 0, 1)
+        kind, units, preps, media_usage = self._decode_and_submit(job, input_path, request)
+        progress("decoding", 1, 1)
+        calls = self._collect(preps, request, progress) if preps else []
+        # a cancel keeps what finished (api.md); spent tokens still count in the usage
+        done = [(u, c) for u, c in zip(units, calls, strict=False) if c.finished]
+        final = self._final(job, kind, done, len(units), request)
+        summary = final if final is not None and final.finished else None
+        usage = self._usage(media_usage, calls + ([final] if final else []), t0)
+        outs = [c for _, c in done]
+        answer = summary or (outs[0] if len(units) == 1 and outs else None)  # one call's text
+        behind = [answer] if answer else outs
+        finish = None
+        if behind:
+            finish = "length" if any(c.finish_reason == "length" for c in behind) else "stop"
+        structured = request.response_format.grammar() is not None
+        return JobOutput(
+            text=summary.text if summary else "\n\n".join(c.text for c in outs),
+            reasoning=self._reasoning(outs, summary),
+            segments=_segments(done) if len(units) > 1 else None,
+            usage=usage,
+            warning=self._warning(outs + ([summary] if summary else []), structured),
+            json=answer.json if answer else None,
+            finish_reason=finish,
+        )
+
+    def _media_options(self, request: JobCreate) -> MediaOptions:
+        v = request.video
+        return MediaOptions(
+            media_type=request.media_type.value if request.media_type else None,
+            fps=v.fps,
+            max_frames=v.max_frames,
+            start_s=v.start_s,
+            end_s=v.end_s,
+            chunk_s=v.chunk_s,
+            use_audio=v.use_audio,
+            image_budget=self.config.image_budget,
+        )
+
+    def _sampling(self, request: JobCreate) -> SamplingParams:
         g = request.generation
         return SamplingParams(
             max_tokens=g.max_tokens,
@@ -159,15 +229,23 @@ class Pipeline:
             top_k=g.top_k or 0,
             seed=g.seed,
             stop_ids=self.stop_ids,
+            ignore_eos=self.config.ignore_eos,
         )
 
-    def _submit(self, prompts: list[tuple[str, list, Callable | None]], request) -> list[Prepared]:
+    def _evs_rate(self, request: JobCreate) -> float:
+        """The request's EVS rate; unset, the checkpoint's `video_pruning_rate` (api.md)."""
+        rate = request.video.evs_rate
+        return self.info.model.video_pruning_rate if rate is None else rate
+
+    def _submit(
+        self, job: Job, prompts: list[tuple[str, list, Callable | None]], request: JobCreate
+    ) -> list[Prepared]:
         """Rendered prompts with their items and host releases (`media_units.host_release`)
         -> engine requests, batched with every other job's. `prompts` is emptied: from here
         the engine is the only holder of the media (it copies them to the GPU, or encodes
         them, then lets go: the release frees their budget and frame buffers)."""
         params = self._sampling(request)
-        evs = request.video.evs_rate
+        evs = self._evs_rate(request)
         grammar = request.response_format.grammar()
         # reasoning runs free: the grammar starts after `</think>` (thinking off: at once)
         think_end = self.prompts.think_end if request.generation.thinking else None
@@ -181,25 +259,20 @@ class Pipeline:
         prompts.clear()
         for p in preps:
             self.engine.submit(p)
+        job.track(preps)
         return preps
 
     def _collect(
-        self, preps: list[Prepared], request, cancelled, progress: Progress | None = None
+        self, preps: list[Prepared], request: JobCreate, progress: Progress
     ) -> list[_Call]:
-        """Wait for the submitted requests; `cancelled` is polled while they run."""
-        params = preps[0].params
-        pending, stopping = {p.future for p in preps}, False
-        while pending:
-            if not stopping and cancelled():
-                stopping = True
-                for p in preps:
-                    self.engine.cancel(p.rid)
-            pending = wait(pending, timeout=0.05).not_done
-            if progress:
-                progress("generating", len(preps) - len(pending), len(preps))
-        return [self._call(p.future, params, request) for p in preps]
+        """Wait for the submitted requests (a cancel resolves them at the engine's next step)."""
+        futures = [p.future for p in preps]
+        progress("generating", 0, len(futures))
+        for n, _ in enumerate(as_completed(futures), 1):
+            progress("generating", n, len(futures))
+        return [self._call(f, preps[0].params, request) for f in futures]
 
-    def _call(self, future, params: SamplingParams, request) -> _Call:
+    def _call(self, future, params: SamplingParams, request: JobCreate) -> _Call:
         if future.cancelled():  # cancelled before the engine took it
             return _Call("", None, 0, 0, vars(PromptStats(0, 0, 0, 0, 0)), False)
         req, stats = future.result()
@@ -220,48 +293,6 @@ class Pipeline:
             req.finish_reason, parsed,
         )  # fmt: skip
 
-    def run(
-        self, request, input_path, progress: Progress, cancelled: Callable[[], bool]
-    ) -> JobOutput:
-        t0 = time.monotonic()
-        progress("decoding", 0, 1)
-        v = request.video
-        opts = MediaOptions(
-            media_type=request.media_type.value if request.media_type else None,
-            fps=v.fps,
-            max_frames=v.max_frames,
-            start_s=v.start_s,
-            end_s=v.end_s,
-            chunk_s=v.chunk_s,
-            use_audio=v.use_audio,
-        )
-        task = request.task.value
-        kind, units, preps, media_usage = self._decode_and_submit(
-            input_path, opts, request, cancelled
-        )
-        progress("decoding", 1, 1)
-        calls = self._collect(preps, request, cancelled, progress) if preps else []
-        # a cancel keeps what finished (api.md); spent tokens still count in the usage
-        done = [(u, c) for u, c in zip(units, calls, strict=False) if c.finished]
-        final = self._final(task, kind, done, len(units), request, cancelled)
-        usage = self._usage(media_usage, calls + ([final] if final else []), t0)
-        outs = [c for _, c in done]
-        answer = final or (outs[0] if len(units) == 1 and outs else None)  # one call's text
-        behind = [answer] if answer else outs
-        finish = None
-        if behind:
-            finish = "length" if any(c.finish_reason == "length" for c in behind) else "stop"
-        structured = request.response_format.grammar() is not None
-        return JobOutput(
-            text=final.text if final else "\n\n".join(c.text for c in outs),
-            reasoning=self._reasoning(outs, final),
-            segments=_segments(done) if len(units) > 1 else None,
-            usage=usage,
-            warning=self._warning(outs + ([final] if final else []), structured),
-            json=answer.json if answer else None,
-            finish_reason=finish,
-        )
-
     def _warning(self, calls: list[_Call], structured: bool) -> str | None:
         notes = [DEMO_WARNING] if self.demo else []
         if structured and any(c.json is None for c in calls):
@@ -270,7 +301,7 @@ class Pipeline:
         return "; ".join(notes) or None
 
     def _decode_and_submit(
-        self, input_path, opts: MediaOptions, request, cancelled
+        self, job: Job, input_path: Path, request: JobCreate
     ) -> tuple[str, list[Unit], list[Prepared], dict]:
         """Decode part by part (media_units.decode: long videos and PDFs in parts), handing each
         part's units to the engine as it lands, so early chunks generate while later ones
@@ -278,11 +309,11 @@ class Pipeline:
 
         Until a unit reaches the engine its media count in the shared-memory budget; a unit
         never submitted (a cancel) is released here. A part that fails to decode fails the
-        job: what was submitted is cancelled first.
+        job (whose thread then cancels what was submitted).
         """
-        thinking = request.generation.thinking
         kind, units, preps, usage = "", [], [], {}
-        parts = decode(str(input_path), opts, self.media, self.media_budget)
+        thinking = request.generation.thinking
+        parts = decode(str(input_path), self._media_options(request), self.media, self.media_budget)
         try:
             for part in parts:
                 kind = part.kind
@@ -300,26 +331,26 @@ class Pipeline:
                     ]
                     for u in part.units:
                         u.items = []  # the engine's (see _submit); units keep times and pages
-                    if not cancelled():
-                        submitted = self._submit(prompts, request)
+                    if not job.cancelled:
+                        submitted = self._submit(job, prompts, request)
                 finally:
                     for release in releases[len(submitted) :]:
                         release()
                 units += part.units[: len(submitted)]
                 preps += submitted
-                if cancelled():
+                if job.cancelled:
                     break
-        except BaseException:
-            for p in preps:
-                self.engine.cancel(p.rid)
-            raise
         finally:
             parts.close()  # a part still decoding lands unused (media_units.decode)
         return kind, units, preps, usage
 
-    def _final(self, task, kind, done, num_units, request, cancelled) -> _Call | None:
+    def _final(
+        self, job: Job, kind: str, done: list, num_units: int, request: JobCreate
+    ) -> _Call | None:
         """`summarize` over several segments: one more, text-only, pass over their texts."""
-        if task != "summarize" or num_units < 2 or len(done) < num_units or cancelled():
+        if request.task.value != "summarize" or num_units < 2 or len(done) < num_units:
+            return None
+        if job.cancelled:  # after its last segment finished
             return None
         lines = [f"{_label(u)}: {c.text}" for u, c in done]
         text = (
@@ -328,7 +359,8 @@ class Pipeline:
             + f"\n\nWrite one summary of the whole {kind}."
         )
         prompt = self.prompts.render([], text, request.generation.thinking)
-        return self._collect(self._submit([(prompt, [], None)], request), request, cancelled)[0]
+        (call,) = self._collect(self._submit(job, [(prompt, [], None)], request), request, _quiet)
+        return call
 
     @staticmethod
     def _reasoning(calls: list[_Call], final: _Call | None) -> str | None:

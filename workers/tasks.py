@@ -55,7 +55,7 @@ class Attempt:
 
 
 class _Watch:
-    """The pipeline's two callbacks: progress reports and the safe-point stop check."""
+    """The job's progress reports (from the pipeline) and its stop check (polled here)."""
 
     def __init__(self, r: Redis, job_id: str, attempt: Attempt):
         self.r, self.job_id, self.attempt = r, job_id, attempt
@@ -110,10 +110,16 @@ def run_job(job_id: str, ctx: JobContext, attempt: Attempt) -> JobStatus | None:
 
     watch = _Watch(r, job_id, attempt)
     result, error = None, None
+    job = ctx.pipeline.submit(rec.request, ctx.storage.root / rec.input, watch.progress)
     try:
-        result = ctx.pipeline.run(
-            rec.request, ctx.storage.root / rec.input, watch.progress, watch.should_stop
-        )
+        while not job.wait(CANCEL_POLL_S / 2):  # the flag itself is read every CANCEL_POLL_S
+            if not job.cancelled and watch.should_stop():
+                job.cancel()  # it stops at its next safe point and keeps what finished
+    except BaseException:  # the stop check failed (Redis): no job left running unwatched
+        job.cancel()
+        raise
+    try:
+        result = job.result()
     except Exception as exc:  # the job boundary: record whatever went wrong
         error = error_of(exc, job_id)
     if attempt.abandon.is_set():

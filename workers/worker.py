@@ -148,11 +148,12 @@ class Worker:
             signal.signal(sig, lambda *_: self.stopping.set())
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
-        from workers.pipeline import Pipeline
+        from workers.pipeline import Pipeline, PipelineConfig
 
         log.info("worker %s loading the model on %s", self.id, self.settings.device)
         s = self.settings
-        pipeline = Pipeline.load(s.model, s.device, s.gpu_memory_gb, s.media_limits)
+        config = PipelineConfig(s.media_limits, s.max_concurrent_jobs)
+        pipeline = Pipeline.load(s.model, s.device, s.gpu_memory_gb, config)
         ctx = JobContext(
             self.redis, Storage(self.settings.data_dir), self.leases, pipeline,
             ModelInfo.model_validate(pipeline.model_info, from_attributes=True), self.id,

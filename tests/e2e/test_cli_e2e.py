@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,28 +29,37 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "service.cli", *args]
 
 
-def test_run_writes_one_json_line_per_input(tmp_path, demo_cache):
+def test_run_batches_across_files_and_writes_a_line_as_each_finishes(tmp_path, demo_cache):
+    """Every file is in the engine at once: it computed requests of several files in one step
+    (no file here has more than two model calls at a time: the PDF's two pages). One line per
+    input, naming it, in the order they finished; a bad file fails alone, with exit status 1."""
+    copies = []
+    for sample in ("clip.mp4", "picture.png", "speech.wav"):
+        copies.append(tmp_path / f"copy-{sample}")
+        shutil.copy(ROOT / "samples" / sample, copies[-1])
     garbage = tmp_path / "noise.bin"
     garbage.write_bytes(os.urandom(3000))
     out = tmp_path / "results.jsonl"
-    inputs = [*map(str, SAMPLES), str(garbage)]
+    inputs = [*map(str, SAMPLES + copies), str(garbage)]
     proc = subprocess.run(
-        _cli("run", *inputs, "--max-tokens", "3", "--task", "summarize", "--out", str(out)),
+        _cli("run", *inputs, "--max-tokens", "16", "--task", "summarize", "--out", str(out)),
         cwd=ROOT, env=_env(demo_cache), capture_output=True, timeout=240,
     )  # fmt: skip
     assert proc.returncode == 1, "one input failed"
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [line["input"] for line in lines] == inputs
-    for line in lines[:-1]:
+    lines = {line["input"]: line for line in map(json.loads, out.read_text().splitlines())}
+    assert sorted(lines) == sorted(inputs)
+    bad = lines.pop(str(garbage))
+    assert bad["status"] == "failed" and bad["output"] is None
+    assert bad["error"]["code"] in {"media_unreadable", "media_unsupported"}
+    assert str(tmp_path) not in bad["error"]["message"], "no server path in errors"
+    for line in lines.values():
         assert line["status"] == "succeeded", line
         assert set(line) == {"input", "status", "output", "usage"}
         assert isinstance(line["output"]["text"], str)
         assert "meaningless" in line["output"]["warning"]
-        assert 1 <= line["usage"]["output_tokens"] <= 3 * 3  # pages + the summary pass
-    bad = lines[-1]
-    assert bad["status"] == "failed" and bad["output"] is None
-    assert bad["error"]["code"] in {"media_unreadable", "media_unsupported"}
-    assert str(tmp_path) not in bad["error"]["message"], "no server path in errors"
+        assert 1 <= line["usage"]["output_tokens"] <= 16 * 3  # pages + the summary pass
+    peak = re.search(rb"the engine computed up to (\d+) requests in one step", proc.stderr)
+    assert peak is not None and int(peak.group(1)) >= 3, proc.stderr[-2000:]
 
 
 def test_run_rejects_invalid_options(demo_cache):

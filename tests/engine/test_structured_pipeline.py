@@ -1,4 +1,4 @@
-"""Structured output through Pipeline.run and `omnibatch run` on the demo checkpoint (CPU):
+"""Structured output through Pipeline.submit and `omnibatch run` on the demo checkpoint (CPU):
 `output.json` for a one-call result and for the summarize pass, `segments[i].json` for
 chunks (pages go the same way), `finish_reason` and a warning when max_tokens cut the JSON short."""
 
@@ -16,7 +16,7 @@ from service.cli import build_parser
 from service.schemas import JobCreate
 from tests.engine.structured_schemas import SCHEMAS, UNBOUNDED
 from tests.media.corpus import write_video
-from workers.local_run import _run_each, request_from_flags
+from workers.local_run import request_from_flags, run_all
 from workers.outcome import output_of
 from workers.pipeline import DEMO_WARNING, TRUNCATED_WARNING, Pipeline
 
@@ -51,7 +51,7 @@ def request(schema: dict, max_tokens: int = 300, **kw) -> JobCreate:
 
 
 def run(pipeline, req, path):
-    return pipeline.run(req, path, lambda *a: None, lambda: False)
+    return pipeline.submit(req, path).result()
 
 
 def test_one_call_result_has_output_json(pipeline, files):
@@ -104,7 +104,7 @@ def test_run_flags(pipeline, files, tmp_path):
     spec = req.response_format.json_schema
     assert spec.name == "invoice_schema" and spec.schema_ == INVOICE and spec.strict
     out = io.StringIO()
-    assert _run_each(pipeline, [files / "a.png"], req, out) == 0
+    assert run_all(pipeline, [files / "a.png"], req, out) == 0
     line = json.loads(out.getvalue())
     jsonschema.validate(line["output"]["json"], INVOICE)
 

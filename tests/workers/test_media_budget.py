@@ -43,3 +43,23 @@ def test_start_waits_for_a_release():
 
 def test_shm_budget_is_at_most_the_limit():
     assert shm_budget(123) <= 123 and shm_budget() > 0
+
+
+def test_waiting_decodes_start_in_the_order_they_asked():
+    b = MediaBudget(100, first=1)
+    b.start()
+    b.landed(100)  # the mean is 100: room for one decode at a time
+    order: list[int] = []
+    threads = []
+    for i in range(3):
+        t = threading.Thread(target=lambda i=i: (b.start(), order.append(i)), daemon=True)
+        t.start()
+        threads.append(t)
+        while len(b._waiting) < i + 1:  # queued before the next one asks
+            t.join(0.001)
+    assert not b.try_start(), "nobody jumps the queue"
+    b.release(100)
+    for i, t in enumerate(threads):
+        t.join(5)
+        assert order == list(range(i + 1)) and b.in_flight == 1
+        b.landed(None)  # that decode failed: room for the next

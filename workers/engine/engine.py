@@ -315,6 +315,7 @@ class Engine:
 
     def step(self) -> list[Request]:
         plan = self.scheduler.schedule()
+        self.stats.peak_batch = max(self.stats.peak_batch, len(plan.decode) + len(plan.prefill))
         finished = self.scheduler.update(plan, self.runner.step(plan)) if not plan.empty else []
         for req in finished:
             self._resolve(req)

@@ -31,6 +31,7 @@ class StageStats:
     vision_patches: int = 0  # ViT patch positions (a tubelet's two frames share one)
     audio_seconds: float = 0.0
     peak_unprefilled: int = 0  # most encoded prompt tokens waiting for prefill after an admission
+    peak_batch: int = 0  # most requests one step computed (decoded or prefilled together)
 
     @contextmanager
     def stage(self, name: str, device: torch.device) -> Iterator[None]:
