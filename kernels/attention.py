@@ -368,12 +368,13 @@ def attention_decode(q, k_pool, v_pool, req_to_token, slots, seq_lens, scale):
     return _attention_decode_launch(q, k_pool, v_pool, req_to_token, slots, seq_lens, scale)
 
 
-def _attend_ref(q, k_pool, v_pool, rows, context_len, scale):
-    """q [n, Hq, d] at positions context_len.. over pool rows [L]; fp32 math."""
+def _attend_ref(q, k_pool, v_pool, rows, context_len, scale, k_scale, v_scale):
+    """q [n, Hq, d] at positions context_len.. over pool rows [L]; fp32 math; an FP8 pool is
+    dequantized with its scale first."""
     n, Hq, _ = q.shape
     L = rows.shape[0]
-    k = k_pool[rows].float().transpose(0, 1)  # [Hkv, L, d]
-    v = v_pool[rows].float().transpose(0, 1)
+    k = _dequant_rows(k_pool, rows, k_scale).transpose(0, 1)  # [Hkv, L, d]
+    v = _dequant_rows(v_pool, rows, v_scale).transpose(0, 1)
     allowed = torch.arange(L, device=q.device)[None, :] <= (
         context_len + torch.arange(n, device=q.device)[:, None]
     )
@@ -383,7 +384,16 @@ def _attend_ref(q, k_pool, v_pool, rows, context_len, scale):
     return out.transpose(0, 1).to(q.dtype)
 
 
-def attention_prefill_ref(q, k_pool, v_pool, req_to_token, slots, cu_seqlens, context_lens, scale):
+def _dequant_rows(pool, rows, pool_scale):
+    """pool[rows] in fp32: times pool_scale for an FP8 pool."""
+    rows_f = pool[rows].float()
+    return rows_f if pool_scale is None else rows_f * pool_scale.float()
+
+
+def attention_prefill_ref(
+    q, k_pool, v_pool, req_to_token, slots, cu_seqlens, context_lens, scale,
+    k_scale=None, v_scale=None,
+):  # fmt: skip
     """Plain PyTorch twin of `attention_prefill`: one masked SDPA per sequence."""
     o = torch.empty_like(q)
     cu = cu_seqlens.tolist()
@@ -392,14 +402,20 @@ def attention_prefill_ref(q, k_pool, v_pool, req_to_token, slots, cu_seqlens, co
         if end == start:
             continue
         rows = req_to_token[slot, : ctx + end - start].long()
-        o[start:end] = _attend_ref(q[start:end], k_pool, v_pool, rows, ctx, scale)
+        o[start:end] = _attend_ref(
+            q[start:end], k_pool, v_pool, rows, ctx, scale, k_scale, v_scale
+        )
     return o
 
 
-def attention_decode_ref(q, k_pool, v_pool, req_to_token, slots, seq_lens, scale):
+def attention_decode_ref(
+    q, k_pool, v_pool, req_to_token, slots, seq_lens, scale, k_scale=None, v_scale=None
+):
     """Plain PyTorch twin of `attention_decode`."""
     o = torch.empty_like(q)
     for b, (slot, n) in enumerate(zip(slots.tolist(), seq_lens.tolist(), strict=True)):
         rows = req_to_token[slot, :n].long()
-        o[b : b + 1] = _attend_ref(q[b : b + 1], k_pool, v_pool, rows, n - 1, scale)
+        o[b : b + 1] = _attend_ref(
+            q[b : b + 1], k_pool, v_pool, rows, n - 1, scale, k_scale, v_scale
+        )
     return o

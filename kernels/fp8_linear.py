@@ -1,0 +1,184 @@
+"""Dense FP8 W8A8 linear layer with static per-tensor scales (ModelOpt FP8 checkpoints).
+
+Letters: M tokens, K in-features, N out-features.
+
+y = (quantize_fp8(x, input_scale) @ weight^T) * (weight_scale * input_scale), where weight is
+E4M3 [N, K] (nn.Linear layout) and both scales are fp32 0-d tensors from the checkpoint.
+
+The kernel quantizes x as it loads each A tile (no separate pass over x, no FP8 copy of it),
+multiplies FP8 x FP8 into an fp32 accumulator and applies both scales once after the K loop.
+The quantization multiplies by the correctly rounded reciprocal of the scale; quantize_fp8
+divides, which can differ by one E4M3 step where x / scale falls within an fp32 ulp of a
+rounding midpoint (bit-identical for power-of-two scales).
+
+The Triton interpreter (CPU tests) casts fp32 -> fp8 with the wrong rounding and computes
+bf16 arithmetic on raw bits: there `quantize_e4m3` rounds to the E4M3 grid in fp32 and every
+loaded tile is upcast to fp32 right after its load; the values are the same.
+"""
+
+from dataclasses import dataclass, replace
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.interpreter import interpreting
+from kernels.quant_formats import quantize_fp8
+
+
+@dataclass(frozen=True)
+class Fp8Config:
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    num_warps: int
+    num_stages: int
+
+
+# Prefill: the tile of vLLM's tuned FP8 MoE configs at M >= 1536 on the H200 (128x256x128, 8
+# warps); 3 stages because the bf16 A tile (quantized after the load) takes 32 KiB a stage.
+# Decode: weight-streaming, small row tiles; BLOCK_N shrinks until the grid fills the GPU.
+_PREFILL = Fp8Config(128, 256, 128, 8, 8, 3)
+_DECODE = Fp8Config(16, 64, 256, 8, 4, 4)
+_INTERPRET = Fp8Config(16, 16, 32, 2, 4, 1)
+_DECODE_MAX_M = 64
+
+
+@triton.jit
+def _round_to_e4m3_grid(x):
+    # x fp32 within +-448 -> the nearest E4M3 value (ties to even), still fp32. Normal range
+    # (|x| >= 2^-6): round the fp32 mantissa to 3 bits; below it E4M3 steps are 2^-9, rounded
+    # to an integer count with the 1.5 * 2^23 trick.
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFFF + ((bits >> 20) & 1)) & 0xFFF00000
+    normal = bits.to(tl.float32, bitcast=True)
+    small = ((x * 512.0 + 12582912.0) - 12582912.0) * 0.001953125
+    return tl.where(tl.abs(x) < 0.015625, small, normal)
+
+
+@triton.jit
+def quantize_e4m3(x, inv_scale, INTERPRET: tl.constexpr):
+    """x * inv_scale rounded to E4M3 (nearest even), saturating at +-448: float8e4nv on the
+    GPU; in the interpreter the same values in fp32 (its own fp32 -> fp8 cast is wrong)."""
+    q = tl.clamp(x.to(tl.float32) * inv_scale, -448.0, 448.0)
+    if INTERPRET:
+        return _round_to_e4m3_grid(q)
+    return q.to(tl.float8e4nv)
+
+
+@triton.jit
+def _fp8_linear_kernel(
+    x_ptr,
+    w_ptr,
+    y_ptr,
+    w_scale_ptr,
+    x_scale_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_wn,
+    stride_ym,
+    INTERPRET: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    # Grouped raster: GROUP_M row blocks sweep the columns together, so their weight tiles
+    # are read from HBM once and then from L2.
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    group_size = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group_size
+    pid_n = (pid % width) // group_size
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    # Rows / columns past the edge load row 0 and are never stored.
+    rows = tl.where(offs_m < M, offs_m, 0)
+    cols = tl.where(offs_n < N, offs_n, 0)
+    x_ptrs = x_ptr + rows[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+    w_ptrs = w_ptr + cols[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
+    x_scale = tl.load(x_scale_ptr)
+    inv_x_scale = tl.math.div_rn(1.0, x_scale)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        if EVEN_K:
+            x = tl.load(x_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            k_ok = (k0 + offs_k) < K
+            x = tl.load(x_ptrs, mask=k_ok[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+        if INTERPRET:
+            x = x.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(quantize_e4m3(x, inv_x_scale, INTERPRET), w, acc)
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+
+    acc = acc * (tl.load(w_scale_ptr) * x_scale)
+    y_ptrs = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :]
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def pick_config(M, N, device):
+    """Fp8Config for M rows: the prefill tile, or for M <= 64 a weight-streaming tile whose
+    BLOCK_N shrinks (64 -> 16) until the grid has two programs per multiprocessor."""
+    if interpreting():
+        return _INTERPRET
+    if M > _DECODE_MAX_M:
+        return _PREFILL
+    block_m = max(16, triton.next_power_of_2(M))
+    block_n = _DECODE.block_n
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    while block_n > 16 and triton.cdiv(N, block_n) * triton.cdiv(M, block_m) < 2 * sms:
+        block_n //= 2
+    return replace(_DECODE, block_m=block_m, block_n=block_n)
+
+
+def _fp8_linear_launch(x, weight, weight_scale, input_scale, config):
+    """x [M, K] bf16; weight [N, K] e4m3; weight_scale, input_scale fp32 0-d."""
+    M, K = x.shape
+    N = weight.shape[0]
+    assert weight.shape == (N, K) and weight.dtype == torch.float8_e4m3fn, (weight.shape, K)
+    assert weight.stride(1) == 1, "weight must be row-major"
+    assert weight_scale.numel() == 1 and input_scale.numel() == 1
+    assert weight_scale.dtype == input_scale.dtype == torch.float32
+    x = x if x.stride(1) == 1 else x.contiguous()
+    cfg = config or pick_config(M, N, x.device)
+    y = torch.empty(M, N, device=x.device, dtype=x.dtype)
+    grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n),)
+    _fp8_linear_kernel[grid](
+        x, weight, y, weight_scale, input_scale, M, N, K,
+        x.stride(0), weight.stride(0), y.stride(0),
+        INTERPRET=interpreting(), EVEN_K=K % cfg.block_k == 0,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return y
+
+
+def fp8_linear(x, weight, weight_scale, input_scale, config: Fp8Config | None = None):
+    """x [M, K] bf16 -> [M, N] bf16 through an E4M3 weight [N, K] with per-tensor fp32 scales
+    weight_scale and input_scale (static: x is quantized by it, saturating at +-448).
+    `config` None picks the tiling by size (pick_config); benchmarks pass others to compare.
+    """
+    return _fp8_linear_launch(x, weight, weight_scale, input_scale, config)
+
+
+def fp8_linear_ref(x, weight, weight_scale, input_scale):
+    """Plain PyTorch twin of `fp8_linear`: x [M, K] bf16, weight [N, K] e4m3,
+    weight_scale / input_scale fp32 0-d. Returns [M, N] in x's dtype (fp32 math)."""
+    xq = quantize_fp8(x, input_scale).float()
+    y = xq @ weight.float().t() * (weight_scale.float() * input_scale.float())
+    return y.to(x.dtype)
