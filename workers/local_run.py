@@ -54,7 +54,12 @@ def default_device() -> str:
 
 
 def run_files(
-    paths: list[Path], request: JobCreate, model: Path | None, device: str | None, out: TextIO
+    paths: list[Path],
+    request: JobCreate,
+    model: Path | None,
+    device: str | None,
+    out: TextIO,
+    quantize: str | None = None,
 ) -> int:
     """Process `paths` one after another; returns how many failed."""
     settings = WorkerSettings()
@@ -63,6 +68,7 @@ def run_files(
         device or default_device(),
         settings.gpu_memory_gb,
         settings.media_limits,
+        quantize or settings.quantize,
     )
     try:
         return _run_each(pipeline, paths, request, out)

@@ -152,7 +152,7 @@ class Worker:
 
         log.info("worker %s loading the model on %s", self.id, self.settings.device)
         s = self.settings
-        pipeline = Pipeline.load(s.model, s.device, s.gpu_memory_gb, s.media_limits)
+        pipeline = Pipeline.load(s.model, s.device, s.gpu_memory_gb, s.media_limits, s.quantize)
         ctx = JobContext(
             self.redis, Storage(self.settings.data_dir), self.leases, pipeline,
             ModelInfo.model_validate(pipeline.model_info, from_attributes=True), self.id,

@@ -25,9 +25,7 @@ from workers.model.quant import QuantPlan
 
 
 class Attention(nn.Module):
-    def __init__(
-        self, config: LLMConfig, layer_idx: int, plan: QuantPlan, device=None, dtype=None
-    ):
+    def __init__(self, config: LLMConfig, layer_idx: int, plan: QuantPlan, device=None, dtype=None):
         super().__init__()
         c = config
         self.layer_idx = layer_idx
@@ -39,7 +37,11 @@ class Attention(nn.Module):
         )
         self.scale = c.head_dim**-0.5
         kw = {"device": device, "dtype": dtype}
-        d, q, kv = c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+        d, q, kv = (
+            c.hidden_size,
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        )
 
         def fmt(name: str) -> str:
             return plan.format(f"layers.{layer_idx}.mixer.{name}")

@@ -91,7 +91,9 @@ def quantize_from_(dst: nn.Module, src: nn.Module) -> None:
             for j in range(mod.weight.shape[0]):
                 mod.set_weight(j, s.weight[j])
         else:
-            own = itertools.chain(mod.named_parameters(recurse=False), mod.named_buffers(recurse=False))
+            own = itertools.chain(
+                mod.named_parameters(recurse=False), mod.named_buffers(recurse=False)
+            )
             for leaf, t in own:
                 t.copy_(getattr(s, leaf))
 

@@ -27,7 +27,9 @@ def frozen(shape: tuple[int, ...], dtype: torch.dtype, device) -> nn.Parameter:
 
 
 class Linear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, fmt: str = BF16, device=None, dtype=None):
+    def __init__(
+        self, in_features: int, out_features: int, fmt: str = BF16, device=None, dtype=None
+    ):
         super().__init__()
         self.in_features, self.out_features, self.fmt = in_features, out_features, fmt
         shape = (out_features, in_features)
@@ -46,8 +48,7 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [M, K] -> [M, N] in x's dtype."""
         if self.fmt == FP8:
-            y = ops.fp8_linear(x, self.weight, self.weight_scale, self.input_scale)
-            return y.to(x.dtype)
+            return ops.fp8_linear(x, self.weight, self.weight_scale, self.input_scale)
         return F.linear(x, self.weight)
 
     @torch.no_grad()

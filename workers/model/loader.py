@@ -148,6 +148,8 @@ def _check_config(plan: QuantPlan, info: CheckpointInfo) -> None:
             f"{path}: the quantization config says {quant.quant_algo} ({quant.precision}) but "
             f"the weights are {plan.precision}"
         )
+    if not quant.layers:
+        return
     ours = set(linear_modules(info.model.llm))
     for name, fmt in quant.layers.items():
         module = _our_module(name)
@@ -157,6 +159,13 @@ def _check_config(plan: QuantPlan, info: CheckpointInfo) -> None:
             raise CheckpointError(
                 f"{path}: the quantization config makes {name} {fmt}, its weight is "
                 f"{plan.format(module)}"
+            )
+    listed = {_our_module(name) for name in quant.layers}
+    for module, fmt in plan.formats.items():
+        if module not in listed:
+            raise CheckpointError(
+                f"{path}: {_published_weight(module)} is {fmt} but the quantization config's "
+                "quantized_layers does not list it"
             )
 
 
@@ -261,10 +270,10 @@ def _assign(model, targets, ours: str, tensor: torch.Tensor, quantizing: bool) -
         module.set_weight(tensor)
         return
     if target.shape != tensor.shape:
-        raise ValueError(f"has shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
+        raise ValueError(f"shape {tuple(tensor.shape)}, expected {tuple(target.shape)}")
     quantized = target.dtype in _QUANTIZED_DTYPES or tensor.dtype in _QUANTIZED_DTYPES
     if quantized and tensor.dtype != target.dtype:
-        raise ValueError(f"has dtype {tensor.dtype}, expected {target.dtype}")
+        raise ValueError(f"dtype {tensor.dtype}, expected {target.dtype}")
     target.copy_(tensor)
 
 

@@ -32,9 +32,7 @@ class GatedGroupRMSNorm(nn.Module):
 
 
 class Mamba2Mixer(nn.Module):
-    def __init__(
-        self, config: LLMConfig, layer_idx: int, plan: QuantPlan, device=None, dtype=None
-    ):
+    def __init__(self, config: LLMConfig, layer_idx: int, plan: QuantPlan, device=None, dtype=None):
         super().__init__()
         c = config
         self.cache_index = c.mamba_layers.index(layer_idx)

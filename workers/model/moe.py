@@ -152,7 +152,7 @@ class RoutedExperts(nn.Module):
         if self.fmt == FP8:
             # One static activation scale per GEMM of the MoE: the largest over the experts,
             # as vLLM serves ModelOpt's per-expert input scales.
-            out = ops.moe_experts_fp8(
+            return ops.moe_experts_fp8(
                 x,
                 up.weight,
                 down.weight,
@@ -163,11 +163,9 @@ class RoutedExperts(nn.Module):
                 topk_weights,
                 topk_ids,
             )
-        elif self.fmt == NVFP4:
-            out = ops.moe_experts_nvfp4(x, up.nvfp4(), down.nvfp4(), topk_weights, topk_ids)
-        else:
-            return ops.moe_experts(x, up.weight, down.weight, topk_weights, topk_ids)
-        return out.to(x.dtype)
+        if self.fmt == NVFP4:
+            return ops.moe_experts_nvfp4(x, up.nvfp4(), down.nvfp4(), topk_weights, topk_ids)
+        return ops.moe_experts(x, up.weight, down.weight, topk_weights, topk_ids)
 
 
 class SharedExpert(nn.Module):
@@ -182,9 +180,7 @@ class SharedExpert(nn.Module):
 
 
 class MoE(nn.Module):
-    def __init__(
-        self, config: LLMConfig, layer_idx: int, plan: QuantPlan, device=None, dtype=None
-    ):
+    def __init__(self, config: LLMConfig, layer_idx: int, plan: QuantPlan, device=None, dtype=None):
         super().__init__()
         c = config
         if not c.norm_topk_prob:
@@ -194,7 +190,10 @@ class MoE(nn.Module):
         p = f"layers.{layer_idx}.mixer."
         self.gate = Router(c, device=device)
         self.experts = RoutedExperts(c, plan.format(p + "experts"), device, dtype)
-        shared = (plan.format(p + "shared_experts.up_proj"), plan.format(p + "shared_experts.down_proj"))
+        shared = (
+            plan.format(p + "shared_experts.up_proj"),
+            plan.format(p + "shared_experts.down_proj"),
+        )
         self.shared_experts = SharedExpert(
             c.hidden_size, c.shared_expert_intermediate_size, shared, device=device, dtype=dtype
         )

@@ -46,9 +46,7 @@ class RMSNorm(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(
-        self, config: LLMConfig, layer_idx: int, plan: QuantPlan, device=None, dtype=None
-    ):
+    def __init__(self, config: LLMConfig, layer_idx: int, plan: QuantPlan, device=None, dtype=None):
         super().__init__()
         kind = config.pattern[layer_idx]
         if kind not in BLOCKS:
@@ -85,9 +83,7 @@ class NemotronH(nn.Module):
         self.plan = plan = plan or QuantPlan()
         kw = {"device": device, "dtype": dtype}
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, **kw)
-        self.layers = nn.ModuleList(
-            Block(config, i, plan, **kw) for i in range(config.num_layers)
-        )
+        self.layers = nn.ModuleList(Block(config, i, plan, **kw) for i in range(config.num_layers))
         self.norm_f = RMSNorm(config.hidden_size, config.norm_eps, **kw)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, BF16, **kw)
 

@@ -114,7 +114,9 @@ def attention_prefill(
     )
 
 
-def attention_decode(q, k_pool, v_pool, req_to_token, slots, seq_lens, scale, k_scale=None, v_scale=None):
+def attention_decode(
+    q, k_pool, v_pool, req_to_token, slots, seq_lens, scale, k_scale=None, v_scale=None
+):
     op = _attention.attention_decode if _triton(q) else _attention.attention_decode_ref
     return op(q, k_pool, v_pool, req_to_token, slots, seq_lens, scale, k_scale, v_scale)
 
