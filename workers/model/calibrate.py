@@ -33,7 +33,7 @@ from workers.model.nemotron_h import NemotronH
 from workers.model.quant import BF16, FP8
 
 HEADROOM = 2.0
-CALIBRATION_TOKENS = 512
+CALIBRATION_TOKENS = 256
 _TINY = torch.finfo(torch.float32).tiny  # a scale of an all-zero input must not divide by 0
 
 
