@@ -1,7 +1,8 @@
 """W-video, W-doc and W-audio end to end (docs/performance.md "Standard workloads").
 
     python -m benchmarks.e2e [--workload video|doc|audio|all] [--model full|demo] [--jobs N]
-                             [--small] [--reference] [--cache DIR] [--results DIR]
+                             [--precision bf16|fp8|nvfp4] [--small] [--reference]
+                             [--cache DIR] [--results DIR]
 
 From files on disk to stored results (e2e_flow): all jobs queued at once, their media decoded
 by the process pool (one worker per core) ahead of the GPU as far as host memory allows; as
@@ -13,7 +14,9 @@ from the first decode submitted to the last result written.
 not available here, so prompts use the demo checkpoint's tokenizer and chat template (its
 special-token ids match the real config; text tokens differ, token counts barely).
 `--model demo`: the tiny demo checkpoint (CPU smoke run; its FLOP counts are still the real
-model's, so its MFU means nothing). `--small` shrinks the inputs (see e2e_inputs) and
+model's, so its MFU means nothing). `--precision fp8|nvfp4`: the LLM in the layout of NVIDIA's
+FP8 or NVFP4 checkpoint (the full model built so, the demo quantized at load); the report's
+`precision` says what ran. `--small` shrinks the inputs (see e2e_inputs) and
 renders pages near 1 K patches.
 `--reference` adds, after our model is freed, transformers' NemotronH `generate` floor.
 
@@ -104,8 +107,8 @@ WORKLOADS = {
 }  # fmt: skip
 
 
-def load(kind: str) -> tuple:
-    """(OmniModel, PromptBuilder, note) for `--model full|demo`."""
+def load(kind: str, precision: str = "bf16") -> tuple:
+    """(OmniModel, PromptBuilder, note) for `--model full|demo` at `--precision`."""
     from workers.pipeline import demo_checkpoint_dir
 
     demo_dir = demo_checkpoint_dir()
@@ -113,12 +116,17 @@ def load(kind: str) -> tuple:
     if kind == "full":
         from workers.model.fullsize import build_fullsize_omni
 
-        note = "full-size random bf16 weights; demo tokenizer and chat template (real one absent)"
-        return build_fullsize_omni(), prompts, note
+        note = (
+            f"full-size random {precision} weights; demo tokenizer and chat template "
+            "(real one absent)"
+        )
+        return build_fullsize_omni(precision=precision), prompts, note
     from workers.model.loader import load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load_model(demo_dir, device)[0], prompts, "demo checkpoint (tiny, random)"
+    quantize = None if precision == "bf16" else precision
+    model = load_model(demo_dir, device, quantize=quantize)[0]
+    return model, prompts, "demo checkpoint (tiny, random)"
 
 
 def _delta(after: StageStats, before: StageStats) -> dict:
@@ -232,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
     ap.add_argument("--model", choices=["full", "demo"], default="full")
     ap.add_argument("--jobs", type=int, default=64)
+    ap.add_argument("--precision", choices=["bf16", "fp8", "nvfp4"], default="bf16")
     ap.add_argument("--small", action="store_true", help="short inputs (CPU smoke run)")
     ap.add_argument("--reference", action="store_true", help="add transformers' generate floor")
     ap.add_argument(
@@ -242,13 +251,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
     files = {n: workload_files(n, args.cache, args.small) for n in names}
-    model, prompts, note = load(args.model)
+    model, prompts, note = load(args.model, args.precision)
     device = model.device
     engine = Engine(model, prompts.tokenizer, replace(engine_config(model, None), profile=True))
     engine.start()
     workers = os.cpu_count() or 1
     report = {
         "model": note,
+        "precision": model.llm.precision,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "pool_workers": workers,
         "engine": {k: v for k, v in vars(engine.config).items()},
