@@ -33,7 +33,7 @@ from workers.model.calibrate import calibrate
 from workers.model.checkpoint_info import CheckpointInfo, read_checkpoint_info
 from workers.model.checkpoint_keys import LM, is_skipped
 from workers.model.linear import Linear
-from workers.model.moe import RoutedExperts
+from workers.model.moe import RoutedExperts, parse_expert_key
 from workers.model.omni import OmniModel
 from workers.model.quant import BF16, FP8, NVFP4, QuantPlan, linear_modules
 
@@ -45,7 +45,7 @@ PREFIXES = (
     ("sound_encoder.encoder.", "sound_encoder."),
     ("sound_projection.", "sound_projection."),
 )
-_EXPERT = re.compile(r"(llm\.layers\.\d+\.mixer\.experts)\.(\d+)\.(up_proj|down_proj)\.(\w+)")
+_EXPERT = re.compile(r"(llm\.layers\.\d+\.mixer)\.(experts\.\d+\.\w+\.\w+)")
 # ViT layer scales: C-RADIO has none, but transformers (and timm) may write identity ones.
 _LAYER_SCALE = re.compile(
     r"vision_model\.radio_model\.model\.blocks\.\d+\.(layer_scale[12]\.lambda1|ls[12]\.gamma)"
@@ -114,8 +114,7 @@ def _our_module(published: str) -> str | None:
     """A module named in a quantization config -> our LLM module name, or None."""
     for prefix in (LM, "backbone."):  # ModelOpt writes both spellings
         if published.startswith(prefix):
-            name = re.sub(r"\.experts\.\d+\.(up|down)_proj$", ".experts", published[len(prefix) :])
-            return name
+            return re.sub(r"\.experts\.\d+\.(up|down)_proj$", ".experts", published[len(prefix) :])
     return None
 
 
@@ -250,9 +249,9 @@ def _get(handle, name: str, file: Path) -> torch.Tensor:
 
 
 def _assign(model, targets, ours: str, tensor: torch.Tensor, quantizing: bool) -> None:
-    if m := _EXPERT.fullmatch(ours):
-        experts = model.get_submodule(m.group(1))
-        j, which, leaf = int(m.group(2)), m.group(3), m.group(4)
+    if (m := _EXPERT.fullmatch(ours)) and (key := parse_expert_key(m.group(2))):
+        experts = model.get_submodule(m.group(1) + ".experts")
+        j, which, leaf = key
         if j >= experts.num_experts:
             raise ValueError(f"expert {j} beyond n_routed_experts={experts.num_experts}")
         stack = getattr(experts, which)

@@ -65,6 +65,7 @@ class ExpertStack(nn.Module):
     def __init__(self, E: int, N: int, K: int, fmt: str, device=None, dtype=None):
         super().__init__()
         self.fmt = fmt
+        self.out_features, self.in_features = N, K
         f32 = torch.float32
         if fmt == BF16:
             self.weight = nn.Parameter(torch.empty(E, N, K, device=device, dtype=dtype))
@@ -99,9 +100,9 @@ class ExpertStack(nn.Module):
     def set_weight(self, j: int, w: torch.Tensor) -> None:
         """Store expert j's high-precision weight [N, K] in this stack's format (quantize at
         load); the input scales are left to calibration."""
-        if w.shape != (self.weight.shape[1], self.in_features):
+        if w.shape != (self.out_features, self.in_features):
             raise ValueError(
-                f"shape {tuple(w.shape)}, expected {(self.weight.shape[1], self.in_features)}"
+                f"shape {tuple(w.shape)}, expected {(self.out_features, self.in_features)}"
             )
         w = w.to(self.weight.device)
         if self.fmt == FP8:
@@ -115,10 +116,6 @@ class ExpertStack(nn.Module):
             self.weight_scale_2[j].copy_(scale_2)
         else:
             self.weight[j].copy_(w)
-
-    @property
-    def in_features(self) -> int:
-        return self.weight.shape[2] * (2 if self.fmt == NVFP4 else 1)
 
     @torch.no_grad()
     def dequantized(self, j: int) -> torch.Tensor:
