@@ -16,7 +16,7 @@ bf16 arithmetic on raw bits: there `quantize_e4m3` rounds to the E4M3 grid in fp
 loaded tile is upcast to fp32 right after its load; the values are the same.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -36,13 +36,12 @@ class Fp8Config:
     num_stages: int
 
 
-# Prefill: the tile of vLLM's tuned FP8 MoE configs at M >= 1536 on the H200 (128x256x128, 8
-# warps); 3 stages because the bf16 A tile (quantized after the load) takes 32 KiB a stage.
-# Decode: weight-streaming, small row tiles; BLOCK_N shrinks until the grid fills the GPU.
-_PREFILL = Fp8Config(128, 256, 128, 8, 8, 3)
-_DECODE = Fp8Config(16, 64, 256, 8, 4, 4)
+# (BLOCK_M, BLOCK_N) from largest to smallest: pick_config takes the first whose grid gives
+# every multiprocessor two programs. 128x256 is the tile of vLLM's tuned FP8 MoE configs for
+# M >= 1536 on the H200 (8 warps; 3 stages, as the bf16 A tile quantized after its load takes
+# 32 KiB a stage); the small ones stream weights at decode sizes (5 stages, as vLLM's).
+_TILES = ((128, 256), (128, 128), (64, 128), (64, 64), (32, 64), (16, 64), (16, 32), (16, 16))
 _INTERPRET = Fp8Config(16, 16, 32, 2, 4, 1)
-_DECODE_MAX_M = 64
 
 
 @triton.jit
@@ -132,18 +131,19 @@ def _fp8_linear_kernel(
 
 
 def pick_config(M, N, device):
-    """Fp8Config for M rows: the prefill tile, or for M <= 64 a weight-streaming tile whose
-    BLOCK_N shrinks (64 -> 16) until the grid has two programs per multiprocessor."""
+    """Fp8Config for an [M, K] x [K, N] product: the largest tile of _TILES (BLOCK_M at most
+    M rounded up to a power of two) whose grid has two programs per multiprocessor."""
     if interpreting():
         return _INTERPRET
-    if M > _DECODE_MAX_M:
-        return _PREFILL
-    block_m = max(16, triton.next_power_of_2(M))
-    block_n = _DECODE.block_n
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    while block_n > 16 and triton.cdiv(N, block_n) * triton.cdiv(M, block_m) < 2 * sms:
-        block_n //= 2
-    return replace(_DECODE, block_m=block_m, block_n=block_n)
+    m_cap = max(16, triton.next_power_of_2(M))
+    tiles = [(bm, bn) for bm, bn in _TILES if bm <= m_cap]
+    bm, bn = next(
+        (t for t in tiles if triton.cdiv(M, t[0]) * triton.cdiv(N, t[1]) >= 2 * sms), tiles[-1]
+    )
+    if bm * bn >= 128 * 256:
+        return Fp8Config(bm, bn, 128, 8, 8, 3)
+    return Fp8Config(bm, bn, 128, 8, 4, 5 if bm <= 32 else 4)
 
 
 def _fp8_linear_launch(x, weight, weight_scale, input_scale, config):

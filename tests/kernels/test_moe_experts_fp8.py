@@ -67,7 +67,7 @@ def test_kernel_matches_ref(T):
 
 def test_kernel_packed_equals_per_token():
     """Each token's output depends only on its own row: batching must not mix tokens."""
-    T = 7
+    T = 4
     _, q = experts(seed=11)
     topk_w, ids = routing(T, E, K, seed=11)
     x = randn(T, D, seed=12).to(torch.bfloat16)
