@@ -7,6 +7,8 @@ E4M3 [N, K] (nn.Linear layout) and both scales are fp32 0-d tensors from the che
 
 The kernel quantizes x as it loads each A tile (no separate pass over x, no FP8 copy of it),
 multiplies FP8 x FP8 into an fp32 accumulator and applies both scales once after the K loop.
+A config with quantize_first instead quantizes x in one pass (`fp8_quantize`, also used by
+kernels/moe_experts_fp8.py) and runs the GEMM on FP8 A tiles: same values, other speed.
 The quantization multiplies by the correctly rounded reciprocal of the scale; quantize_fp8
 divides, which can differ by one E4M3 step where x / scale falls within an fp32 ulp of a
 rounding midpoint (bit-identical for power-of-two scales).
@@ -34,6 +36,7 @@ class Fp8Config:
     group_m: int
     num_warps: int
     num_stages: int
+    quantize_first: bool = False  # x -> E4M3 in its own pass, then an FP8 x FP8 GEMM
 
 
 # (BLOCK_M, BLOCK_N) from largest to smallest: pick_config takes the first whose grid gives
@@ -79,6 +82,7 @@ def _fp8_linear_kernel(
     stride_xm,
     stride_wn,
     stride_ym,
+    QUANT_A: tl.constexpr,
     INTERPRET: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -120,7 +124,9 @@ def _fp8_linear_kernel(
         if INTERPRET:
             x = x.to(tl.float32)
             w = w.to(tl.float32)
-        acc = tl.dot(quantize_e4m3(x, inv_x_scale, INTERPRET), w, acc)
+        if QUANT_A:
+            x = quantize_e4m3(x, inv_x_scale, INTERPRET)
+        acc = tl.dot(x, w, acc)
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
@@ -128,6 +134,33 @@ def _fp8_linear_kernel(
     y_ptrs = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :]
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fp8_quantize_kernel(x_ptr, q_ptr, scale_ptr, n, INTERPRET: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    q = quantize_e4m3(x, tl.math.div_rn(1.0, tl.load(scale_ptr)), INTERPRET)
+    tl.store(q_ptr + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+
+
+def fp8_quantize(x, scale):
+    """E4M3 of x / scale (the reciprocal multiply of the module docstring), saturating.
+
+    x contiguous, any shape, bf16 / fp32; scale fp32 0-d. Returns float8_e4m3fn, x's shape.
+    """
+    assert x.is_contiguous() and scale.numel() == 1 and scale.dtype == torch.float32
+    q = torch.empty(x.shape, device=x.device, dtype=torch.float8_e4m3fn)
+    block = 1024
+    grid = (triton.cdiv(x.numel(), block),)
+    _fp8_quantize_kernel[grid](x, q, scale, x.numel(), INTERPRET=interpreting(), BLOCK=block)
+    return q
+
+
+def fp8_quantize_ref(x, scale):
+    """Plain PyTorch twin of `fp8_quantize` (which multiplies by 1 / scale)."""
+    return quantize_fp8(x, scale)
 
 
 def pick_config(M, N, device):
@@ -157,11 +190,12 @@ def _fp8_linear_launch(x, weight, weight_scale, input_scale, config):
     x = x if x.stride(1) == 1 else x.contiguous()
     cfg = config or pick_config(M, N, x.device)
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
+    a = fp8_quantize(x, input_scale) if cfg.quantize_first else x
     grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n),)
     _fp8_linear_kernel[grid](
-        x, weight, y, weight_scale, input_scale, M, N, K,
-        x.stride(0), weight.stride(0), y.stride(0),
-        INTERPRET=interpreting(), EVEN_K=K % cfg.block_k == 0,
+        a, weight, y, weight_scale, input_scale, M, N, K,
+        a.stride(0), weight.stride(0), y.stride(0),
+        QUANT_A=not cfg.quantize_first, INTERPRET=interpreting(), EVEN_K=K % cfg.block_k == 0,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip

@@ -7,17 +7,18 @@ out[t] = sum_j w_j * down_e(relu(up_e(x_t))^2) as in kernels/moe_experts.py, wit
   x quantized by up_input_scale (one per MoE: the loader takes the max over experts),
   up_e = up[e] * up_scale[e], h = relu(.)^2 quantized by down_input_scale, down_e likewise.
 
-Steps (kernels/moe_tiles.py): moe_align; up GEMM quantizes x in its A load (as fp8_linear),
-FP8 x FP8 into fp32, then (up_scale[e] * up_input_scale), relu^2 and the E4M3 quantization of
-h by down_input_scale in its epilogue: h [R, I] is stored in E4M3. Down GEMM: FP8 x FP8, then
-(down_scale[e] * down_input_scale) * combine weight, y [A, D] in bf16; moe_sum.
+Steps (kernels/moe_tiles.py): moe_align; x -> E4M3 in one pass (fp8_quantize: each row is
+read by k experts and every column block, so quantizing once beats quantizing in each A load);
+up GEMM FP8 x FP8 into fp32, then (up_scale[e] * up_input_scale), relu^2 and the E4M3
+quantization of h by down_input_scale in its epilogue: h [R, I] is stored in E4M3. Down GEMM:
+FP8 x FP8, then (down_scale[e] * down_input_scale) * combine weight, y [A, D] in bf16; moe_sum.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels.fp8_linear import quantize_e4m3
+from kernels.fp8_linear import fp8_quantize, quantize_e4m3
 from kernels.interpreter import interpreting
 from kernels.moe_align import moe_align
 from kernels.moe_experts import GemmConfig
@@ -25,7 +26,7 @@ from kernels.moe_tiles import column_launches, moe_sum, tile_of
 from kernels.quant_formats import quantize_fp8
 
 # Prefill: vLLM's tuned FP8 config for E=128, N=1856 on the H200 at M >= 1536 tokens
-# (128x256x128, 8 warps; 3 stages: the bf16 x tile of the up GEMM is 32 KiB a stage).
+# (128x256x128, 8 warps, 3 stages).
 # Decode: vLLM's small-M FP8 config (16x64x128, 4 warps, 5 stages), all tiles of a column
 # block together.
 _PREFILL = GemmConfig(128, 256, 128, 8, 8, 3, split_tail=True)
@@ -62,9 +63,9 @@ def _moe_fp8_gemm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    # UP: a = x [T, K] bf16 gathered by token and quantized here, c = h [R, N] e4m3 at padded
-    # rows. Down: a = h [R, K] e4m3 contiguous, c = y [A, N] at assignment rows, combine
-    # weight applied. This launch covers output columns [n_start, n_end).
+    # UP: a = x [T, K] e4m3 gathered by token, c = h [R, N] e4m3 at padded rows. Down:
+    # a = h [R, K] e4m3 contiguous, c = y [A, N] at assignment rows, combine weight applied.
+    # This launch covers output columns [n_start, n_end).
     pid_m, pid_n = tile_of(
         tl.program_id(0), num_blocks_m, tl.cdiv(n_end - n_start, BLOCK_N), group_m
     )
@@ -80,8 +81,6 @@ def _moe_fp8_gemm_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_rows[:, None].to(tl.int64) * stride_am + offs_k[None, :]
     w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + w_rows[None, :] * stride_wn + offs_k[:, None]
-    a_scale = tl.load(a_scale_ptr)
-    inv_a_scale = tl.math.div_rn(1.0, a_scale)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -95,13 +94,11 @@ def _moe_fp8_gemm_kernel(
         if INTERPRET:
             a = a.to(tl.float32)
             w = w.to(tl.float32)
-        if UP:
-            a = quantize_e4m3(a, inv_a_scale, INTERPRET)
         acc = tl.dot(a, w, acc)
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
-    acc = acc * (tl.load(w_scale_ptr + expert) * a_scale)
+    acc = acc * (tl.load(w_scale_ptr + expert) * tl.load(a_scale_ptr))
     n_ok = offs_n < n_end
     if UP:
         acc = tl.maximum(acc, 0.0)
@@ -163,7 +160,8 @@ def _moe_experts_fp8_launch(
     routed = (sorted_ids, block_expert, topk_weights.contiguous(), T * k, k)
     h = torch.empty(sorted_ids.numel(), inner, device=x.device, dtype=torch.float8_e4m3fn)
     y = torch.empty(T * k, D, device=x.device, dtype=x.dtype)  # [A, D]
-    _gemm(x, up, up_scale, up_input_scale, down_input_scale, h, routed, True, cfg)
+    xq = fp8_quantize(x, up_input_scale)
+    _gemm(xq, up, up_scale, up_input_scale, down_input_scale, h, routed, True, cfg)
     _gemm(h, down, down_scale, down_input_scale, down_input_scale, y, routed, False, cfg)
     return moe_sum(y, k)
 
