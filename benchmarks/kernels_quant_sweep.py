@@ -20,7 +20,8 @@ from kernels.moe_experts_fp8 import moe_experts_fp8
 from kernels.moe_experts_nvfp4 import moe_experts_nvfp4
 from kernels.quant_formats import fp8_scale, quantize_fp8
 
-# Fp8Config(block_m, block_n, block_k, group_m, warps, stages); decode rows replace block_m.
+# Fp8Config(block_m, block_n, block_k, group_m, warps, stages[, quantize_first]); decode rows
+# replace block_m by M rounded up.
 FP8_LINEAR_PREFILL = [
     Fp8Config(128, 256, 128, 8, 8, 3),
     Fp8Config(128, 256, 64, 8, 8, 4),
@@ -28,6 +29,8 @@ FP8_LINEAR_PREFILL = [
     Fp8Config(128, 128, 128, 8, 8, 4),
     Fp8Config(256, 128, 128, 8, 8, 3),
     Fp8Config(128, 128, 256, 8, 8, 3),
+    Fp8Config(128, 256, 128, 8, 8, 3, quantize_first=True),
+    Fp8Config(128, 256, 128, 8, 8, 4, quantize_first=True),
 ]
 FP8_LINEAR_DECODE = [
     Fp8Config(16, 16, 128, 8, 4, 5),
