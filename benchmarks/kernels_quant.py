@@ -275,12 +275,19 @@ def all_rows(small=False, sweep=False):
     print(f"copy bandwidth (read + write): {copy:.2f} TB/s")
     rows = []
     for bench in (bench_fp8_linear, bench_moe, bench_attention):
-        rows += bench(sh, dev, copy)
+        rows += _printed(bench(sh, dev, copy))
     if sweep:
         from benchmarks.kernels_quant_sweep import SWEEPS  # it imports this module
 
         for run in SWEEPS:
-            rows += run(sh, dev, copy, configs_each=1 if small else None)
+            rows += _printed(run(sh, dev, copy, configs_each=1 if small else None))
+    return rows
+
+
+def _printed(rows):
+    """Each suite's rows as soon as they exist (a later failure keeps them in the log)."""
+    for r in rows:
+        print(json.dumps(r))
     return rows
 
 

@@ -126,7 +126,9 @@ def _fp8_linear_kernel(
             w = w.to(tl.float32)
         if QUANT_A:
             x = quantize_e4m3(x, inv_x_scale, INTERPRET)
-        acc = tl.dot(x, w, acc)
+        # Hopper's FP8 MMA accumulates with a short mantissa: promote into the fp32
+        # accumulator every BLOCK_K (as cuBLAS without fast accumulation; DeepSeek-V3 §3.3).
+        acc = tl.dot(x, w, acc, max_num_imprecise_acc=BLOCK_K)
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 

@@ -94,7 +94,9 @@ def _moe_fp8_gemm_kernel(
         if INTERPRET:
             a = a.to(tl.float32)
             w = w.to(tl.float32)
-        acc = tl.dot(a, w, acc)
+        # Hopper's FP8 MMA accumulates with a short mantissa: promote into the fp32
+        # accumulator every BLOCK_K (as cuBLAS without fast accumulation; DeepSeek-V3 §3.3).
+        acc = tl.dot(a, w, acc, max_num_imprecise_acc=BLOCK_K)
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 

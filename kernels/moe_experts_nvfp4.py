@@ -85,9 +85,12 @@ def _dequant_tile(p, s, INTERPRET: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K:
         lo = (((q << 12) & 0x8000) | ((q << 6) & 0x1C0)).to(tl.bfloat16, bitcast=True)
         hi = (((q << 8) & 0x8000) | ((q << 2) & 0x1C0)).to(tl.bfloat16, bitcast=True)
         scale = (s.to(tl.float32) * _TWO_POW_118).to(tl.bfloat16)
-    scale = scale[:, :, None]
-    w = tl.join(lo * scale, hi * scale)  # [BN, G, 8, 2]: k = 16g + 2j + nibble
-    return tl.reshape(w, (BLOCK_N, BLOCK_K))
+    # k = 16g + 2j + nibble. The scale multiplies after the reshape: Triton 3.6 fails
+    # ("Illegal shared layout") when the MMA operand's shared-memory copy is a reshape of the
+    # 4-D join; the multiply keeps the reshape in registers.
+    w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
+    scale = tl.broadcast_to(scale[:, :, None], (BLOCK_N, BLOCK_K // 16, 8))
+    return w * tl.reshape(tl.join(scale, scale), (BLOCK_N, BLOCK_K))
 
 
 @triton.jit
