@@ -3,6 +3,8 @@ the sizes that decide the defaults (prefill 16 K tokens; decode 64 / 256), each 
 against the default tiling's output, the best printed per size. Rates as in kernels_quant.
 """
 
+from dataclasses import replace
+
 import torch
 from triton.runtime.errors import OutOfResources
 
@@ -17,60 +19,69 @@ from benchmarks.kernels_quant import (
 from kernels.fp8_linear import Fp8Config, fp8_linear
 from kernels.moe_experts import GemmConfig
 from kernels.moe_experts_fp8 import moe_experts_fp8
-from kernels.moe_experts_nvfp4 import moe_experts_nvfp4
+from kernels.moe_experts_nvfp4 import Nvfp4Config, moe_experts_nvfp4
 from kernels.quant_formats import fp8_scale, quantize_fp8
 
 # Fp8Config(block_m, block_n, block_k, group_m, warps, stages[, quantize_first]); decode rows
-# replace block_m by M rounded up.
+# replace block_m by M rounded up (at least 16).
 FP8_LINEAR_PREFILL = [
     Fp8Config(128, 256, 128, 8, 8, 3),
-    Fp8Config(128, 256, 64, 8, 8, 4),
-    Fp8Config(128, 128, 128, 8, 4, 4),
-    Fp8Config(128, 128, 128, 8, 8, 4),
+    Fp8Config(128, 256, 128, 16, 8, 3),
+    Fp8Config(128, 256, 128, 4, 8, 3),
     Fp8Config(256, 128, 128, 8, 8, 3),
-    Fp8Config(128, 128, 256, 8, 8, 3),
     Fp8Config(128, 256, 128, 8, 8, 3, quantize_first=True),
-    Fp8Config(128, 256, 128, 8, 8, 4, quantize_first=True),
+]
+FP8_LINEAR_MID = [
+    Fp8Config(64, 128, 128, 8, 4, 4),
+    Fp8Config(128, 128, 128, 8, 8, 4),
+    Fp8Config(128, 128, 128, 8, 4, 4),
+    Fp8Config(128, 64, 128, 8, 4, 4),
+    Fp8Config(64, 64, 256, 8, 4, 4),
+    Fp8Config(64, 64, 128, 8, 4, 4),
+    Fp8Config(32, 64, 256, 8, 4, 4),
 ]
 FP8_LINEAR_DECODE = [
-    Fp8Config(16, 16, 128, 8, 4, 5),
-    Fp8Config(16, 32, 128, 8, 4, 5),
-    Fp8Config(16, 64, 128, 8, 4, 5),
-    Fp8Config(16, 32, 256, 8, 4, 4),
     Fp8Config(16, 64, 256, 8, 4, 4),
-    Fp8Config(16, 128, 128, 8, 4, 4),
+    Fp8Config(16, 32, 256, 8, 4, 4),
+    Fp8Config(16, 64, 128, 8, 4, 5),
+    Fp8Config(16, 128, 256, 8, 4, 3),
+    Fp8Config(16, 64, 512, 8, 4, 3),
+    Fp8Config(16, 32, 512, 8, 4, 3),
 ]
 # GemmConfig(block_m, block_n, block_k, group_m, warps, stages, split_tail).
 MOE_FP8_PREFILL = [
-    GemmConfig(128, 256, 128, 8, 8, 3, split_tail=True),
-    GemmConfig(128, 256, 128, 8, 8, 3),
-    GemmConfig(128, 128, 128, 8, 4, 4, split_tail=True),
     GemmConfig(128, 128, 128, 8, 8, 4, split_tail=True),
-    GemmConfig(64, 256, 128, 8, 4, 4, split_tail=True),
-    GemmConfig(128, 256, 64, 8, 8, 4, split_tail=True),
+    GemmConfig(128, 128, 128, 8, 8, 3, split_tail=True),
+    GemmConfig(128, 128, 128, 8, 8, 5, split_tail=True),
+    GemmConfig(256, 128, 128, 8, 8, 3, split_tail=True),
+    GemmConfig(128, 128, 256, 8, 8, 3, split_tail=True),
+    GemmConfig(128, 128, 128, 4, 8, 4, split_tail=True),
+    GemmConfig(128, 128, 128, 16, 8, 4, split_tail=True),
 ]
 MOE_FP8_DECODE = [
-    GemmConfig(16, 64, 128, 0, 4, 5),
-    GemmConfig(16, 32, 128, 0, 4, 5),
-    GemmConfig(16, 128, 128, 0, 4, 4),
     GemmConfig(16, 64, 256, 0, 4, 4),
-    GemmConfig(32, 64, 128, 0, 4, 5),
+    GemmConfig(16, 64, 128, 0, 4, 5),
+    GemmConfig(16, 32, 256, 0, 4, 4),
+    GemmConfig(16, 64, 512, 0, 4, 3),
 ]
+# Nvfp4Config(..., split_tail, ptx_dequant).
 MOE_NVFP4_PREFILL = [
-    GemmConfig(128, 128, 64, 8, 8, 3, split_tail=True),
-    GemmConfig(128, 128, 128, 8, 8, 3, split_tail=True),
-    GemmConfig(128, 256, 64, 8, 8, 3, split_tail=True),
-    GemmConfig(256, 128, 64, 8, 8, 3, split_tail=True),
-    GemmConfig(64, 128, 64, 8, 4, 4, split_tail=True),
-    GemmConfig(128, 64, 64, 8, 4, 4, split_tail=True),
+    Nvfp4Config(256, 128, 64, 8, 8, 3, True, True),
+    Nvfp4Config(256, 128, 64, 8, 8, 3, True, False),
+    Nvfp4Config(128, 128, 64, 8, 8, 3, True, True),
+    Nvfp4Config(256, 128, 128, 8, 8, 3, True, True),
+    Nvfp4Config(128, 256, 64, 8, 8, 3, True, True),
+    Nvfp4Config(128, 64, 64, 8, 4, 4, True, True),
+    Nvfp4Config(256, 64, 64, 8, 8, 3, True, True),
 ]
 MOE_NVFP4_DECODE = [
-    GemmConfig(16, 64, 128, 0, 4, 4),
-    GemmConfig(16, 128, 128, 0, 4, 4),
-    GemmConfig(16, 64, 256, 0, 4, 3),
-    GemmConfig(16, 32, 128, 0, 4, 4),
-    GemmConfig(32, 64, 128, 0, 4, 4),
-    GemmConfig(16, 64, 64, 0, 4, 6),
+    Nvfp4Config(16, 64, 64, 0, 4, 6, False, True),
+    Nvfp4Config(16, 64, 64, 0, 4, 6, False, False),
+    Nvfp4Config(16, 64, 128, 0, 4, 4, False, True),
+    Nvfp4Config(16, 128, 64, 0, 4, 6, False, True),
+    Nvfp4Config(16, 32, 64, 0, 4, 6, False, True),
+    Nvfp4Config(16, 64, 128, 0, 4, 6, False, True),
+    Nvfp4Config(16, 128, 128, 0, 8, 4, False, True),
 ]
 
 
@@ -103,20 +114,25 @@ def _time_configs(op, shape, fn, configs, amount, kind, copy, configs_each):
 
 def sweep_fp8_linear(sh, dev, copy, configs_each=None):
     g = torch.Generator(device=dev).manual_seed(3)
+    big, mid = sh.prefill_tokens, sh.decode_tokens[-1]
     rows = []
-    for name, M in (("in_proj", sh.prefill_tokens), ("out_proj", sh.prefill_tokens),
-                    ("in_proj", sh.decode_tokens[-1]), ("out_proj", 1)):  # fmt: skip
+    for name, M, configs in (
+        ("in_proj", big, FP8_LINEAR_PREFILL), ("out_proj", big, FP8_LINEAR_PREFILL),
+        ("in_proj", mid, FP8_LINEAR_MID), ("out_proj", mid, FP8_LINEAR_MID),
+        ("in_proj", 1, FP8_LINEAR_DECODE), ("out_proj", 1, FP8_LINEAR_DECODE),
+        ("in_proj", 64, FP8_LINEAR_DECODE),
+    ):  # fmt: skip
         N, K = sh.dense[name]
         w = torch.randn(N, K, device=dev, generator=g) * K**-0.5
         ws = fp8_scale(w)
         x = torch.randn(M, K, device=dev, generator=g).to(torch.bfloat16)
         args = (x, quantize_fp8(w, ws), ws, fp8_scale(x))
-        if sh.prefill_tokens == M:
-            configs, amount, kind = FP8_LINEAR_PREFILL, 2 * M * N * K, "TFLOP/s"
-        else:
+        if configs is FP8_LINEAR_DECODE:
             block_m = max(16, 1 << (M - 1).bit_length())
-            configs = [Fp8Config(block_m, *list(vars(c).values())[1:]) for c in FP8_LINEAR_DECODE]
+            configs = [Fp8Config(block_m, *list(vars(c).values())[1:]) for c in configs]
             amount, kind = N * K, "TB/s"
+        else:
+            amount, kind = 2 * M * N * K, "TFLOP/s"
         fn = lambda cfg, a=args: fp8_linear(*a, config=cfg)
         rows += _time_configs(
             "fp8_linear", f"{name} M={M}", fn, configs, amount, kind, copy, configs_each
@@ -148,8 +164,11 @@ def sweep_moe_fp8(sh, dev, copy, configs_each=None):
 
 def sweep_moe_nvfp4(sh, dev, copy, configs_each=None):
     weights = moe_nvfp4_weights(sh, dev, torch.Generator(device=dev).manual_seed(6))
-    return _sweep_moe("moe_experts_nvfp4", moe_experts_nvfp4, weights, MOE_NVFP4_PREFILL,
-                      MOE_NVFP4_DECODE, 0.5 + 1 / 16, sh, dev, copy, configs_each)  # fmt: skip
+    prefill, decode = MOE_NVFP4_PREFILL, MOE_NVFP4_DECODE
+    if dev.type != "cuda":  # inline PTX needs the GPU
+        prefill, decode = ([replace(c, ptx_dequant=False) for c in cs] for cs in (prefill, decode))
+    return _sweep_moe("moe_experts_nvfp4", moe_experts_nvfp4, weights, prefill, decode,
+                      0.5 + 1 / 16, sh, dev, copy, configs_each)  # fmt: skip
 
 
 SWEEPS = [sweep_fp8_linear, sweep_moe_fp8, sweep_moe_nvfp4]

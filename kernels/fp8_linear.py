@@ -39,11 +39,13 @@ class Fp8Config:
     quantize_first: bool = False  # x -> E4M3 in its own pass, then an FP8 x FP8 GEMM
 
 
-# (BLOCK_M, BLOCK_N) from largest to smallest: pick_config takes the first whose grid gives
-# every multiprocessor two programs. 128x256 is the tile of vLLM's tuned FP8 MoE configs for
-# M >= 1536 on the H200 (8 warps; 3 stages, as the bf16 A tile quantized after its load takes
-# 32 KiB a stage); the small ones stream weights at decode sizes (5 stages, as vLLM's).
-_TILES = ((128, 256), (128, 128), (64, 128), (64, 64), (32, 64), (16, 64), (16, 32), (16, 16))
+# (BLOCK_M, BLOCK_N) from largest to smallest: above 64 rows pick_config takes the first
+# whose grid gives every multiprocessor two programs. 128x256x128 with 8 warps and 3 stages
+# (the bf16 A tile quantized after its load takes 32 KiB a stage) was the best of the first
+# H100 sweep at M = 16K (690-710 TFLOP/s). Up to 64 rows the weights stream through
+# BLOCK_N 64 x BLOCK_K 256 tiles (best at M = 1: fewer, longer programs beat a full grid).
+_TILES = ((128, 256), (128, 128), (64, 128), (64, 64), (32, 64))
+_DECODE_MAX_M = 64
 _INTERPRET = Fp8Config(16, 16, 32, 2, 4, 1)
 
 
@@ -166,19 +168,22 @@ def fp8_quantize_ref(x, scale):
 
 
 def pick_config(M, N, device):
-    """Fp8Config for an [M, K] x [K, N] product: the largest tile of _TILES (BLOCK_M at most
-    M rounded up to a power of two) whose grid has two programs per multiprocessor."""
+    """Fp8Config for an [M, K] x [K, N] product: a weight-streaming tile up to 64 rows, else
+    the largest tile of _TILES (BLOCK_M at most M rounded up to a power of two) whose grid
+    has two programs per multiprocessor."""
     if interpreting():
         return _INTERPRET
+    if M <= _DECODE_MAX_M:
+        return Fp8Config(max(16, triton.next_power_of_2(M)), 64, 256, 8, 4, 4)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    m_cap = max(16, triton.next_power_of_2(M))
+    m_cap = triton.next_power_of_2(M)
     tiles = [(bm, bn) for bm, bn in _TILES if bm <= m_cap]
     bm, bn = next(
         (t for t in tiles if triton.cdiv(M, t[0]) * triton.cdiv(N, t[1]) >= 2 * sms), tiles[-1]
     )
     if bm * bn >= 128 * 256:
         return Fp8Config(bm, bn, 128, 8, 8, 3)
-    return Fp8Config(bm, bn, 128, 8, 4, 5 if bm <= 32 else 4)
+    return Fp8Config(bm, bn, 128, 8, 4, 4)
 
 
 def _fp8_linear_launch(x, weight, weight_scale, input_scale, config):

@@ -25,12 +25,11 @@ from kernels.moe_experts import GemmConfig
 from kernels.moe_tiles import column_launches, moe_sum, tile_of
 from kernels.quant_formats import quantize_fp8
 
-# Prefill: vLLM's tuned FP8 config for E=128, N=1856 on the H200 at M >= 1536 tokens
-# (128x256x128, 8 warps, 3 stages).
-# Decode: vLLM's small-M FP8 config (16x64x128, 4 warps, 5 stages), all tiles of a column
-# block together.
-_PREFILL = GemmConfig(128, 256, 128, 8, 8, 3, split_tail=True)
-_DECODE = GemmConfig(16, 64, 128, 0, 4, 5)
+# Best of the first H100 sweep (2026-12-06, benchmarks/kernels_quant_sweep.py). Prefill
+# T=16K: 128x128x128, 8 warps, 4 stages 615 TFLOP/s (vLLM's H200 tile 128x256x128: 355).
+# Decode T=64/256: 16x64x256, all tiles of a column block together, 2.5 TB/s of weights.
+_PREFILL = GemmConfig(128, 128, 128, 8, 8, 4, split_tail=True)
+_DECODE = GemmConfig(16, 64, 256, 0, 4, 4)
 _INTERPRET = GemmConfig(16, 16, 32, 4, 4, 1, split_tail=True)
 _DECODE_ROWS_PER_EXPERT = 32
 

@@ -6,6 +6,7 @@ which the root conftest sets only on machines without CUDA.
 """
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,7 +19,12 @@ from kernels.attention import (
 )
 from kernels.fp8_linear import fp8_linear, fp8_linear_ref
 from kernels.moe_experts_fp8 import moe_experts_fp8, moe_experts_fp8_ref
-from kernels.moe_experts_nvfp4 import Nvfp4Weight, moe_experts_nvfp4, moe_experts_nvfp4_ref
+from kernels.moe_experts_nvfp4 import (
+    Nvfp4Weight,
+    moe_experts_nvfp4,
+    moe_experts_nvfp4_ref,
+    pick_config,
+)
 from kernels.quant_formats import fp8_scale, quantize_fp8
 from tests.gpu.test_kernels_moe_attn import HEAD_DIM, HQ, SCALE, assert_rel, paged
 
@@ -95,10 +101,17 @@ def fp8_experts():
 
 @pytest.mark.parametrize("T", TOKENS)
 def test_moe_experts_fp8(T, fp8_experts):
+    """h = relu(.)^2 is rounded to E4M3 (3 mantissa bits) between the GEMMs: where the kernel's
+    and the reference's fp32 sums of an up output differ in the last bits, h can round one E4M3
+    step apart (up to 12.5 % of that element). Over 44 M outputs at 16 K tokens the largest
+    such deviation reached 1.1 % of max|out| on the H100; the mean stays at 3.5e-4."""
     g = gen(T)
     x = torch.randn(T, D, device="cuda", generator=g).to(torch.bfloat16)
     args = (x, *fp8_experts, *routing(T, g))
-    assert_rel(f"T={T}", moe_experts_fp8(*args), moe_experts_fp8_ref(*args))
+    out, ref = moe_experts_fp8(*args), moe_experts_fp8_ref(*args)
+    assert_rel(f"T={T}", out, ref, bound=2e-2)
+    mean = (out.float() - ref.float()).abs().mean().item()
+    assert mean <= 1e-3 * ref.float().abs().max().item(), f"T={T}: mean diff {mean:.3e}"
 
 
 def random_nvfp4(N, K, g):
@@ -121,6 +134,18 @@ def test_moe_experts_nvfp4(T, nvfp4_experts):
     x = torch.randn(T, D, device="cuda", generator=g).to(torch.bfloat16)
     args = (x, *nvfp4_experts, *routing(T, g))
     assert_rel(f"T={T}", moe_experts_nvfp4(*args), moe_experts_nvfp4_ref(*args))
+
+
+@pytest.mark.parametrize("T", [64, 4096])
+def test_moe_experts_nvfp4_ptx_equals_triton_dequant(T, nvfp4_experts):
+    """The inline-PTX nibble decoding builds the same bf16 weights as the Triton integer ops:
+    with the same tiling the outputs are bit-identical."""
+    g = gen(T + 1)
+    x = torch.randn(T, D, device="cuda", generator=g).to(torch.bfloat16)
+    args = (x, *nvfp4_experts, *routing(T, g))
+    cfg = pick_config(T, TOP_K, E)
+    plain = moe_experts_nvfp4(*args, config=replace(cfg, ptx_dequant=False))
+    assert torch.equal(moe_experts_nvfp4(*args, config=replace(cfg, ptx_dequant=True)), plain)
 
 
 def fp8_paged(lengths, g):
