@@ -7,6 +7,8 @@ E4M3 [N, K] (nn.Linear layout) and both scales are fp32 0-d tensors from the che
 
 The kernel quantizes x as it loads each A tile (no separate pass over x, no FP8 copy of it),
 multiplies FP8 x FP8 into an fp32 accumulator and applies both scales once after the K loop.
+A config with quantize_first instead quantizes x in one pass (`fp8_quantize`, also used by
+kernels/moe_experts_fp8.py) and runs the GEMM on FP8 A tiles: same values, other speed.
 The quantization multiplies by the correctly rounded reciprocal of the scale; quantize_fp8
 divides, which can differ by one E4M3 step where x / scale falls within an fp32 ulp of a
 rounding midpoint (bit-identical for power-of-two scales).
@@ -16,7 +18,7 @@ bf16 arithmetic on raw bits: there `quantize_e4m3` rounds to the E4M3 grid in fp
 loaded tile is upcast to fp32 right after its load; the values are the same.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -34,15 +36,17 @@ class Fp8Config:
     group_m: int
     num_warps: int
     num_stages: int
+    quantize_first: bool = False  # x -> E4M3 in its own pass, then an FP8 x FP8 GEMM
 
 
-# Prefill: the tile of vLLM's tuned FP8 MoE configs at M >= 1536 on the H200 (128x256x128, 8
-# warps); 3 stages because the bf16 A tile (quantized after the load) takes 32 KiB a stage.
-# Decode: weight-streaming, small row tiles; BLOCK_N shrinks until the grid fills the GPU.
-_PREFILL = Fp8Config(128, 256, 128, 8, 8, 3)
-_DECODE = Fp8Config(16, 64, 256, 8, 4, 4)
-_INTERPRET = Fp8Config(16, 16, 32, 2, 4, 1)
+# (BLOCK_M, BLOCK_N) from largest to smallest: above 64 rows pick_config takes the first
+# whose grid gives every multiprocessor two programs. 128x256x128 with 8 warps and 3 stages
+# (the bf16 A tile quantized after its load takes 32 KiB a stage) was the best of the first
+# H100 sweep at M = 16K (690-710 TFLOP/s). Up to 64 rows the weights stream through
+# BLOCK_N 64 x BLOCK_K 256 tiles (best at M = 1: fewer, longer programs beat a full grid).
+_TILES = ((128, 256), (128, 128), (64, 128), (64, 64), (32, 64))
 _DECODE_MAX_M = 64
+_INTERPRET = Fp8Config(16, 16, 32, 2, 4, 1)
 
 
 @triton.jit
@@ -80,6 +84,7 @@ def _fp8_linear_kernel(
     stride_xm,
     stride_wn,
     stride_ym,
+    QUANT_A: tl.constexpr,
     INTERPRET: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -121,7 +126,11 @@ def _fp8_linear_kernel(
         if INTERPRET:
             x = x.to(tl.float32)
             w = w.to(tl.float32)
-        acc = tl.dot(quantize_e4m3(x, inv_x_scale, INTERPRET), w, acc)
+        if QUANT_A:
+            x = quantize_e4m3(x, inv_x_scale, INTERPRET)
+        # Hopper's FP8 MMA accumulates with a short mantissa: promote into the fp32
+        # accumulator every BLOCK_K (as cuBLAS without fast accumulation; DeepSeek-V3 §3.3).
+        acc = tl.dot(x, w, acc, max_num_imprecise_acc=BLOCK_K)
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
@@ -131,19 +140,50 @@ def _fp8_linear_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _fp8_quantize_kernel(x_ptr, q_ptr, scale_ptr, n, INTERPRET: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    q = quantize_e4m3(x, tl.math.div_rn(1.0, tl.load(scale_ptr)), INTERPRET)
+    tl.store(q_ptr + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
+
+
+def fp8_quantize(x, scale):
+    """E4M3 of x / scale (the reciprocal multiply of the module docstring), saturating.
+
+    x contiguous, any shape, bf16 / fp32; scale fp32 0-d. Returns float8_e4m3fn, x's shape.
+    """
+    assert x.is_contiguous() and scale.numel() == 1 and scale.dtype == torch.float32
+    q = torch.empty(x.shape, device=x.device, dtype=torch.float8_e4m3fn)
+    block = 1024
+    grid = (triton.cdiv(x.numel(), block),)
+    _fp8_quantize_kernel[grid](x, q, scale, x.numel(), INTERPRET=interpreting(), BLOCK=block)
+    return q
+
+
+def fp8_quantize_ref(x, scale):
+    """Plain PyTorch twin of `fp8_quantize` (which multiplies by 1 / scale)."""
+    return quantize_fp8(x, scale)
+
+
 def pick_config(M, N, device):
-    """Fp8Config for M rows: the prefill tile, or for M <= 64 a weight-streaming tile whose
-    BLOCK_N shrinks (64 -> 16) until the grid has two programs per multiprocessor."""
+    """Fp8Config for an [M, K] x [K, N] product: a weight-streaming tile up to 64 rows, else
+    the largest tile of _TILES (BLOCK_M at most M rounded up to a power of two) whose grid
+    has two programs per multiprocessor."""
     if interpreting():
         return _INTERPRET
-    if M > _DECODE_MAX_M:
-        return _PREFILL
-    block_m = max(16, triton.next_power_of_2(M))
-    block_n = _DECODE.block_n
+    if M <= _DECODE_MAX_M:
+        return Fp8Config(max(16, triton.next_power_of_2(M)), 64, 256, 8, 4, 4)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    while block_n > 16 and triton.cdiv(N, block_n) * triton.cdiv(M, block_m) < 2 * sms:
-        block_n //= 2
-    return replace(_DECODE, block_m=block_m, block_n=block_n)
+    m_cap = triton.next_power_of_2(M)
+    tiles = [(bm, bn) for bm, bn in _TILES if bm <= m_cap]
+    bm, bn = next(
+        (t for t in tiles if triton.cdiv(M, t[0]) * triton.cdiv(N, t[1]) >= 2 * sms), tiles[-1]
+    )
+    if bm * bn >= 128 * 256:
+        return Fp8Config(bm, bn, 128, 8, 8, 3)
+    return Fp8Config(bm, bn, 128, 8, 4, 4)
 
 
 def _fp8_linear_launch(x, weight, weight_scale, input_scale, config):
@@ -157,11 +197,12 @@ def _fp8_linear_launch(x, weight, weight_scale, input_scale, config):
     x = x if x.stride(1) == 1 else x.contiguous()
     cfg = config or pick_config(M, N, x.device)
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
+    a = fp8_quantize(x, input_scale) if cfg.quantize_first else x
     grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n),)
     _fp8_linear_kernel[grid](
-        x, weight, y, weight_scale, input_scale, M, N, K,
-        x.stride(0), weight.stride(0), y.stride(0),
-        INTERPRET=interpreting(), EVEN_K=K % cfg.block_k == 0,
+        a, weight, y, weight_scale, input_scale, M, N, K,
+        a.stride(0), weight.stride(0), y.stride(0),
+        QUANT_A=not cfg.quantize_first, INTERPRET=interpreting(), EVEN_K=K % cfg.block_k == 0,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip

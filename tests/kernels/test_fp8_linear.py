@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from kernels.fp8_linear import fp8_linear, fp8_linear_ref
+from kernels.fp8_linear import (
+    Fp8Config,
+    fp8_linear,
+    fp8_linear_ref,
+    fp8_quantize,
+    fp8_quantize_ref,
+)
 from kernels.quant_formats import dequant_fp8, fp8_scale, quantize_fp8
 from tests.kernels.moe_attn_helpers import assert_close
 from tests.kernels.quant_helpers import cosine, randn
@@ -61,3 +67,15 @@ def test_kernel_quantizes_x_exactly_like_quantize_fp8():
     one, xs = torch.tensor(1.0), torch.tensor(0.5)
     out = fp8_linear(x, eye, one, xs)
     assert torch.equal(out.float(), quantize_fp8(x, xs).float() * xs)
+
+
+def test_quantize_first_config_equals_default():
+    x, wq, ws, xs, _ = layer(9, 64, 24, seed=4)
+    first = Fp8Config(16, 16, 32, 2, 4, 1, quantize_first=True)
+    assert torch.equal(fp8_linear(x, wq, ws, xs, config=first), fp8_linear(x, wq, ws, xs))
+
+
+def test_fp8_quantize_equals_ref_for_power_of_two_scales():
+    x = randn(3, 50, seed=5, scale=30.0).to(torch.bfloat16)
+    xs = torch.tensor(0.25)
+    assert torch.equal(fp8_quantize(x, xs).float(), fp8_quantize_ref(x, xs).float())

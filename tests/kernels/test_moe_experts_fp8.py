@@ -1,10 +1,12 @@
 """FP8 W8A8 routed experts: the reference against per-token dequantize-then-fp32 math."""
 
+import pytest
 import torch
 
 from kernels.moe_experts import moe_experts_ref
-from kernels.moe_experts_fp8 import moe_experts_fp8_ref
+from kernels.moe_experts_fp8 import moe_experts_fp8, moe_experts_fp8_ref
 from kernels.quant_formats import dequant_fp8, fp8_scale, quantize_fp8
+from tests.kernels.moe_attn_helpers import assert_close
 from tests.kernels.quant_helpers import cosine, fp8_per_expert, randn, rel_err, routing
 
 E, K, D, INNER = 8, 3, 32, 24
@@ -51,3 +53,25 @@ def test_ref_close_to_unquantized_experts():
     x = randn(16, D, seed=5).to(torch.bfloat16)
     bf16 = moe_experts_ref(x.float(), up, down, topk_w, ids)
     assert cosine(moe_experts_fp8_ref(x, *q, topk_w, ids), bf16) > 0.99
+
+
+@pytest.mark.parametrize("T", [1, 5, 17, 64])
+def test_kernel_matches_ref(T):
+    _, q = experts(seed=T)
+    topk_w, ids = routing(T, E, K, seed=T, skip_experts=(0, 5))
+    x = randn(T, D, seed=T + 1).to(torch.bfloat16)
+    out = moe_experts_fp8(x, *q, topk_w, ids)
+    assert out.dtype == torch.bfloat16
+    assert_close(f"T={T}", out, moe_experts_fp8_ref(x, *q, topk_w, ids))
+
+
+def test_kernel_packed_equals_per_token():
+    """Each token's output depends only on its own row: batching must not mix tokens."""
+    T = 4
+    _, q = experts(seed=11)
+    topk_w, ids = routing(T, E, K, seed=11)
+    x = randn(T, D, seed=12).to(torch.bfloat16)
+    packed = moe_experts_fp8(x, *q, topk_w, ids)
+    for t in range(T):
+        one = moe_experts_fp8(x[t : t + 1], *q, topk_w[t : t + 1], ids[t : t + 1])
+        assert torch.equal(one, packed[t : t + 1]), t

@@ -1,10 +1,12 @@
 """NVFP4 W4A16 routed experts: the reference against per-token dequantize-then-fp32 math."""
 
+import pytest
 import torch
 
 from kernels.moe_experts import moe_experts_ref
-from kernels.moe_experts_nvfp4 import moe_experts_nvfp4_ref
+from kernels.moe_experts_nvfp4 import Nvfp4Weight, moe_experts_nvfp4, moe_experts_nvfp4_ref
 from kernels.quant_formats import dequant_nvfp4
+from tests.kernels.moe_attn_helpers import assert_close
 from tests.kernels.quant_helpers import cosine, nvfp4, randn, rel_err, routing
 
 E, K, D, INNER = 8, 3, 32, 48
@@ -50,3 +52,30 @@ def test_ref_close_to_unquantized_experts():
     x = randn(16, D, seed=5).to(torch.bfloat16)
     bf16 = moe_experts_ref(x.float(), up, down, topk_w, ids)
     assert cosine(moe_experts_nvfp4_ref(x, *q, topk_w, ids), bf16) > 0.98
+
+
+@pytest.mark.parametrize("T", [1, 5, 17, 64])
+def test_kernel_matches_ref(T):
+    _, q = experts(seed=T)
+    topk_w, ids = routing(T, E, K, seed=T, skip_experts=(0, 5))
+    x = randn(T, D, seed=T + 1).to(torch.bfloat16)
+    out = moe_experts_nvfp4(x, *q, topk_w, ids)
+    assert out.dtype == torch.bfloat16
+    assert_close(f"T={T}", out, moe_experts_nvfp4_ref(x, *q, topk_w, ids))
+
+
+def test_kernel_dequantizes_every_code_and_masks_the_k_tail():
+    """One expert, identity-like routing: up's output row n is sum_k x_k * w[n, k] with every
+    byte value (all 16 codes in both nibbles) across varied block scales; INNER = 48 leaves a
+    masked half tile in the down GEMM (BLOCK_K 32 in the interpreter)."""
+    g = torch.Generator().manual_seed(9)
+    packed = torch.randint(0, 256, (1, INNER, D // 2), generator=g, dtype=torch.uint8)
+    packed[0, 0, :16] = torch.arange(0, 256, 16, dtype=torch.uint8) + torch.arange(16)
+    block_scale = (torch.rand(1, INNER, D // 16, generator=g) * 3 + 0.01).to(torch.float8_e4m3fn)
+    up = Nvfp4Weight(packed, block_scale, torch.tensor([0.37]))
+    down = nvfp4(randn(1, D, INNER, seed=10, scale=INNER**-0.5))
+    x = randn(6, D, seed=11).to(torch.bfloat16)
+    ids = torch.zeros(6, 1, dtype=torch.int32)
+    w = torch.ones(6, 1)
+    assert_close("codes", moe_experts_nvfp4(x, up, down, w, ids),
+                 moe_experts_nvfp4_ref(x, up, down, w, ids))  # fmt: skip
