@@ -7,8 +7,9 @@ from the Mamba layers). New K/V rows are written to the layer's pool first, then
 kernel attends over the whole cached context of each sequence through req_to_token.
 
 With an FP8 KV cache (the published FP8 and NVFP4 checkpoints) the pools are E4M3: rows are
-written as quantize_fp8(k, k_scale) and the kernels dequantize with the same static scales,
-which the checkpoint stores as `k_proj.k_scale` / `v_proj.v_scale` (ModelOpt names).
+written as E4M3 of k / k_scale (ops.fp8_quantize) and the kernels dequantize with the same
+static scales, which the checkpoint stores as `k_proj.k_scale` / `v_proj.v_scale` (ModelOpt
+names).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels.quant_formats import quantize_fp8
 from workers.engine.cache import ForwardBatch, HybridCache
 from workers.model import ops
 from workers.model.config import LLMConfig
@@ -71,7 +71,8 @@ class Attention(nn.Module):
                     f"{k_pool.dtype}: build the HybridCache with kv_dtype=model.kv_dtype"
                 )
             scales = {"k_scale": self.k_proj.k_scale, "v_scale": self.v_proj.v_scale}
-            k, v = quantize_fp8(k, scales["k_scale"]), quantize_fp8(v, scales["v_scale"])
+            k = ops.fp8_quantize(k, scales["k_scale"])
+            v = ops.fp8_quantize(v, scales["v_scale"])
         k_pool[rows] = k
         v_pool[rows] = v
         if batch.is_decode:

@@ -104,6 +104,11 @@ def fp8_linear(x, weight, weight_scale, input_scale):
     return op(x, weight, weight_scale, input_scale)
 
 
+def fp8_quantize(x, scale):
+    op = _fp8_linear.fp8_quantize if _triton(x) else _fp8_linear.fp8_quantize_ref
+    return op(x, scale)
+
+
 def attention_prefill(
     q, k_pool, v_pool, req_to_token, slots, cu_seqlens, context_lens, scale, k_scale=None,
     v_scale=None,
