@@ -210,6 +210,17 @@ def test_kv_scales_default_to_one(copy, loaded):
 E1 = LM + "layers.1.mixer.experts.2.up_proj."
 
 
+def test_per_tensor_scales_stored_as_one_element_vectors_load(copy, loaded):
+    path = copy(NVFP4)
+    names = [LM + "layers.3.mixer.o_proj.input_scale", E1 + "weight_scale_2"]
+    tensors = _tensors(path)
+    for n in names:
+        _rewrite(path, n, tensors[n].reshape(1))
+    model, _ = load_model(path)
+    want = loaded[NVFP4].state_dict()
+    assert all(torch.equal(t, want[n]) for n, t in model.state_dict().items() if "scale" in n)
+
+
 @pytest.mark.parametrize(
     ("name", "tensor", "message"),
     [

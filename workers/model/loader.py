@@ -234,8 +234,11 @@ def _load_tensor(model, targets, handle, name: str, file: Path, quantizing: bool
         raise CheckpointError(f"{file.name}: unexpected tensor {name} (no module for it)")
     if ours.endswith(_KV_SCALES) and ours not in targets:
         return None  # KV scales of a checkpoint whose config declares no FP8 KV cache
+    tensor = _get(handle, name, file)
+    if ours.endswith(_DERIVED) and tensor.shape == (1,):
+        tensor = tensor.reshape(())  # a per-tensor scale some exports store as [1]
     try:
-        _assign(model, targets, ours, _get(handle, name, file), quantizing)
+        _assign(model, targets, ours, tensor, quantizing)
     except ValueError as e:
         raise CheckpointError(f"{file.name}: {name}: {e}") from e
     return ours
