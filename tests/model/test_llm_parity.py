@@ -200,7 +200,7 @@ def test_full_size_parameter_count():
     assert counts["embeddings"] == counts["lm_head"] == 131072 * 2688
 
 
-def test_load_expert_rejects_wrong_shape():
+def test_expert_stack_load_rejects_wrong_shape():
     stack = NemotronH(CFG).layers[2].mixer.experts.up_proj
     with pytest.raises(ValueError, match=r"shape \(64, 32\), expected \(32, 64\)"):
         stack.load(3, "weight", torch.zeros(CFG.hidden_size, CFG.moe_intermediate_size))
