@@ -22,7 +22,7 @@ from kernels.moe_experts_fp8 import moe_experts_fp8
 from kernels.moe_experts_nvfp4 import Nvfp4Config, moe_experts_nvfp4
 from kernels.quant_formats import fp8_scale, quantize_fp8
 
-# Fp8Config(block_m, block_n, block_k, group_m, warps, stages[, quantize_first]); decode rows
+# Fp8Config(block_m, block_n, block_k, group_m, warps, stages[, quantize_first, tma]); decode rows
 # replace block_m by M rounded up (at least 16).
 FP8_LINEAR_PREFILL = [
     Fp8Config(128, 256, 128, 8, 8, 3),
@@ -30,6 +30,10 @@ FP8_LINEAR_PREFILL = [
     Fp8Config(128, 256, 128, 4, 8, 3),
     Fp8Config(256, 128, 128, 8, 8, 3),
     Fp8Config(128, 256, 128, 8, 8, 3, quantize_first=True),
+    Fp8Config(128, 256, 128, 8, 8, 3, tma=True),
+    Fp8Config(128, 256, 64, 8, 8, 4, tma=True),
+    Fp8Config(128, 128, 128, 8, 8, 4, tma=True),
+    Fp8Config(128, 256, 128, 8, 8, 4, quantize_first=True, tma=True),
 ]
 FP8_LINEAR_MID = [
     Fp8Config(64, 128, 128, 8, 4, 4),
@@ -39,6 +43,8 @@ FP8_LINEAR_MID = [
     Fp8Config(64, 64, 256, 8, 4, 4),
     Fp8Config(64, 64, 128, 8, 4, 4),
     Fp8Config(32, 64, 256, 8, 4, 4),
+    Fp8Config(128, 128, 128, 8, 8, 4, tma=True),
+    Fp8Config(64, 128, 128, 8, 4, 4, tma=True),
 ]
 FP8_LINEAR_DECODE = [
     Fp8Config(16, 64, 256, 8, 4, 4),
@@ -47,6 +53,7 @@ FP8_LINEAR_DECODE = [
     Fp8Config(16, 128, 256, 8, 4, 3),
     Fp8Config(16, 64, 512, 8, 4, 3),
     Fp8Config(16, 32, 512, 8, 4, 3),
+    Fp8Config(16, 64, 256, 8, 4, 4, tma=True),
 ]
 # GemmConfig(block_m, block_n, block_k, group_m, warps, stages, split_tail).
 MOE_FP8_PREFILL = [

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.interpreter import interpreting
 from kernels.quant_formats import quantize_fp8
@@ -37,6 +38,7 @@ class Fp8Config:
     num_warps: int
     num_stages: int
     quantize_first: bool = False  # x -> E4M3 in its own pass, then an FP8 x FP8 GEMM
+    tma: bool = False  # tiles through the TMA engine (tensor descriptors), zero-filled edges
 
 
 # (BLOCK_M, BLOCK_N) from largest to smallest: above 64 rows pick_config takes the first
@@ -85,6 +87,7 @@ def _fp8_linear_kernel(
     stride_wn,
     stride_ym,
     QUANT_A: tl.constexpr,
+    TMA: tl.constexpr,
     INTERPRET: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -106,17 +109,21 @@ def _fp8_linear_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    # Rows / columns past the edge load row 0 and are never stored.
-    rows = tl.where(offs_m < M, offs_m, 0)
-    cols = tl.where(offs_n < N, offs_n, 0)
-    x_ptrs = x_ptr + rows[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
-    w_ptrs = w_ptr + cols[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
+    if not TMA:  # x_ptr, w_ptr are tensor descriptors with TMA
+        # Rows / columns past the edge load row 0 and are never stored.
+        rows = tl.where(offs_m < M, offs_m, 0)
+        cols = tl.where(offs_n < N, offs_n, 0)
+        x_ptrs = x_ptr + rows[:, None].to(tl.int64) * stride_xm + offs_k[None, :]
+        w_ptrs = w_ptr + cols[None, :].to(tl.int64) * stride_wn + offs_k[:, None]
     x_scale = tl.load(x_scale_ptr)
     inv_x_scale = tl.math.div_rn(1.0, x_scale)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        if EVEN_K:
+        if TMA:
+            x = x_ptr.load([pid_m * BLOCK_M, k0])
+            w = w_ptr.load([pid_n * BLOCK_N, k0]).T
+        elif EVEN_K:
             x = tl.load(x_ptrs)
             w = tl.load(w_ptrs)
         else:
@@ -131,8 +138,9 @@ def _fp8_linear_kernel(
         # Hopper's FP8 MMA accumulates with a short mantissa: promote into the fp32
         # accumulator every BLOCK_K (as cuBLAS without fast accumulation; DeepSeek-V3 §3.3).
         acc = tl.dot(x, w, acc, max_num_imprecise_acc=BLOCK_K)
-        x_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
+        if not TMA:
+            x_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
 
     acc = acc * (tl.load(w_scale_ptr) * x_scale)
     y_ptrs = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :]
@@ -198,11 +206,16 @@ def _fp8_linear_launch(x, weight, weight_scale, input_scale, config):
     cfg = config or pick_config(M, N, x.device)
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)
     a = fp8_quantize(x, input_scale) if cfg.quantize_first else x
+    a_arg, w_arg = a, weight
+    if cfg.tma:
+        a_arg = TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k])
+        w_arg = TensorDescriptor.from_tensor(weight, [cfg.block_n, cfg.block_k])
     grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n),)
     _fp8_linear_kernel[grid](
-        a, weight, y, weight_scale, input_scale, M, N, K,
+        a_arg, w_arg, y, weight_scale, input_scale, M, N, K,
         a.stride(0), weight.stride(0), y.stride(0),
-        QUANT_A=not cfg.quantize_first, INTERPRET=interpreting(), EVEN_K=K % cfg.block_k == 0,
+        QUANT_A=not cfg.quantize_first, TMA=cfg.tma, INTERPRET=interpreting(),
+        EVEN_K=K % cfg.block_k == 0,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip

@@ -69,10 +69,11 @@ def test_kernel_quantizes_x_exactly_like_quantize_fp8():
     assert torch.equal(out.float(), quantize_fp8(x, xs).float() * xs)
 
 
-def test_quantize_first_config_equals_default():
-    x, wq, ws, xs, _ = layer(9, 64, 24, seed=4)
-    first = Fp8Config(16, 16, 32, 2, 4, 1, quantize_first=True)
-    assert torch.equal(fp8_linear(x, wq, ws, xs, config=first), fp8_linear(x, wq, ws, xs))
+@pytest.mark.parametrize("variant", [{"quantize_first": True}, {"tma": True}])
+def test_config_variants_equal_default(variant):
+    x, wq, ws, xs, _ = layer(9, 80, 24, seed=4)  # edges in M, N and K (80 = 2.5 x 32)
+    cfg = Fp8Config(16, 16, 32, 2, 4, 1, **variant)
+    assert torch.equal(fp8_linear(x, wq, ws, xs, config=cfg), fp8_linear(x, wq, ws, xs))
 
 
 def test_fp8_quantize_equals_ref_for_power_of_two_scales():
