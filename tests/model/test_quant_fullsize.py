@@ -19,6 +19,7 @@ _CALIBRATED = ("input_scale", "k_scale", "v_scale")
 
 def test_bf16_layers_are_random_block():
     model = build_fullsize(LLM, "cpu", torch.float32, seed=3)
+    assert torch.all(model.norm_f.weight == 1) and model.lm_head.weight.std() > 0.01
     for i, layer in enumerate(model.layers):
         alone = random_block(LLM, i, "cpu", torch.float32, seed=3).state_dict()
         assert all(torch.equal(t, alone[n]) for n, t in layer.state_dict().items()), i

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -39,14 +40,14 @@ def _generator(device: torch.device, seed: int, part: int) -> torch.Generator:
 
 
 @torch.no_grad()
-def fill_random_(module: nn.Module, gen: torch.Generator, std: float = 0.02) -> None:
-    """Fill every weight of a NemotronH or a part of one in place: N(0, std) matrices, unit
-    norms, Mamba-style A, D, dt.
+def fill_random_(named: Iterable[tuple[str, torch.Tensor]], gen: torch.Generator, std: float):
+    """Fill NemotronH tensors, by their names in the model or in a Block, in place: N(0, std)
+    matrices, unit norms, Mamba-style A, D, dt.
 
     A small std keeps activations finite in bf16 through all 52 layers (each RMSNorm
     resets the scale, each mixer adds O(1) to the residual).
     """
-    for name, t in module.state_dict(keep_vars=True).items():
+    for name, t in named:
         leaf = name.rsplit(".", 1)[-1]
         if leaf == "A_log":
             t.copy_(torch.log(torch.arange(1, t.numel() + 1, dtype=torch.float32, device=t.device)))
@@ -75,7 +76,8 @@ def random_block(
     was made from."""
     block = Block(config, layer_idx, QuantPlan(), device="meta", dtype=dtype)
     block.to_empty(device=device)
-    fill_random_(block, _generator(torch.device(device), seed, layer_idx + 1), std)
+    gen = _generator(torch.device(device), seed, layer_idx + 1)
+    fill_random_(block.state_dict(keep_vars=True).items(), gen, std)
     return block.eval()
 
 
@@ -102,12 +104,12 @@ def quantize_from_(dst: nn.Module, src: nn.Module) -> None:
 def init_random_(model: NemotronH, std: float = 0.02, seed: int = 0) -> None:
     """Random weights for `model` in its plan's formats, scales calibrated."""
     device = model.embeddings.weight.device
-    gen = _generator(device, seed, 0)
-    for part in (model.embeddings, model.norm_f, model.lm_head):
-        fill_random_(part, gen, std)
+    outside = [(n, t) for n, t in model.state_dict(keep_vars=True).items() if n[:7] != "layers."]
+    fill_random_(outside, _generator(device, seed, 0), std)
     for i, block in enumerate(model.layers):
         if model.plan.precision == BF16:
-            fill_random_(block, _generator(device, seed, i + 1), std)
+            gen = _generator(device, seed, i + 1)
+            fill_random_(block.state_dict(keep_vars=True).items(), gen, std)
         else:
             src = random_block(model.config, i, device, model.embeddings.weight.dtype, std, seed)
             quantize_from_(block, src)
