@@ -104,7 +104,8 @@ def quantize_from_(dst: nn.Module, src: nn.Module) -> None:
 def init_random_(model: NemotronH, std: float = 0.02, seed: int = 0) -> None:
     """Random weights for `model` in its plan's formats, scales calibrated."""
     device = model.embeddings.weight.device
-    outside = [(n, t) for n, t in model.state_dict(keep_vars=True).items() if n[:7] != "layers."]
+    named = model.state_dict(keep_vars=True).items()
+    outside = [(n, t) for n, t in named if not n.startswith("layers.")]
     fill_random_(outside, _generator(device, seed, 0), std)
     for i, block in enumerate(model.layers):
         if model.plan.precision == BF16:
