@@ -2,7 +2,8 @@
 the shipped pipeline.
 
     python -m benchmarks.e2e [--workload video|doc|audio|all] [--model full|demo] [--jobs N]
-                             [--small] [--via-cli] [--reference] [--cache DIR] [--results DIR]
+                             [--precision bf16|fp8|nvfp4] [--small] [--via-cli] [--reference]
+                             [--cache DIR] [--results DIR]
 
 Every job is handed to `workers.pipeline.Pipeline` at once, as the GPU worker and `omnibatch
 run` do: its job threads decode the media in the process pool (one worker per core) ahead of
@@ -22,7 +23,9 @@ rendered at 1024×1536: PipelineConfig.image_budget), ≈ 13 a second of a W-aud
 not available here, so prompts use the demo checkpoint's tokenizer and chat template (its
 special-token ids match the real config; text tokens differ, token counts barely).
 `--model demo`: the tiny demo checkpoint (CPU smoke run; its FLOP counts are still the real
-model's, so its MFU means nothing). `--small` shrinks the inputs (see e2e_inputs) and
+model's, so its MFU means nothing). `--precision fp8|nvfp4`: the LLM in the layout of NVIDIA's
+FP8 or NVFP4 checkpoint (the full model built so, the demo quantized at load); the report's
+`precision` says what ran. `--small` shrinks the inputs (see e2e_inputs) and
 renders pages near 1 K patches.
 `--reference` adds, after our model is freed, transformers' NemotronH `generate` floor.
 
@@ -117,19 +120,26 @@ WORKLOADS = {
 }  # fmt: skip
 
 
-def load(kind: str) -> tuple:
-    """(OmniModel, PromptBuilder, note) for `--model full|demo`."""
+def load(kind: str, precision: str = "bf16") -> tuple:
+    """(OmniModel, PromptBuilder, note) for `--model full|demo` at `--precision`."""
+    from workers.pipeline import demo_checkpoint_dir
+
     demo_dir = demo_checkpoint_dir()
     prompts = PromptBuilder.from_dir(demo_dir)
     if kind == "full":
         from workers.model.fullsize import build_fullsize_omni
 
-        note = "full-size random bf16 weights; demo tokenizer and chat template (real one absent)"
-        return build_fullsize_omni(), prompts, note
+        note = (
+            f"full-size random {precision} weights; demo tokenizer and chat template "
+            "(real one absent)"
+        )
+        return build_fullsize_omni(precision=precision), prompts, note
     from workers.model.loader import load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load_model(demo_dir, device)[0], prompts, "demo checkpoint (tiny, random)"
+    quantize = None if precision == "bf16" else precision
+    model = load_model(demo_dir, device, quantize=quantize)[0]
+    return model, prompts, "demo checkpoint (tiny, random)"
 
 
 def bench_pipeline(model, prompts: PromptBuilder, engine: EngineConfig, note: str, args):
@@ -327,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
     ap.add_argument("--model", choices=["full", "demo"], default="full")
     ap.add_argument("--jobs", type=int, default=64)
+    ap.add_argument("--precision", choices=["bf16", "fp8", "nvfp4"], default="bf16")
     ap.add_argument("--small", action="store_true", help="short inputs (CPU smoke run)")
     ap.add_argument("--via-cli", action="store_true", help="through `omnibatch run`'s runner")
     ap.add_argument("--reference", action="store_true", help="add transformers' generate floor")
@@ -338,13 +349,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
     files = {n: workload_files(n, args.cache, args.small) for n in names}
-    model, prompts, note = load(args.model)
+    model, prompts, note = load(args.model, args.precision)
     device = model.device
     engine = replace(engine_config(model, None), profile=True)
     pipeline = bench_pipeline(model, prompts, engine, note, args)
     workers = pipeline.media.num_workers
     report = {
         "model": note,
+        "precision": model.llm.precision,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "pool_workers": workers,
         "via_cli": args.via_cli,

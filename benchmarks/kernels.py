@@ -1,7 +1,10 @@
-"""All kernel benchmarks in one run: Mamba-2 / norms, then MoE / attention.
+"""All kernel benchmarks in one run: Mamba-2 / norms, MoE / attention, quantized kernels.
 
     python -m benchmarks.kernels            # every suite
-    python -m benchmarks.kernels moe_attn   # only the named suites (mamba, moe_attn)
+    python -m benchmarks.kernels moe_attn   # only the named suites (mamba, moe_attn, quant)
+
+The quant suite's "% of ceiling" is % of the copy bandwidth measured in the same run (weight
+streaming rows); its own table (python -m benchmarks.kernels_quant) shows the baselines.
 
 Prints one table last; with OUT set, writes every row to $OUT/kernels.json.
 """
@@ -13,10 +16,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import kernels_mamba, kernels_moe_attn
+from benchmarks import kernels_mamba, kernels_moe_attn, kernels_quant
 from benchmarks.common import format_table
 
-SUITES = {"mamba": kernels_mamba.all_rows, "moe_attn": kernels_moe_attn.all_rows}
+SUITES = {
+    "mamba": kernels_mamba.all_rows,
+    "moe_attn": kernels_moe_attn.all_rows,
+    "quant": kernels_quant.all_rows,
+}
 
 
 def main(names):

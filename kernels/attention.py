@@ -13,6 +13,11 @@ so the G heads that share a KV head read the same K/V tiles from L2.
 Decode: one program per (sequence, KV head, split) handles all G query heads of that KV
 head as the M dimension of the tile, so K/V are read from HBM once per sequence; long
 contexts are cut into splits whose partial results a second kernel merges by log-sum-exp.
+
+FP8 KV cache: with k_scale / v_scale (fp32 0-d, static per layer) the pools hold E4M3 and a
+stored row means row * scale. Tiles are cast to q's dtype as they are loaded (exact) and the
+scales are applied in fp32 where they factor out: k_scale into the softmax scale, v_scale on
+the normalized output. The caller writes rows as quantize_fp8(k, k_scale).
 """
 
 from functools import lru_cache
@@ -48,9 +53,9 @@ def _attend_block(
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     MASK: tl.constexpr,
-    UPCAST: tl.constexpr,
 ):
     # One key block of the online softmax. q [R, d]; acc [R, d]; m_i, l_i [R]; pos_m [R].
+    # K/V tiles take q's dtype: bf16 (or fp32 in the interpreter) from a bf16 or E4M3 pool.
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     if MASK:
@@ -61,9 +66,8 @@ def _attend_block(
         rows = tl.load(req_row + offs_n).to(tl.int64)
     k = tl.load(k_base + rows[None, :] * stride_kr + offs_d[:, None])  # [d, BLOCK_N]
     v = tl.load(v_base + rows[:, None] * stride_vr + offs_d[None, :])  # [BLOCK_N, d]
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
+    k = k.to(q.dtype)
+    v = v.to(q.dtype)
     s = tl.dot(q, k) * qk_scale
     if MASK:
         s = tl.where((offs_n[None, :] <= pos_m[:, None]) & n_ok[None, :], s, float("-inf"))
@@ -71,7 +75,7 @@ def _attend_block(
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
     return acc, m_new, l_i
 
 
@@ -86,6 +90,8 @@ def _attn_prefill_kernel(
     cu_ptr,
     ctx_ptr,
     block_end_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
     num_seqs,
     qk_scale,
     stride_qt,
@@ -103,6 +109,7 @@ def _attn_prefill_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_S: tl.constexpr,
     UPCAST: tl.constexpr,
+    SCALED: tl.constexpr,
 ):
     h = tl.program_id(0)
     pid = tl.program_id(1)
@@ -130,6 +137,8 @@ def _attn_prefill_kernel(
     )
     if UPCAST:
         q = q.to(tl.float32)
+    if SCALED:
+        qk_scale = qk_scale * tl.load(k_scale_ptr)
     pos_m = ctx + offs_m
     kvh = h // GROUP
     k_base = k_ptr + kvh * stride_kh
@@ -144,14 +153,16 @@ def _attn_prefill_kernel(
     for n0 in range(0, full_end, BLOCK_N):
         acc, m_i, l_i = _attend_block(
             q, acc, m_i, l_i, k_base, v_base, req_row, n0, kv_end, pos_m,
-            stride_kr, stride_vr, qk_scale, BLOCK_N, HEAD_DIM, False, UPCAST,
+            stride_kr, stride_vr, qk_scale, BLOCK_N, HEAD_DIM, False,
         )  # fmt: skip
     for n0 in range(full_end, kv_end, BLOCK_N):
         acc, m_i, l_i = _attend_block(
             q, acc, m_i, l_i, k_base, v_base, req_row, n0, kv_end, pos_m,
-            stride_kr, stride_vr, qk_scale, BLOCK_N, HEAD_DIM, True, UPCAST,
+            stride_kr, stride_vr, qk_scale, BLOCK_N, HEAD_DIM, True,
         )  # fmt: skip
     out = acc / l_i[:, None]
+    if SCALED:
+        out = out * tl.load(v_scale_ptr)
     tl.store(
         o_ptr + q_rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :],
         out.to(o_ptr.dtype.element_ty),
@@ -170,6 +181,8 @@ def _attn_decode_kernel(
     req_ptr,
     slots_ptr,
     seq_lens_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
     qk_scale,
     stride_qb,
     stride_qh,
@@ -186,6 +199,7 @@ def _attn_decode_kernel(
     BLOCK_N: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     UPCAST: tl.constexpr,
+    SCALED: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -207,6 +221,8 @@ def _attn_decode_kernel(
     )
     if UPCAST:
         q = q.to(tl.float32)
+    if SCALED:
+        qk_scale = qk_scale * tl.load(k_scale_ptr)
     pos = tl.zeros((GROUP_PAD,), dtype=tl.int32) + seq_len - 1
     k_base = k_ptr + kvh * stride_kh
     v_base = v_ptr + kvh * stride_vh
@@ -218,9 +234,11 @@ def _attn_decode_kernel(
     for n0 in range(n_lo, n_hi, BLOCK_N):
         acc, m_i, l_i = _attend_block(
             q, acc, m_i, l_i, k_base, v_base, req_row, n0, n_hi, pos,
-            stride_kr, stride_vr, qk_scale, BLOCK_N, HEAD_DIM, True, UPCAST,
+            stride_kr, stride_vr, qk_scale, BLOCK_N, HEAD_DIM, True,
         )  # fmt: skip
 
+    if SCALED:
+        acc = acc * tl.load(v_scale_ptr)
     if NUM_SPLITS == 1:
         out = acc / l_i[:, None]
         o_ptrs = o_ptr + b * stride_ob + heads[:, None] * stride_oh + offs_d[None, :]
@@ -262,7 +280,7 @@ def _attn_merge_kernel(
     tl.store(o_ptr + b * stride_ob + h * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty))
 
 
-def _check_pool(q, k_pool, v_pool, req_to_token):
+def _check_pool(q, k_pool, v_pool, req_to_token, k_scale, v_scale):
     Hq, d = q.shape[1], q.shape[2]
     Hkv = k_pool.shape[1]
     assert k_pool.shape[1:] == (Hkv, d) and v_pool.shape == k_pool.shape, (k_pool.shape, d)
@@ -270,18 +288,27 @@ def _check_pool(q, k_pool, v_pool, req_to_token):
     assert d == triton.next_power_of_2(d) and d >= 16, d
     assert k_pool.stride(2) == 1 and v_pool.stride(2) == 1
     assert req_to_token.dtype == torch.int32 and req_to_token.stride(1) == 1
+    fp8 = k_pool.dtype == torch.float8_e4m3fn
+    assert v_pool.dtype == k_pool.dtype, (k_pool.dtype, v_pool.dtype)
+    assert (k_scale is not None) == fp8 == (v_scale is not None), (
+        "an E4M3 pool needs k_scale and v_scale, a bf16 pool neither"
+    )
+    if fp8:
+        assert k_scale.numel() == v_scale.numel() == 1
+        assert k_scale.dtype == v_scale.dtype == torch.float32, (k_scale.dtype, v_scale.dtype)
     return Hq // Hkv
 
 
 def _attention_prefill_launch(
-    q, k_pool, v_pool, req_to_token, slots, cu_seqlens, context_lens, scale
+    q, k_pool, v_pool, req_to_token, slots, cu_seqlens, context_lens, scale, k_scale, v_scale
 ):
-    """q [T, Hq, d]; k_pool, v_pool [cap, Hkv, d]; req_to_token [S, max_len] int32;
-    slots [B] int; cu_seqlens [B+1] int32; context_lens [B] int32."""
+    """q [T, Hq, d]; k_pool, v_pool [cap, Hkv, d] (bf16, or E4M3 with k_scale, v_scale fp32
+    0-d); req_to_token [S, max_len] int32; slots [B] int; cu_seqlens [B+1] int32;
+    context_lens [B] int32."""
     T, Hq, d = q.shape
     B = slots.shape[0]
     assert cu_seqlens.shape == (B + 1,) and context_lens.shape == (B,), (cu_seqlens.shape, B)
-    group = _check_pool(q, k_pool, v_pool, req_to_token)
+    group = _check_pool(q, k_pool, v_pool, req_to_token, k_scale, v_scale)
     assert q.stride(2) == 1
     block_m, block_n, warps, stages = (16, 16, 4, 1) if interpreting() else _PREFILL_CFG
     lens = cu_seqlens[1:] - cu_seqlens[:-1]
@@ -291,11 +318,13 @@ def _attention_prefill_launch(
     grid = (Hq, triton.cdiv(T, block_m) + B)
     _attn_prefill_kernel[grid](
         q, k_pool, v_pool, o, req_to_token, slots, cu_seqlens, context_lens, block_end,
+        k_scale if k_scale is not None else q, v_scale if v_scale is not None else q,
         B, scale * _LOG2E,
         q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1),
         v_pool.stride(0), v_pool.stride(1), o.stride(0), o.stride(1), req_to_token.stride(0),
         GROUP=group, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_S=max(16, triton.next_power_of_2(B)), UPCAST=interpreting(),
+        SCALED=k_scale is not None,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return o
@@ -315,13 +344,15 @@ def decode_splits(batch, kv_heads, device):
 
 
 def _attention_decode_launch(
-    q, k_pool, v_pool, req_to_token, slots, seq_lens, scale, num_splits=None
-):
-    """q [B, Hq, d]; k_pool, v_pool [cap, Hkv, d]; req_to_token [S, max_len] int32;
-    slots [B] int; seq_lens [B] int32 (new token included)."""
+    q, k_pool, v_pool, req_to_token, slots, seq_lens, scale, num_splits=None,
+    k_scale=None, v_scale=None,
+):  # fmt: skip
+    """q [B, Hq, d]; k_pool, v_pool [cap, Hkv, d] (bf16, or E4M3 with k_scale, v_scale fp32
+    0-d); req_to_token [S, max_len] int32; slots [B] int; seq_lens [B] int32 (new token
+    included)."""
     B, Hq, d = q.shape
     assert slots.shape == (B,) and seq_lens.shape == (B,), (slots.shape, seq_lens.shape)
-    group = _check_pool(q, k_pool, v_pool, req_to_token)
+    group = _check_pool(q, k_pool, v_pool, req_to_token, k_scale, v_scale)
     assert q.stride(2) == 1
     Hkv = k_pool.shape[1]
     splits = num_splits or decode_splits(B, Hkv, q.device)
@@ -332,11 +363,13 @@ def _attention_decode_launch(
         part_o = torch.empty(B, Hq, splits, d, device=q.device, dtype=torch.float32)
         part_lse = torch.empty(B, Hq, splits, device=q.device, dtype=torch.float32)
     _attn_decode_kernel[(B, Hkv, splits)](
-        q, k_pool, v_pool, o, part_o, part_lse, req_to_token, slots, seq_lens, scale * _LOG2E,
+        q, k_pool, v_pool, o, part_o, part_lse, req_to_token, slots, seq_lens,
+        k_scale if k_scale is not None else q, v_scale if v_scale is not None else q,
+        scale * _LOG2E,
         q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1),
         v_pool.stride(0), v_pool.stride(1), o.stride(0), o.stride(1), req_to_token.stride(0),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=d,
-        BLOCK_N=block_n, NUM_SPLITS=splits, UPCAST=interpreting(),
+        BLOCK_N=block_n, NUM_SPLITS=splits, UPCAST=interpreting(), SCALED=k_scale is not None,
         num_warps=warps, num_stages=stages,
     )  # fmt: skip
     if splits > 1:
@@ -347,33 +380,43 @@ def _attention_decode_launch(
     return o
 
 
-def attention_prefill(q, k_pool, v_pool, req_to_token, slots, cu_seqlens, context_lens, scale):
+def attention_prefill(
+    q, k_pool, v_pool, req_to_token, slots, cu_seqlens, context_lens, scale,
+    k_scale=None, v_scale=None,
+):  # fmt: skip
     """Causal attention of packed new tokens over their sequences' cached + new keys.
 
     q [T, Hq, d]; k_pool, v_pool [cap, Hkv, d]; req_to_token [S, max_len] int32;
     slots [B] int; cu_seqlens [B+1] int32; context_lens [B] int32. Sequence b's new tokens
-    sit at positions context_lens[b] .. context_lens[b] + len_b - 1. Returns o [T, Hq, d].
+    sit at positions context_lens[b] .. context_lens[b] + len_b - 1. An FP8 KV cache passes
+    E4M3 pools with their k_scale, v_scale (fp32 0-d). Returns o [T, Hq, d].
     """
     return _attention_prefill_launch(
-        q, k_pool, v_pool, req_to_token, slots, cu_seqlens, context_lens, scale
+        q, k_pool, v_pool, req_to_token, slots, cu_seqlens, context_lens, scale, k_scale, v_scale
     )
 
 
-def attention_decode(q, k_pool, v_pool, req_to_token, slots, seq_lens, scale):
+def attention_decode(
+    q, k_pool, v_pool, req_to_token, slots, seq_lens, scale, k_scale=None, v_scale=None
+):
     """One new token per sequence attending over all its keys.
 
     q [B, Hq, d]; k_pool, v_pool [cap, Hkv, d]; req_to_token [S, max_len] int32;
-    slots [B] int; seq_lens [B] int32 (the new token included). Returns o [B, Hq, d].
+    slots [B] int; seq_lens [B] int32 (the new token included). An FP8 KV cache passes
+    E4M3 pools with their k_scale, v_scale (fp32 0-d). Returns o [B, Hq, d].
     """
-    return _attention_decode_launch(q, k_pool, v_pool, req_to_token, slots, seq_lens, scale)
+    return _attention_decode_launch(
+        q, k_pool, v_pool, req_to_token, slots, seq_lens, scale, k_scale=k_scale, v_scale=v_scale
+    )
 
 
-def _attend_ref(q, k_pool, v_pool, rows, context_len, scale):
-    """q [n, Hq, d] at positions context_len.. over pool rows [L]; fp32 math."""
+def _attend_ref(q, k_pool, v_pool, rows, context_len, scale, k_scale, v_scale):
+    """q [n, Hq, d] at positions context_len.. over pool rows [L]; fp32 math; an FP8 pool is
+    dequantized with its scale first."""
     n, Hq, _ = q.shape
     L = rows.shape[0]
-    k = k_pool[rows].float().transpose(0, 1)  # [Hkv, L, d]
-    v = v_pool[rows].float().transpose(0, 1)
+    k = _dequant_rows(k_pool, rows, k_scale).transpose(0, 1)  # [Hkv, L, d]
+    v = _dequant_rows(v_pool, rows, v_scale).transpose(0, 1)
     allowed = torch.arange(L, device=q.device)[None, :] <= (
         context_len + torch.arange(n, device=q.device)[:, None]
     )
@@ -383,7 +426,16 @@ def _attend_ref(q, k_pool, v_pool, rows, context_len, scale):
     return out.transpose(0, 1).to(q.dtype)
 
 
-def attention_prefill_ref(q, k_pool, v_pool, req_to_token, slots, cu_seqlens, context_lens, scale):
+def _dequant_rows(pool, rows, pool_scale):
+    """pool[rows] in fp32: times pool_scale for an FP8 pool."""
+    rows_f = pool[rows].float()
+    return rows_f if pool_scale is None else rows_f * pool_scale.float()
+
+
+def attention_prefill_ref(
+    q, k_pool, v_pool, req_to_token, slots, cu_seqlens, context_lens, scale,
+    k_scale=None, v_scale=None,
+):  # fmt: skip
     """Plain PyTorch twin of `attention_prefill`: one masked SDPA per sequence."""
     o = torch.empty_like(q)
     cu = cu_seqlens.tolist()
@@ -392,14 +444,20 @@ def attention_prefill_ref(q, k_pool, v_pool, req_to_token, slots, cu_seqlens, co
         if end == start:
             continue
         rows = req_to_token[slot, : ctx + end - start].long()
-        o[start:end] = _attend_ref(q[start:end], k_pool, v_pool, rows, ctx, scale)
+        o[start:end] = _attend_ref(
+            q[start:end], k_pool, v_pool, rows, ctx, scale, k_scale, v_scale
+        )
     return o
 
 
-def attention_decode_ref(q, k_pool, v_pool, req_to_token, slots, seq_lens, scale):
+def attention_decode_ref(
+    q, k_pool, v_pool, req_to_token, slots, seq_lens, scale, k_scale=None, v_scale=None
+):
     """Plain PyTorch twin of `attention_decode`."""
     o = torch.empty_like(q)
     for b, (slot, n) in enumerate(zip(slots.tolist(), seq_lens.tolist(), strict=True)):
         rows = req_to_token[slot, :n].long()
-        o[b : b + 1] = _attend_ref(q[b : b + 1], k_pool, v_pool, rows, n - 1, scale)
+        o[b : b + 1] = _attend_ref(
+            q[b : b + 1], k_pool, v_pool, rows, n - 1, scale, k_scale, v_scale
+        )
     return o

@@ -28,7 +28,7 @@ def _run(args: argparse.Namespace) -> int:
         json_object=args.json,
     )
     with open(args.out, "w") if args.out else contextlib.nullcontext(sys.stdout) as out:
-        failed = run_files(args.paths, request, args.model, args.device, out)
+        failed = run_files(args.paths, request, args.model, args.device, out, args.quantize)
     return 1 if failed else 0
 
 
@@ -69,7 +69,7 @@ def _submit(args: argparse.Namespace) -> int:
 def _demo_checkpoint(args: argparse.Namespace) -> int:
     from workers.model.demo import write_demo_checkpoint
 
-    write_demo_checkpoint(args.dir)
+    write_demo_checkpoint(args.dir, precision=args.precision)
     print(args.dir)
     return 0
 
@@ -84,6 +84,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt")
     p.add_argument("--model", type=Path, help="checkpoint directory (default: OMNIBATCH_MODEL)")
     p.add_argument("--device", help="cuda:N or cpu (default: cuda:0 when present, else cpu)")
+    p.add_argument(
+        "--quantize",
+        choices=["fp8", "nvfp4"],
+        help="quantize a BF16 checkpoint at load (default: OMNIBATCH_QUANTIZE)",
+    )
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--temperature", type=float)
     p.add_argument("--fps", type=float)
@@ -138,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo-checkpoint", help="write the tiny random-weight checkpoint")
     p.add_argument("dir", type=Path, metavar="DIR")
+    p.add_argument(
+        "--precision",
+        choices=["bf16", "fp8", "nvfp4"],
+        default="bf16",
+        help="the layout of NVIDIA's BF16, FP8 or NVFP4 checkpoint",
+    )
     p.set_defaults(func=_demo_checkpoint)
     return parser
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -134,6 +134,9 @@ class WorkerSettings(CommonSettings):
     model: Path | None = None  # None: the tiny demo checkpoint
     device: str = "cuda:0"
     gpu_memory_gb: float | None = Field(None, gt=0)
+    # Quantize a BF16 checkpoint at load into NVIDIA's published FP8 / NVFP4 layout; a
+    # checkpoint published quantized is served as it is whatever this says.
+    quantize: Literal["fp8", "nvfp4"] | None = None
     max_video_s: float = Field(4 * 3600, gt=0)
     max_pages: int = Field(200, gt=0)
     # Jobs in flight: what the engine can batch (a one-clip job is one sequence of its decode

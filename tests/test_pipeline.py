@@ -81,7 +81,7 @@ def run_cancelled(pipeline, req, path, at):
 
 def test_demo_model_is_marked(pipeline):
     assert pipeline.model_info.name == "demo-random"
-    assert pipeline.model_info.precision == "float32"
+    assert pipeline.model_info.precision == "fp32"  # the CPU runs the demo's weights in fp32
 
 
 def test_image(pipeline, files):

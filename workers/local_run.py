@@ -93,12 +93,20 @@ def default_device() -> str:
 
 
 def run_files(
-    paths: list[Path], request: JobCreate, model: Path | None, device: str | None, out: TextIO
+    paths: list[Path],
+    request: JobCreate,
+    model: Path | None,
+    device: str | None,
+    out: TextIO,
+    quantize: str | None = None,
 ) -> int:
     """Load the pipeline as a worker would, process `paths`; returns how many failed."""
     s = WorkerSettings()
     config = PipelineConfig(s.media_limits, s.max_concurrent_jobs)
-    pipeline = Pipeline.load(model or s.model, device or default_device(), s.gpu_memory_gb, config)
+    pipeline = Pipeline.load(
+        model or s.model, device or default_device(), s.gpu_memory_gb, config,
+        quantize or s.quantize,
+    )
     try:
         failed = run_all(pipeline, paths, request, out)
         log.info(

@@ -143,18 +143,17 @@ class Pipeline:
         device: str = "cpu",
         gpu_memory_gb: float | None = None,
         config: PipelineConfig = PipelineConfig(),
+        quantize: str | None = None,
     ) -> Pipeline:
+        """quantize: "fp8" / "nvfp4" turns a BF16 checkpoint into that published layout at
+        load (workers/model/loader.py); None serves the checkpoint as it is."""
         demo = model_dir is None
         if demo:
             model_dir = demo_checkpoint_dir()
             log.warning("no model given: using the tiny random demo checkpoint at %s", model_dir)
-        model, info = load_model(model_dir, device)
-        dtype = model.llm.embeddings.weight.dtype
-        precision = (
-            info.quant.quant_algo.lower() if info.quant else str(dtype).removeprefix("torch.")
-        )
+        model, info = load_model(model_dir, device, quantize=quantize)
         name = DEMO_NAME if demo else Path(model_dir).resolve().name
-        info_ = ModelInfo(name, None, precision)
+        info_ = ModelInfo(name, None, model.llm.precision)
         prompts = PromptBuilder.from_dir(model_dir)
         engine = engine_config(model, gpu_memory_gb)
         return cls(model, info, prompts, info_, demo, engine, config)

@@ -153,7 +153,7 @@ class Worker:
         log.info("worker %s loading the model on %s", self.id, self.settings.device)
         s = self.settings
         config = PipelineConfig(s.media_limits, s.max_concurrent_jobs)
-        pipeline = Pipeline.load(s.model, s.device, s.gpu_memory_gb, config)
+        pipeline = Pipeline.load(s.model, s.device, s.gpu_memory_gb, config, s.quantize)
         ctx = JobContext(
             self.redis, Storage(self.settings.data_dir), self.leases, pipeline,
             ModelInfo.model_validate(pipeline.model_info, from_attributes=True), self.id,

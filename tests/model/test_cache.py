@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.factories import TINY_LLM
-from workers.engine.cache import CacheFullError, ForwardBatch, HybridCache
+from workers.engine.cache import CacheFullError, ForwardBatch, HybridCache, kv_row_bytes
 
 CFG = TINY_LLM
 
@@ -21,6 +21,14 @@ def test_shapes_follow_config():
     assert cache.ssm_state[0].dtype == torch.float32
     assert len(cache.k_pool) == 1 and cache.k_pool[0].shape == (16 + 1, 1, 4)
     assert cache.req_to_token.shape == (3 + 1, 10)
+
+
+def test_fp8_kv_pools_and_row_bytes():
+    cache = HybridCache(CFG, 3, 16, 10, "cpu", torch.float32, torch.float8_e4m3fn)
+    assert cache.k_pool[0].dtype == cache.v_pool[0].dtype == torch.float8_e4m3fn
+    assert cache.conv_state[0].dtype == torch.float32
+    # one attention layer, K and V, 1 KV head of 4
+    assert kv_row_bytes(CFG, torch.float8_e4m3fn) == 2 * 4 == kv_row_bytes(CFG, torch.bfloat16) // 2
 
 
 def test_slots_alloc_free_and_exhaustion():

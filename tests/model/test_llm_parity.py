@@ -71,13 +71,13 @@ def copy_weights(ref: NemotronHForCausalLM) -> NemotronH:
         for name, t in ref.state_dict().items():
             name = name.removeprefix("model.")
             if name.endswith(("experts.up_proj", "experts.down_proj")):
-                moe_name, which = name.rsplit(".", 1)[0], name.rsplit(".", 1)[1]
-                moe = ours.get_submodule(moe_name.removesuffix(".experts"))
+                experts_name, which = name.rsplit(".", 1)
+                stack = ours.get_submodule(f"{experts_name}.{which}")
                 for j in range(t.shape[0]):  # the checkpoint's per-expert layout
                     key = f"experts.{j}.{which}.weight"
-                    assert parse_expert_key(key) == (j, which)
-                    moe.load_expert(j, which, t[j])
-                seen.add(moe_name.replace("experts", f"experts_{which.split('_')[0]}"))
+                    assert parse_expert_key(key) == (j, which, "weight")
+                    stack.load(j, "weight", t[j])
+                seen.add(f"{name}.weight")
             else:
                 params[name].copy_(t)
                 seen.add(name)
@@ -200,8 +200,8 @@ def test_full_size_parameter_count():
     assert counts["embeddings"] == counts["lm_head"] == 131072 * 2688
 
 
-def test_load_expert_rejects_wrong_shape():
-    moe = NemotronH(CFG).layers[2].mixer
-    with pytest.raises(ValueError, match="expert 3 up_proj"):
-        moe.load_expert(3, "up_proj", torch.zeros(CFG.hidden_size, CFG.moe_intermediate_size))
+def test_expert_stack_load_rejects_wrong_shape():
+    stack = NemotronH(CFG).layers[2].mixer.experts.up_proj
+    with pytest.raises(ValueError, match=r"shape \(64, 32\), expected \(32, 64\)"):
+        stack.load(3, "weight", torch.zeros(CFG.hidden_size, CFG.moe_intermediate_size))
     assert parse_expert_key("experts.3.gate_proj.weight") is None

@@ -21,6 +21,12 @@ import torch
 from workers.model.config import LLMConfig
 
 
+def kv_row_bytes(config: LLMConfig, kv_dtype: torch.dtype) -> int:
+    """Bytes of one cached token: K and V of every attention layer."""
+    n_attn = len(config.attention_layers)
+    return n_attn * 2 * config.num_key_value_heads * config.head_dim * kv_dtype.itemsize
+
+
 class CacheFullError(RuntimeError):
     """No free slot or not enough free KV rows: the scheduler must wait or preempt."""
 
@@ -80,7 +86,9 @@ class HybridCache:
         max_seq_len: int,
         device: torch.device | str,
         dtype: torch.dtype,
+        kv_dtype: torch.dtype | None = None,
     ):
+        """dtype: conv state; kv_dtype: the KV pools (default dtype). SSM state is fp32."""
         c = config
         self.num_slots = num_slots
         self.scratch_slot = num_slots
@@ -96,8 +104,9 @@ class HybridCache:
         ssm_shape = (rows, c.mamba_num_heads, c.mamba_head_dim, c.ssm_state_size)
         self.ssm_state = [torch.zeros(ssm_shape, dtype=torch.float32, **kw) for _ in range(n_mamba)]
         kv_shape = (kv_capacity_tokens + 1, c.num_key_value_heads, c.head_dim)
-        self.k_pool = [torch.zeros(kv_shape, dtype=dtype, **kw) for _ in range(n_attn)]
-        self.v_pool = [torch.zeros(kv_shape, dtype=dtype, **kw) for _ in range(n_attn)]
+        kv_dtype = kv_dtype or dtype
+        self.k_pool = [torch.zeros(kv_shape, dtype=kv_dtype, **kw) for _ in range(n_attn)]
+        self.v_pool = [torch.zeros(kv_shape, dtype=kv_dtype, **kw) for _ in range(n_attn)]
         self.req_to_token = torch.zeros(rows, max_seq_len, dtype=torch.int32, **kw)
         self.req_to_token[self.scratch_slot] = kv_capacity_tokens
         # Host-side bookkeeping: free slots, a stack of free pool rows, reserved length per slot.

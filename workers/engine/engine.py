@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from workers.engine.cache import HybridCache
+from workers.engine.cache import HybridCache, kv_row_bytes
 from workers.engine.grammar import RequestGrammar
 from workers.engine.request import Request, SamplingParams
 from workers.engine.runner import ModelRunner
@@ -55,7 +55,7 @@ class EngineConfig:
     # weights whatever the batch, so more sequences a step is nearly free throughput until
     # the per-sequence Mamba state (≈ 49 MB read and written a step) catches up.
     max_running: int = 512
-    kv_capacity_tokens: int = 1 << 20  # KV pool rows (6 KB each at full size, bf16)
+    kv_capacity_tokens: int = 1 << 20  # KV pool rows (6 KB each at full size, bf16; 3 KB FP8)
     max_seq_len: int = 131072
     prefill_token_budget: int = 16384
     decode_graph_sizes: tuple[int, ...] = ()  # CUDA-graph decode batch sizes; () = eager
@@ -82,12 +82,11 @@ class EngineConfig:
         free = gpu_memory_gb * 1024 * _MiB - weights
         if free <= 0:
             raise ValueError(f"GPU_MEMORY_GB={gpu_memory_gb} is less than the weights need")
-        n_mamba, n_attn = len(c.mamba_layers), len(c.attention_layers)
-        slot_bytes = n_mamba * (
+        slot_bytes = len(c.mamba_layers) * (
             c.conv_dim * (c.conv_kernel - 1) * itemsize
             + c.mamba_num_heads * c.mamba_head_dim * c.ssm_state_size * 4
         )
-        row_bytes = n_attn * 2 * c.num_key_value_heads * c.head_dim * itemsize
+        row_bytes = kv_row_bytes(c, model.llm.kv_dtype)
         usable = free * 3 / 4
         slots = max(1, min(kw.pop("max_running", cls.max_running), int(usable / 2 / slot_bytes)))
         rows = int((usable - slots * slot_bytes) / row_bytes)
@@ -141,6 +140,7 @@ class Engine:
             config.max_seq_len,
             model.device,
             dtype,
+            kv_dtype=model.llm.kv_dtype,
         )
         graphs = None
         if config.decode_graph_sizes:

@@ -41,7 +41,9 @@ def generate(
     device = llm.embeddings.weight.device
     totals = [p.shape[0] + sp.max_tokens for p, sp in zip(prompts, params, strict=True)]
     dtype = llm.embeddings.weight.dtype
-    cache = HybridCache(llm.config, len(prompts), sum(totals), max(totals), device, dtype)
+    cache = HybridCache(
+        llm.config, len(prompts), sum(totals), max(totals), device, dtype, llm.kv_dtype
+    )
     scheduler = Scheduler(SchedulerConfig(prefill_token_budget=prefill_chunk), cache)
     runner = ModelRunner(llm, cache)
     reqs = [

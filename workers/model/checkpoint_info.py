@@ -1,17 +1,22 @@
-"""What a checkpoint directory says besides the model's architecture: quantisation
-(`config.json`'s `quantization_config`), `preprocessor_config.json` and
-`generation_config.json`, read together with the architecture into one `CheckpointInfo`.
+"""What a checkpoint directory says besides the model's architecture: quantization
+(`config.json`'s `quantization_config` or `hf_quant_config.json`), `preprocessor_config.json`
+and `generation_config.json`, read together with the architecture into one `CheckpointInfo`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from kernels.quant_formats import NVFP4_BLOCK
 from workers.model.config import OmniConfig
 from workers.model.hf_config import CheckpointConfigError, parse_omni, read_json
+from workers.model.quant import FP8, NVFP4
 
-_QUANT_ALGOS = ("FP8", "NVFP4", "MIXED_PRECISION")
+# ModelOpt's quant_algo values we serve, and the format each gives a layer.
+_ALGO_FORMATS = {"FP8": FP8, "NVFP4": NVFP4, "W4A16_NVFP4": NVFP4}
+MIXED = "MIXED_PRECISION"
 
 
 @dataclass(frozen=True)
@@ -41,23 +46,90 @@ class GenerationDefaults:
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """ModelOpt `quantization_config`; per-layer details come from the tensor dtypes."""
+    """A ModelOpt quantization config: config.json's `quantization_config`, or the `quantization`
+    of `hf_quant_config.json`. Which layers hold which format is read from the tensors
+    (loader.py) and checked against `layers` where the config lists them."""
 
-    quant_algo: str
+    quant_algo: str  # FP8 | NVFP4 | W4A16_NVFP4 | MIXED_PRECISION
     kv_cache_fp8: bool = False
+    # MIXED_PRECISION's `quantized_layers`: published module name -> fp8 | nvfp4
+    layers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def precision(self) -> str:
+        """nvfp4 when any layer is NVFP4, else fp8."""
+        if self.quant_algo == MIXED:
+            return NVFP4 if NVFP4 in self.layers.values() else FP8
+        return _ALGO_FORMATS[self.quant_algo]
 
 
-def parse_quant(d: dict) -> QuantConfig | None:
-    q = d.get("quantization_config")
-    if not q:
-        return None
-    if q.get("quant_method", "modelopt") != "modelopt":
-        raise CheckpointConfigError(f"quantization_config.quant_method={q['quant_method']!r}")
-    algo = q.get("quant_algo")
-    if algo not in _QUANT_ALGOS:
-        raise CheckpointConfigError(f"quantization_config.quant_algo={algo!r} is not supported")
-    kv = q.get("kv_cache_quant_algo") or (q.get("kv_cache_scheme") or {}).get("type")
-    return QuantConfig(quant_algo=algo, kv_cache_fp8=kv is not None)
+def _algo(algo, where: str) -> str:
+    algo = str(algo).upper()
+    if algo not in _ALGO_FORMATS and algo != MIXED:
+        raise CheckpointConfigError(f"{where}.quant_algo={algo!r} is not supported")
+    return algo
+
+
+def _group_size(entry: dict, algo: str, where: str) -> None:
+    size = entry.get("group_size")
+    if _ALGO_FORMATS.get(algo) == NVFP4 and size is not None and int(size) != NVFP4_BLOCK:
+        raise CheckpointConfigError(f"{where}.group_size={size}: NVFP4 blocks are {NVFP4_BLOCK}")
+
+
+def parse_quant(q: dict, where: str = "quantization_config") -> QuantConfig:
+    """Either style of ModelOpt config: config.json's (`quant_method: modelopt`,
+    `kv_cache_scheme` dict) or hf_quant_config.json's `quantization` (`kv_cache_quant_algo`)."""
+    method = str(q.get("quant_method", "modelopt"))
+    if not method.lower().startswith("modelopt"):
+        raise CheckpointConfigError(f"{where}.quant_method={method!r}: only ModelOpt is supported")
+    algo = _algo(q.get("quant_algo"), where)
+    _group_size(q, algo, where)
+    kv = q.get("kv_cache_quant_algo")
+    scheme = q.get("kv_cache_scheme")
+    if isinstance(scheme, dict) and scheme:
+        kv = "FP8" if (scheme.get("type"), scheme.get("num_bits")) == ("float", 8) else scheme
+    if kv is not None and str(kv).upper() != "FP8":
+        raise CheckpointConfigError(f"{where}: KV cache quantization {kv!r} is not supported")
+    layers = {}
+    for name, entry in (q.get("quantized_layers") or {}).items():
+        layer_algo = _algo(entry.get("quant_algo"), f"{where}.quantized_layers.{name}")
+        if layer_algo == MIXED:
+            raise CheckpointConfigError(f"{where}.quantized_layers.{name}: {MIXED} per layer")
+        _group_size(entry, layer_algo, f"{where}.quantized_layers.{name}")
+        layers[name] = _ALGO_FORMATS[layer_algo]
+    if algo == MIXED and not layers:
+        raise CheckpointConfigError(f"{where}: {MIXED} without quantized_layers")
+    return QuantConfig(quant_algo=algo, kv_cache_fp8=kv is not None, layers=layers)
+
+
+def read_quant(path: Path, config: dict) -> QuantConfig | None:
+    """config.json's `quantization_config`, else `hf_quant_config.json` (older ModelOpt
+    exports), else None: an unquantized checkpoint."""
+    if q := config.get("quantization_config"):
+        return parse_quant(q)
+    legacy = path / "hf_quant_config.json"
+    if legacy.exists():
+        return parse_quant(read_json(legacy).get("quantization") or {}, legacy.name)
+    return None
+
+
+def quant_config_dict(formats: Mapping[str, str], kv_fp8: bool) -> dict:
+    """config.json's `quantization_config` for a checkpoint whose quantized modules (published
+    names) hold `formats`: FP8 alone as ModelOpt writes it, NVFP4 as MIXED_PRECISION."""
+    out: dict = {"quant_method": "modelopt", "producer": {"name": "omnibatch"}}
+    if NVFP4 in formats.values():
+        out["quant_algo"] = MIXED
+        out["quantized_layers"] = {
+            name: {"quant_algo": "NVFP4", "group_size": NVFP4_BLOCK}
+            if fmt == NVFP4
+            else {"quant_algo": "FP8"}
+            for name, fmt in formats.items()
+        }
+    else:
+        out["quant_algo"] = "FP8"
+    if kv_fp8:
+        out["kv_cache_scheme"] = {"type": "float", "num_bits": 8, "dynamic": False}
+    return out
 
 
 def parse_preprocess(d: dict) -> PreprocessConfig:
@@ -116,5 +188,5 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
         model=parse_omni(cfg),
         preprocess=parse_preprocess(read_json(pre)) if pre.exists() else PreprocessConfig(),
         generation=parse_generation(read_json(gen)) if gen.exists() else GenerationDefaults(),
-        quant=parse_quant(cfg),
+        quant=read_quant(path, cfg),
     )

@@ -3,12 +3,17 @@
 
 One table, used to write the demo checkpoint and to check a checkpoint before loading it.
 Names are the published ones; `SKIPPED` lists prefixes/suffixes present in published files
-that inference does not use.
+that inference does not use. A `QuantPlan` gives the quantized layouts (docs/model.md §6.4):
+an FP8 linear adds `weight_scale` and `input_scale` (0-d), an NVFP4 one packs `weight` to
+[N, K/2] and adds `weight_scale` [N, K/16], `weight_scale_2` and `input_scale`; an FP8 KV
+cache adds `k_proj.k_scale` and `v_proj.v_scale`.
 """
 
 from __future__ import annotations
 
+from kernels.quant_formats import NVFP4_BLOCK
 from workers.model.config import OmniConfig
+from workers.model.quant import FP8, NVFP4, QuantPlan
 
 LM = "language_model.backbone."
 RADIO = "vision_model.radio_model."
@@ -23,42 +28,59 @@ SKIPPED_PREFIXES = (
     LM + "mtp.",
     "language_model.mtp.",
 )
-SKIPPED_SUFFIXES = ("num_batches_tracked", ".input_scale", ".k_scale", ".v_scale")
+SKIPPED_SUFFIXES = ("num_batches_tracked",)
 
 
 def is_skipped(name: str) -> bool:
     return name.startswith(SKIPPED_PREFIXES) or name.endswith(SKIPPED_SUFFIXES)
 
 
-def llm_shapes(cfg: OmniConfig) -> dict[str, tuple[int, ...]]:
+def linear_shapes(name: str, fmt: str, n: int, k: int) -> dict[str, tuple[int, ...]]:
+    """The published tensors of one linear `name` [n, k] in format `fmt`."""
+    if fmt == FP8:
+        return {name + ".weight": (n, k), name + ".weight_scale": (), name + ".input_scale": ()}
+    if fmt == NVFP4:
+        return {
+            name + ".weight": (n, k // 2),
+            name + ".weight_scale": (n, k // NVFP4_BLOCK),
+            name + ".weight_scale_2": (),
+            name + ".input_scale": (),
+        }
+    return {name + ".weight": (n, k)}
+
+
+def llm_shapes(cfg: OmniConfig, plan: QuantPlan | None = None) -> dict[str, tuple[int, ...]]:
     c = cfg.llm
+    plan = plan or QuantPlan()
     d = c.hidden_size
     out: dict[str, tuple[int, ...]] = {LM + "embeddings.weight": (c.vocab_size, d)}
     for i, kind in enumerate(c.pattern):
         p = f"{LM}layers.{i}."
         out[p + "norm.weight"] = (d,)
         m = p + "mixer."
+
+        def linear(name: str, n: int, k: int, i=i, m=m) -> dict[str, tuple[int, ...]]:
+            return linear_shapes(m + name, plan.format(f"layers.{i}.mixer.{name}"), n, k)
+
         if kind == "M":
             h = c.mamba_num_heads
+            out |= linear("in_proj", c.in_proj_dim, d)
             out |= {
-                m + "in_proj.weight": (c.in_proj_dim, d),
                 m + "conv1d.weight": (c.conv_dim, 1, c.conv_kernel),
                 m + "conv1d.bias": (c.conv_dim,),
                 m + "dt_bias": (h,),
                 m + "A_log": (h,),
                 m + "D": (h,),
                 m + "norm.weight": (c.d_inner,),
-                m + "out_proj.weight": (d, c.d_inner),
             }
+            out |= linear("out_proj", d, c.d_inner)
         elif kind == "*":
             q = c.num_attention_heads * c.head_dim
             kv = c.num_key_value_heads * c.head_dim
-            out |= {
-                m + "q_proj.weight": (q, d),
-                m + "k_proj.weight": (kv, d),
-                m + "v_proj.weight": (kv, d),
-                m + "o_proj.weight": (d, q),
-            }
+            out |= linear("q_proj", q, d) | linear("k_proj", kv, d) | linear("v_proj", kv, d)
+            out |= linear("o_proj", d, q)
+            if plan.kv_fp8:
+                out |= {m + "k_proj.k_scale": (), m + "v_proj.v_scale": ()}
         else:
             e, i_, s = (
                 c.n_routed_experts,
@@ -67,11 +89,11 @@ def llm_shapes(cfg: OmniConfig) -> dict[str, tuple[int, ...]]:
             )
             out[m + "gate.weight"] = (e, d)
             out[m + "gate.e_score_correction_bias"] = (e,)
+            fmt = plan.format(f"layers.{i}.mixer.experts")
             for j in range(e):
-                out[f"{m}experts.{j}.up_proj.weight"] = (i_, d)
-                out[f"{m}experts.{j}.down_proj.weight"] = (d, i_)
-            out[m + "shared_experts.up_proj.weight"] = (s, d)
-            out[m + "shared_experts.down_proj.weight"] = (d, s)
+                out |= linear_shapes(f"{m}experts.{j}.up_proj", fmt, i_, d)
+                out |= linear_shapes(f"{m}experts.{j}.down_proj", fmt, d, i_)
+            out |= linear("shared_experts.up_proj", s, d) | linear("shared_experts.down_proj", d, s)
     out[LM + "norm_f.weight"] = (d,)
     out["language_model.lm_head.weight"] = (c.vocab_size, d)
     return out
@@ -160,6 +182,6 @@ def audio_shapes(cfg: OmniConfig) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def published_shapes(cfg: OmniConfig) -> dict[str, tuple[int, ...]]:
+def published_shapes(cfg: OmniConfig, plan: QuantPlan | None = None) -> dict[str, tuple[int, ...]]:
     """Every tensor inference needs, by published name."""
-    return llm_shapes(cfg) | vision_shapes(cfg) | audio_shapes(cfg)
+    return llm_shapes(cfg, plan) | vision_shapes(cfg) | audio_shapes(cfg)

@@ -3,6 +3,8 @@
 Same files as the real repos (docs/model.md §6.1): composite config.json with the published key
 names, preprocessor/generation configs, tokenizer files, chat template, ≥ 2 safetensors
 shards and their index. Deterministic from the seed. Its text output is meaningless.
+`precision="fp8"|"nvfp4"` writes the layout of NVIDIA's FP8 or NVFP4 repo instead: the same
+random weights quantized at load (loader.py), saved as ModelOpt exports them (save.py).
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from workers.model.checkpoint_keys import RADIO, SOUND, published_shapes
 from workers.model.demo_tokenizer import write_tokenizer_files
 from workers.model.hf_config import parse_omni
+from workers.model.loader import load_model
+from workers.model.quant import BF16
+from workers.model.save import save_weights, write_shards
 
 DEMO_NAME = "demo-random"
 DEMO_VERSION = 2  # bump when the files change, so cached copies are rebuilt
@@ -200,31 +204,13 @@ def make_demo_tensors(config: dict, seed: int, dtype: torch.dtype) -> dict[str, 
     return out | _extra_buffers()
 
 
-def write_shards(out: Path, tensors: dict[str, torch.Tensor], num_shards: int) -> None:
-    """model-0000k-of-0000n.safetensors + model.safetensors.index.json, split by bytes."""
-    names = list(tensors)
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    per = total / num_shards
-    groups: list[list[str]] = [[] for _ in range(num_shards)]
-    acc = 0
-    for n in names:
-        groups[min(int(acc // per), num_shards - 1)].append(n)
-        acc += tensors[n].numel() * tensors[n].element_size()
-    weight_map = {}
-    for k, group in enumerate(groups):
-        fname = f"model-{k + 1:05d}-of-{num_shards:05d}.safetensors"
-        save_file({n: tensors[n].contiguous() for n in group}, out / fname, {"format": "pt"})
-        weight_map |= dict.fromkeys(group, fname)
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-
-
 def write_demo_checkpoint(
     out: str | Path,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     num_shards: int = 2,
     video_pruning_rate: float = 0.5,
+    precision: str = BF16,
 ) -> Path:
     """Write the demo checkpoint into `out` (created if needed) and return its path."""
     out = Path(out)
@@ -236,4 +222,7 @@ def write_demo_checkpoint(
     (out / "generation_config.json").write_text(json.dumps(GENERATION, indent=2))
     write_tokenizer_files(out, VOCAB_SIZE, seed)
     write_shards(out, make_demo_tensors(config, seed, dtype), num_shards)
+    if precision != BF16:
+        model, _ = load_model(out, "cpu", dtype, quantize=precision)
+        save_weights(model, out, num_shards, extra=_extra_buffers())
     return out

@@ -16,6 +16,8 @@ from torch import nn
 from workers.engine.cache import ForwardBatch, HybridCache
 from workers.model import ops
 from workers.model.config import LLMConfig
+from workers.model.linear import Linear
+from workers.model.quant import QuantPlan
 
 
 class GatedGroupRMSNorm(nn.Module):
@@ -30,7 +32,7 @@ class GatedGroupRMSNorm(nn.Module):
 
 
 class Mamba2Mixer(nn.Module):
-    def __init__(self, config: LLMConfig, layer_idx: int, device=None, dtype=None):
+    def __init__(self, config: LLMConfig, layer_idx: int, plan: QuantPlan, device=None, dtype=None):
         super().__init__()
         c = config
         self.cache_index = c.mamba_layers.index(layer_idx)
@@ -39,7 +41,8 @@ class Mamba2Mixer(nn.Module):
         self.d_inner, self.conv_dim = c.d_inner, c.conv_dim
         self.chunk_size = c.chunk_size
         kw = {"device": device, "dtype": dtype}
-        self.in_proj = nn.Linear(c.hidden_size, c.in_proj_dim, bias=False, **kw)
+        p = f"layers.{layer_idx}.mixer."
+        self.in_proj = Linear(c.hidden_size, c.in_proj_dim, plan.format(p + "in_proj"), **kw)
         self.conv1d = nn.Conv1d(
             c.conv_dim, c.conv_dim, c.conv_kernel, groups=c.conv_dim, bias=True, **kw
         )
@@ -50,7 +53,7 @@ class Mamba2Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(c.mamba_num_heads, **f32))
         self.D = nn.Parameter(torch.empty(c.mamba_num_heads, **f32))
         self.norm = GatedGroupRMSNorm(c.d_inner, c.d_inner // c.n_groups, c.norm_eps, **kw)
-        self.out_proj = nn.Linear(c.d_inner, c.hidden_size, bias=False, **kw)
+        self.out_proj = Linear(c.d_inner, c.hidden_size, plan.format(p + "out_proj"), **kw)
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: HybridCache) -> torch.Tensor:
         """x[T,D] (normed) -> [T,D]; reads and advances the slots' conv and SSM state."""

@@ -8,7 +8,8 @@ next norm (`ops.rmsnorm(x, w, eps, residual)`), so blocks pass (hidden, residual
 
 Parameter names equal the checkpoint keys under `language_model.backbone.` (plus
 `lm_head.weight` for `language_model.lm_head.weight`), except the stacked MoE experts
-(see `moe.MoE.load_expert`).
+(see `moe.ExpertStack`). The `QuantPlan` says which linears are FP8 or NVFP4
+(workers/model/quant.py); router, embeddings, norms and lm_head stay in the model dtype.
 """
 
 from __future__ import annotations
@@ -20,8 +21,13 @@ from workers.engine.cache import ForwardBatch, HybridCache
 from workers.model import ops
 from workers.model.attention import Attention
 from workers.model.config import LLMConfig
+from workers.model.linear import Linear
 from workers.model.mamba2_mixer import Mamba2Mixer
 from workers.model.moe import MoE
+from workers.model.quant import BF16, QuantPlan
+
+# What `precision` says of an unquantized model: its dtype.
+_DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 BLOCKS: dict[str, type[nn.Module]] = {"M": Mamba2Mixer, "*": Attention, "E": MoE}
 
@@ -40,7 +46,7 @@ class RMSNorm(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: LLMConfig, layer_idx: int, device=None, dtype=None):
+    def __init__(self, config: LLMConfig, layer_idx: int, plan: QuantPlan, device=None, dtype=None):
         super().__init__()
         kind = config.pattern[layer_idx]
         if kind not in BLOCKS:
@@ -49,7 +55,7 @@ class Block(nn.Module):
                 f"(known: {''.join(BLOCKS)})"
             )
         self.norm = RMSNorm(config.hidden_size, config.norm_eps, device=device, dtype=dtype)
-        self.mixer = BLOCKS[kind](config, layer_idx, device=device, dtype=dtype)
+        self.mixer = BLOCKS[kind](config, layer_idx, plan, device=device, dtype=dtype)
 
     def forward(
         self,
@@ -65,14 +71,33 @@ class Block(nn.Module):
 class NemotronH(nn.Module):
     """The LLM. `device="meta"` builds it without memory (see fullsize.py)."""
 
-    def __init__(self, config: LLMConfig, device=None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        config: LLMConfig,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+        plan: QuantPlan | None = None,
+    ):
         super().__init__()
         self.config = config
+        self.plan = plan = plan or QuantPlan()
         kw = {"device": device, "dtype": dtype}
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, **kw)
-        self.layers = nn.ModuleList(Block(config, i, **kw) for i in range(config.num_layers))
+        self.layers = nn.ModuleList(Block(config, i, plan, **kw) for i in range(config.num_layers))
         self.norm_f = RMSNorm(config.hidden_size, config.norm_eps, **kw)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, **kw)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, BF16, **kw)
+
+    @property
+    def precision(self) -> str:
+        """What the weights are: fp8 / nvfp4 when quantized, else the dtype (bf16, fp32)."""
+        if self.plan.precision != BF16:
+            return self.plan.precision
+        return _DTYPE_NAMES.get(self.embeddings.weight.dtype, str(self.embeddings.weight.dtype))
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """The dtype of the KV cache pools this model writes (HybridCache's kv_dtype)."""
+        return torch.float8_e4m3fn if self.plan.kv_fp8 else self.embeddings.weight.dtype
 
     @torch.no_grad()
     def embed(self, ids: torch.Tensor) -> torch.Tensor:

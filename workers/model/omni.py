@@ -23,6 +23,7 @@ from workers.model.config import OmniConfig
 from workers.model.expand import expand_prompt
 from workers.model.nemotron_h import NemotronH
 from workers.model.projectors import SoundProjector, VisionProjector
+from workers.model.quant import QuantPlan
 from workers.model.vision import RadioViT, encode_visual
 
 
@@ -36,10 +37,18 @@ class PromptStats:
 
 
 class OmniModel(nn.Module):
-    def __init__(self, config: OmniConfig, device=None, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        config: OmniConfig,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+        plan: QuantPlan | None = None,
+    ):
+        """`plan`: the LLM's quantized linears (workers/model/quant.py); the towers and
+        projectors are unquantized in every published checkpoint."""
         super().__init__()
         self.config = config
-        self.llm = NemotronH(config.llm, device=device, dtype=dtype)
+        self.llm = NemotronH(config.llm, device=device, dtype=dtype, plan=plan)
         d = config.llm.hidden_size
         with torch.device(device or "cpu"):
             self.vit = RadioViT(config.vision)

@@ -19,7 +19,10 @@ import torch
 from kernels import attention as _attention
 from kernels import causal_conv1d as _conv
 from kernels import evs as _evs
+from kernels import fp8_linear as _fp8_linear
 from kernels import moe_experts as _experts
+from kernels import moe_experts_fp8 as _experts_fp8
+from kernels import moe_experts_nvfp4 as _experts_nvfp4
 from kernels import moe_routing as _routing
 from kernels import rmsnorm as _rmsnorm
 from kernels import ssd_scan as _ssd
@@ -83,14 +86,45 @@ def moe_experts(x, up, down, topk_weights, topk_ids):
     return op(x, up, down, topk_weights, topk_ids)
 
 
-def attention_prefill(q, k_pool, v_pool, req_to_token, slots, cu_seqlens, context_lens, scale):
+def moe_experts_fp8(
+    x, up, down, up_scale, down_scale, up_input_scale, down_input_scale, topk_weights, topk_ids
+):
+    op = _experts_fp8.moe_experts_fp8 if _triton(x) else _experts_fp8.moe_experts_fp8_ref
+    return op(
+        x, up, down, up_scale, down_scale, up_input_scale, down_input_scale, topk_weights, topk_ids
+    )
+
+
+def moe_experts_nvfp4(x, up, down, topk_weights, topk_ids):
+    op = _experts_nvfp4.moe_experts_nvfp4 if _triton(x) else _experts_nvfp4.moe_experts_nvfp4_ref
+    return op(x, up, down, topk_weights, topk_ids)
+
+
+def fp8_linear(x, weight, weight_scale, input_scale):
+    op = _fp8_linear.fp8_linear if _triton(x) else _fp8_linear.fp8_linear_ref
+    return op(x, weight, weight_scale, input_scale)
+
+
+def fp8_quantize(x, scale):
+    op = _fp8_linear.fp8_quantize if _triton(x) else _fp8_linear.fp8_quantize_ref
+    return op(x, scale)
+
+
+def attention_prefill(
+    q, k_pool, v_pool, req_to_token, slots, cu_seqlens, context_lens, scale, k_scale=None,
+    v_scale=None,
+):  # fmt: skip
     op = _attention.attention_prefill if _triton(q) else _attention.attention_prefill_ref
-    return op(q, k_pool, v_pool, req_to_token, slots, cu_seqlens, context_lens, scale)
+    return op(
+        q, k_pool, v_pool, req_to_token, slots, cu_seqlens, context_lens, scale, k_scale, v_scale
+    )
 
 
-def attention_decode(q, k_pool, v_pool, req_to_token, slots, seq_lens, scale):
+def attention_decode(
+    q, k_pool, v_pool, req_to_token, slots, seq_lens, scale, k_scale=None, v_scale=None
+):
     op = _attention.attention_decode if _triton(q) else _attention.attention_decode_ref
-    return op(q, k_pool, v_pool, req_to_token, slots, seq_lens, scale)
+    return op(q, k_pool, v_pool, req_to_token, slots, seq_lens, scale, k_scale, v_scale)
 
 
 def evs_keep_mask(emb, q):

@@ -1,66 +1,92 @@
-"""Dequantisation of ModelOpt FP8 and NVFP4 linear weights at load time (docs/model.md §6.4).
+"""Which format each linear layer of the LLM holds: the quantization plan (docs/model.md §6.4).
 
-FP8 (per-tensor): `weight` float8_e4m3fn [out, in], `weight_scale` fp32 scalar.
-NVFP4: `weight` uint8 [out, in/2] holding two E2M1 codes per byte (low nibble = even input
-index), `weight_scale` float8_e4m3fn [out, in/16] per 16-value block, `weight_scale_2` fp32
-global scale. Value = e2m1 × block scale × global scale. Results are cast to `dtype` (bf16 on
-the GPU); the quantised kernels that would keep them packed are not built yet.
+Formats are the checkpoint's: BF16 (unquantized; held in the model dtype, fp32 on the CPU),
+FP8 (ModelOpt per-tensor W8A8: E4M3 weight, fp32 `weight_scale`, static fp32 `input_scale`) and
+NVFP4 (packed E2M1 weight, E4M3 scale per 16 values, fp32 `weight_scale_2`; run W4A16 on
+Hopper). A `QuantPlan` names the quantized modules by our module name under `llm.`
+(`layers.{i}.mixer.in_proj`, `layers.{i}.mixer.experts`, ...); the model's constructors read
+it, the loader derives it from a checkpoint's tensors, and `QuantPlan.recipe` gives the layout
+NVIDIA publishes, which `--quantize` and the full-size random model reproduce.
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
-NVFP4_BLOCK = 16
-# E2M1 magnitudes for codes 0..7; bit 3 is the sign.
-_E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+from workers.model.config import LLMConfig
 
+BF16, FP8, NVFP4 = "bf16", "fp8", "nvfp4"
+PRECISIONS = (BF16, FP8, NVFP4)
 
-def is_quantised(t: torch.Tensor) -> bool:
-    return t.dtype in (torch.float8_e4m3fn, torch.uint8)
+# The quantizable linears of each block kind, by name under `layers.{i}.mixer.`. The routed
+# experts are one module: their stacked kernels take every expert in one format.
+LINEARS = {
+    "M": ("in_proj", "out_proj"),
+    "*": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "E": ("experts", "shared_experts.up_proj", "shared_experts.down_proj"),
+}
 
-
-def dequant_fp8(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """weight [out, in] e4m3, scale scalar fp32 -> [out, in] dtype."""
-    if weight.dtype != torch.float8_e4m3fn:
-        raise ValueError(f"FP8 weight has dtype {weight.dtype}")
-    if scale.numel() != 1:
-        raise ValueError(f"FP8 weight_scale must be per-tensor, got shape {tuple(scale.shape)}")
-    return (weight.float() * scale.float().reshape(())).to(dtype)
-
-
-def unpack_e2m1(packed: torch.Tensor) -> torch.Tensor:
-    """packed uint8 [..., n/2] -> fp32 [..., n], low nibble first."""
-    codes = torch.stack([packed & 0xF, packed >> 4], dim=-1).flatten(-2).long()
-    mag = _E2M1.to(packed.device)[codes & 7]
-    return torch.where(codes >= 8, -mag, mag)
-
-
-def dequant_nvfp4(
-    weight: torch.Tensor, scale: torch.Tensor, scale_2: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    """weight uint8 [out, in/2], scale e4m3 [out, in/16], scale_2 fp32 scalar -> [out, in]."""
-    if weight.dtype != torch.uint8:
-        raise ValueError(f"NVFP4 weight has dtype {weight.dtype}")
-    out, half = weight.shape
-    n_in = 2 * half
-    if scale.shape != (out, n_in // NVFP4_BLOCK):
-        raise ValueError(
-            f"NVFP4 weight_scale shape {tuple(scale.shape)}, expected {(out, n_in // NVFP4_BLOCK)}"
-        )
-    values = unpack_e2m1(weight).view(out, n_in // NVFP4_BLOCK, NVFP4_BLOCK)
-    blocks = scale.float().unsqueeze(-1) * scale_2.float().reshape(())
-    return (values * blocks).reshape(out, n_in).to(dtype)
+# The published checkpoints (low-memory research note §1; CARD8). FP8: every linear of the
+# LLM except router and lm_head. NVFP4: routed experts NVFP4; Mamba in/out_proj, shared
+# experts and o_proj FP8; q/k/v BF16. Both: FP8 KV cache; encoders and projectors BF16.
+RECIPES: dict[str, dict[str, str]] = {
+    FP8: {name: FP8 for names in LINEARS.values() for name in names},
+    NVFP4: {
+        "experts": NVFP4,
+        "shared_experts.up_proj": FP8,
+        "shared_experts.down_proj": FP8,
+        "in_proj": FP8,
+        "out_proj": FP8,
+        "o_proj": FP8,
+    },
+}
 
 
-def dequantise(
-    weight: torch.Tensor, companions: dict[str, torch.Tensor], dtype: torch.dtype
-) -> torch.Tensor:
-    """Dequantise one linear weight given its `weight_scale` / `weight_scale_2` tensors."""
-    if "weight_scale" not in companions:
-        raise ValueError(f"quantised weight ({weight.dtype}) without weight_scale")
-    if weight.dtype == torch.float8_e4m3fn:
-        return dequant_fp8(weight, companions["weight_scale"], dtype)
-    if "weight_scale_2" not in companions:
-        raise ValueError("NVFP4 weight without weight_scale_2")
-    return dequant_nvfp4(weight, companions["weight_scale"], companions["weight_scale_2"], dtype)
+def linear_modules(config: LLMConfig) -> list[str]:
+    """Every quantizable module of the LLM, by our name under `llm.`."""
+    return [
+        f"layers.{i}.mixer.{name}"
+        for i, kind in enumerate(config.pattern)
+        for name in LINEARS.get(kind, ())
+    ]
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """The format of every quantized LLM module (absent: BF16) and whether the KV cache is
+    FP8 (then each attention layer holds `k_proj.k_scale` and `v_proj.v_scale`)."""
+
+    formats: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    kv_fp8: bool = False
+
+    def __post_init__(self):
+        bad = {m: f for m, f in self.formats.items() if f not in (FP8, NVFP4)}
+        if bad:
+            raise ValueError(f"unknown formats in the quantization plan: {bad}")
+        object.__setattr__(self, "formats", MappingProxyType(dict(self.formats)))
+
+    def format(self, module: str) -> str:
+        return self.formats.get(module, BF16)
+
+    @property
+    def precision(self) -> str:
+        """nvfp4 when any module is NVFP4, else fp8 when any is FP8, else bf16."""
+        used = set(self.formats.values())
+        return NVFP4 if NVFP4 in used else FP8 if FP8 in used else BF16
+
+    @classmethod
+    def recipe(cls, config: LLMConfig, precision: str) -> QuantPlan:
+        """The layout of NVIDIA's published checkpoint of that precision."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if precision == BF16:
+            return cls()
+        table = RECIPES[precision]
+        formats = {
+            m: table[m.split(".mixer.", 1)[1]]
+            for m in linear_modules(config)
+            if m.split(".mixer.", 1)[1] in table
+        }
+        return cls(formats, kv_fp8=True)
