@@ -164,7 +164,7 @@ def test_video_resize_in_slices_gives_the_same_result(towers, monkeypatch):
     monkeypatch.setattr(
         vision, "video_pixels", lambda x, g, f=video_pixels: calls.append(x.shape[0]) or f(x, g)
     )
-    assert torch.equal(encode_visual(vit, mlp1, [video], resize_values=1)[0], whole)
+    assert torch.equal(encode_visual(vit, mlp1, [video], resize_bytes=1)[0], whole)
     assert calls == [1] * 6  # one frame a slice
 
 

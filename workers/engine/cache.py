@@ -122,10 +122,14 @@ class HybridCache:
         if not self._free_slots:
             raise CacheFullError(f"all {self.num_slots} cache slots are in use")
         slot = self._free_slots.pop()
+        self.clear_state(slot)
+        return slot
+
+    def clear_state(self, slot: int) -> None:
+        """Zero the slot's conv and SSM state: a sequence prefilled from its first token."""
         for conv, ssm in zip(self.conv_state, self.ssm_state, strict=True):
             conv[slot].zero_()
             ssm[slot].zero_()
-        return slot
 
     def free_slot(self, slot: int) -> None:
         """Return the slot and all its KV pool rows."""

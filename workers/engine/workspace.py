@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from kernels import moe_experts
 from workers.model.config import LLMConfig, OmniConfig
+from workers.model.vision import PROJECTOR_SHARE
 
 F32 = 4
 I64 = 8
@@ -29,7 +30,6 @@ class StageCosts:
     """Bytes per unit of work of every stage (see the module docstring)."""
 
     vit_token: int  # one ViT token of a forward: pixels, embedding, a block's peak, projector
-    resize_value: int  # one decoded uint8 value (or one resized output value) of a resize slice
     audio_frame: int  # one mel frame of a clip in an encoder forward
     encoded_row: int  # one encoder output row held until spliced (LLM width, EVS scores)
     prompt_row: int  # one prompt embedding row waiting for prefill
@@ -48,7 +48,6 @@ class StageCosts:
         c, s = config.llm, itemsize
         return cls(
             vit_token=vit_token_bytes(config, s),
-            resize_value=RESIZE_VALUE_BYTES,
             audio_frame=audio_frame_bytes(config, s),
             encoded_row=c.hidden_size * s + F32 + I64 + 1,  # + EVS score, sort order, mask
             prompt_row=c.hidden_size * s,
@@ -63,30 +62,37 @@ class StageCosts:
             seq_row_index=4,
         )
 
+    def prefill(self, tokens: int, seqs: int) -> int:
+        return self.prefill_fixed + tokens * self.prefill_token + seqs * self.prefill_seq
 
-# A resize slice (workers/media/resize.py): the uint8 frames on the device and their planar
-# copy, the float32 frames, the antialiased resize's intermediate and output, the
-# normalisation's two temporaries; counted per value of the larger of input and output.
-RESIZE_VALUE_BYTES = 1 + 1 + 5 * F32
+    def decode(self, seqs: int) -> int:
+        return self.decode_fixed + seqs * self.decode_seq
+
+    def sample(self, rows: int) -> int:
+        return rows * self.sample_row
+
+
 # The sampler's [V] fp32 temporaries at its peak (top-p): logits, scaled logits, sorted
 # values, probabilities, their cumulative sum and its difference, the scattered result.
 SAMPLE_F32_COPIES = 8
 
 
 def vit_token_bytes(config: OmniConfig, s: int) -> int:
+    """Per token of one ViT forward (vision.encode_visual), at the peak of its phases."""
     v = config.vision
     d, m = v.hidden_size, v.mlp_size
-    pixels = 2 * v.temporal_patch_size * v.patch_dim * s  # a tubelet patch and its patchified copy
-    # projection, its sum with the position embedding and the sequence with its prefix; the
-    # position embedding's fp32 passes (vision.py: two gathered rows a patch, then the grid)
+    pixels = 2 * v.temporal_patch_size * v.patch_dim * s  # a tubelet patch, patchified copy
+    # projection, its sum with the position embedding, the sequence with its prefix; the
+    # position embedding's fp32 passes (two gathered table lines a patch, then the grid)
     embed = 4 * d * s + 3 * d * F32
-    attention = 8 * d * s + v.num_heads * F32  # x, LN, qkv (3d), SDPA out + lse, copy, proj
-    mlp = (3 * d + 2 * m) * s  # forward input, x, LN, fc1, GELU
-    # projector per patch: features, pixel-shuffled copy, RMSNorm in fp32 (two copies alive)
-    # then linear1, ReLU and its square at once (20480 wide per 4 patches)
-    h = config.projector_hidden_size // 4
-    projector = 3 * d * s + 2 * d * F32 + 3 * h * s
-    return max(pixels + embed + d * s, attention + d * s, mlp, projector + d * s)
+    attention = 9 * d * s + v.num_heads * F32  # input, x, LN, qkv, SDPA out + lse, copy, proj
+    mlp = (3 * d + 2 * m) * s  # input, x, LN, fc1, GELU
+    # projector on 1/PROJECTOR_SHARE of the tokens at once, per row of 4 patches: RMSNorm's
+    # output and two fp32 copies, linear1 with its ReLU and square; beside the forward's
+    # features and their pixel-shuffled copy
+    row = 4 * d * s + 2 * 4 * d * F32 + 3 * config.projector_hidden_size * s
+    projector = 2 * d * s + row // (4 * PROJECTOR_SHARE)
+    return max(pixels + embed, attention, mlp, projector)
 
 
 def audio_frame_bytes(config: OmniConfig, s: int) -> int:
@@ -103,7 +109,8 @@ def audio_frame_bytes(config: OmniConfig, s: int) -> int:
 
 def prefill_token_bytes(c: LLMConfig, s: int) -> int:
     """Per token of a packed prefill forward, at its peak layer (Mamba or MoE)."""
-    D, H, P, N, L = c.hidden_size, c.mamba_num_heads, c.mamba_head_dim, c.ssm_state_size, c.chunk_size
+    D, H, P, N = c.hidden_size, c.mamba_num_heads, c.mamba_head_dim, c.ssm_state_size
+    L = c.chunk_size
     # the packed embeddings, the previous mixer output, the old residual, the norm's two outputs
     stream = 5 * D * s
     mamba = (
@@ -116,7 +123,7 @@ def prefill_token_bytes(c: LLMConfig, s: int) -> int:
         + c.n_groups * L * s  # C·Bᵀ per chunk
     )
     moe = c.num_experts_per_tok * (F32 + 4) + _moe(c, s, 1) - _moe(c, s, 0)  # route, experts
-    attention = (2 * c.num_attention_heads * c.head_dim + 2 * c.num_key_value_heads * c.head_dim) * s
+    attention = 2 * (c.num_attention_heads + c.num_key_value_heads) * c.head_dim * s
     return stream + max(mamba, moe, attention + D * s + 6 * I64)
 
 
@@ -125,7 +132,8 @@ def prefill_seq_bytes(c: LLMConfig, s: int) -> int:
     final state, and one partial chunk's states (kernels/ssd_scan.py bounds chunks by
     T / L + B)."""
     state = c.mamba_num_heads * c.mamba_head_dim * c.ssm_state_size
-    chunk = state * (F32 + s) + c.n_groups * c.chunk_size**2 * s + 2 * c.mamba_num_heads * c.chunk_size * F32
+    L = c.chunk_size
+    chunk = state * (F32 + s) + c.n_groups * L**2 * s + 2 * c.mamba_num_heads * L * F32
     return 2 * state * F32 + chunk
 
 
@@ -134,7 +142,7 @@ def decode_seq_bytes(c: LLMConfig, s: int) -> int:
     intermediates for one token, and the split-K attention partials (at most 16 splits)."""
     D = c.hidden_size
     mamba = c.in_proj_dim * s + 2 * c.conv_dim * s + 2 * c.d_inner * s
-    moe = c.num_experts_per_tok * (F32 + 4) + _moe(c, s, 1, decode=True) - _moe(c, s, 0, decode=True)
+    moe = c.num_experts_per_tok * (F32 + 4) + _moe(c, s, 1, True) - _moe(c, s, 0, True)
     partials = 16 * c.num_attention_heads * (c.head_dim + 1) * F32
     return 5 * D * s + max(mamba, moe, partials)
 

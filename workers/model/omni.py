@@ -23,7 +23,7 @@ from workers.model.config import OmniConfig
 from workers.model.expand import expand_prompt
 from workers.model.nemotron_h import NemotronH
 from workers.model.projectors import SoundProjector, VisionProjector
-from workers.model.vision import MAX_VIT_TOKENS, RESIZE_SLICE_VALUES, RadioViT, encode_visual
+from workers.model.vision import MAX_VIT_TOKENS, RESIZE_SLICE_BYTES, RadioViT, encode_visual
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class EncodePieces:
 
     vit_tokens: int = MAX_VIT_TOKENS  # ViT tokens per forward (one sequence at least)
     audio_frames: int = MAX_AUDIO_FRAMES  # mel frames per audio forward (one clip at least)
-    resize_values: int = RESIZE_SLICE_VALUES  # video values resized at once (one frame at least)
+    resize_bytes: int = RESIZE_SLICE_BYTES  # GPU bytes of a video resize slice (one frame at least)
 
 
 class OmniModel(nn.Module):
@@ -82,7 +82,7 @@ class OmniModel(nn.Module):
         """Images -> [N, D]; videos -> [n, r, c, D] (see vision.encode_visual)."""
         if not items:
             return []
-        return encode_visual(self.vit, self.mlp1, items, pieces.vit_tokens, pieces.resize_values)
+        return encode_visual(self.vit, self.mlp1, items, pieces.vit_tokens, pieces.resize_bytes)
 
     @torch.no_grad()
     def encode_audio(

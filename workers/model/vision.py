@@ -4,7 +4,7 @@ API (the omni model calls these; `vit` is mounted as `vision_model.radio_model`,
 
     RadioViT(cfg).forward(seqs[N, 10 + h·w, D]) -> [N, h·w, D]    blocks, prefix stripped
     RadioViT.embed(patches[N, h·w, P], grid, video) -> [N, 10 + h·w, D]
-    encode_visual(vit, mlp1, items, vit_tokens, resize_values) -> one tensor per item, in order:
+    encode_visual(vit, mlp1, items, vit_tokens, resize_bytes) -> one tensor per item, in order:
         ImageItem -> [ph·pw/4, 2688]
         VideoItem -> [n_tubelets, ph/2, pw/2, 2688]   (the 4-D layout EVS needs, docs/model.md §3.3)
     encode_images(vit, mlp1, images), encode_video(vit, mlp1, video): the same for one kind.
@@ -182,11 +182,22 @@ def patchify(pixels: torch.Tensor, patch: int) -> torch.Tensor:
 
 # Tokens per ViT forward when the caller gives no budget (the engine's comes from its memory
 # plan). 32 tubelets of 1024 patches already run at ≈ 470 TFLOP/s on an H200; bigger
-# batches only add activation memory (the MLP's 5120-wide intermediate, the projector's 20480).
+# batches only add activation memory (the MLP's 5120-wide intermediate).
 MAX_VIT_TOKENS = 65536
-# Values resized per slice when the caller gives no budget: the larger of a frame's decoded
-# and resized values counts (workspace.RESIZE_VALUE_BYTES each); one frame at least.
-RESIZE_SLICE_VALUES = 1 << 28
+# GPU bytes a resize slice may hold when the caller gives no budget (one frame at least).
+RESIZE_SLICE_BYTES = 1 << 30
+# The projector runs on at most this share of a forward's tokens at once: its 20480-wide
+# hidden layer (three copies alive at ReLU²) then stays below the ViT MLP's peak.
+PROJECTOR_SHARE = 8
+
+
+def resize_frame_bytes(frame: tuple[int, int], grid: tuple[int, int]) -> int:
+    """GPU bytes resizing one decoded H×W frame to `grid` holds (resize.video_pixels): the
+    uint8 frame and its planar copy, its float32 copy; the float32 output and the
+    normalisation's two temporaries."""
+    h, w = frame
+    out = 3 * PATCH * grid[0] * PATCH * grid[1]
+    return 3 * h * w * (1 + 1 + 4) + out * 3 * 4
 
 
 def encode_visual(
@@ -194,7 +205,7 @@ def encode_visual(
     mlp1: nn.Module,
     items: list[ImageItem | VideoItem],
     vit_tokens: int = MAX_VIT_TOKENS,
-    resize_values: int = RESIZE_SLICE_VALUES,
+    resize_bytes: int = RESIZE_SLICE_BYTES,
 ) -> list[torch.Tensor]:
     """Encode images and videos together; see the module docstring for the output shapes.
 
@@ -202,25 +213,28 @@ def encode_visual(
     tubelets of a video) of one length, at most `vit_tokens` tokens (one sequence at least),
     resizing and embedding only those and writing its projected rows into the outputs. So
     the GPU holds one forward's activations and the outputs, whatever the items' lengths;
-    a video's frames cross to the device a resize slice at a time.
+    a video's frames cross to the device a resize slice (`resize_bytes`) at a time.
     """
     w = vit.model.patch_generator.embedder.weight
     width = mlp1[-1].out_features
     outs = [_output(item, width, w) for item in items]
     prefix = vit.cfg.num_prefix_tokens
+    rows = max(1, vit_tokens // PROJECTOR_SHARE // 4)  # projector rows at once (4 patches each)
     by_length: dict[int, list[int]] = {}
     for i, item in enumerate(items):
         by_length.setdefault(item.grid[0] * item.grid[1], []).append(i)
     for length, idx in by_length.items():
         per_forward = max(1, vit_tokens // (prefix + length))
         for piece in _pieces(idx, [_sequences(items[i]) for i in idx], per_forward):
-            seqs = torch.cat([_embed(vit, items[i], a, b, resize_values) for i, a, b in piece])
+            seqs = torch.cat([_embed(vit, items[i], a, b, resize_bytes) for i, a, b in piece])
             feats = vit(seqs)
             del seqs
             for (i, a, b), f in zip(piece, feats.split([b - a for _, a, b in piece]), strict=True):
                 h, gw = items[i].grid
-                emb = mlp1(pixel_shuffle(f.reshape(b - a, h, gw, -1)))  # [n, h/2, w/2, out]
-                outs[i][a:b] = emb.reshape(outs[i][a:b].shape)
+                shuffled = pixel_shuffle(f.reshape(b - a, h, gw, -1))  # [n, h/2, w/2, 4D]
+                src, dst = shuffled.reshape(-1, shuffled.shape[-1]), outs[i][a:b].view(-1, width)
+                for r in range(0, src.shape[0], rows):
+                    dst[r : r + rows] = mlp1(src[r : r + rows])
     return [o[0] if isinstance(item, ImageItem) else o for item, o in zip(items, outs, strict=True)]
 
 
@@ -256,33 +270,32 @@ def _pieces(idx: list[int], counts: list[int], cap: int) -> list[list[tuple[int,
 
 
 def _embed(
-    vit: RadioViT, item: ImageItem | VideoItem, a: int, b: int, resize_values: int
+    vit: RadioViT, item: ImageItem | VideoItem, a: int, b: int, resize_bytes: int
 ) -> torch.Tensor:
     """Sequences [a, b) of `item` -> [b - a, prefix + h·w, D]."""
     w = vit.model.patch_generator.embedder.weight
     video = isinstance(item, VideoItem)
     if video:
-        pixels = _video_pixels(item, a, b, w, resize_values)  # [n, T·3, H, W]
+        pixels = _video_pixels(item, a, b, w, resize_bytes)  # [n, T·3, H, W]
     else:
         pixels = item.pixels.unsqueeze(0).to(device=w.device, dtype=w.dtype)
     return vit.embed(patchify(pixels, vit.cfg.patch_size), item.grid, video)
 
 
 def _video_pixels(
-    item: VideoItem, a: int, b: int, like: torch.Tensor, resize_values: int
+    item: VideoItem, a: int, b: int, like: torch.Tensor, resize_bytes: int
 ) -> torch.Tensor:
     """uint8 tubelets [a, b) of [n, 2, 3, H, W] -> model pixels [b - a, 2·3, 16·ph, 16·pw]
     (like's dtype).
 
-    The decoded frames cross to the device as uint8, a slice of frames at a time (each
-    slice's float intermediates, at most `resize_values` values, then exist at once), and are
-    resized there.
+    The decoded frames cross to the device as uint8 a slice of frames at a time, and are
+    resized there; a slice holds at most `resize_bytes` (`resize_frame_bytes` a frame).
     """
     ph, pw = item.grid
     frames = item.tubelets[a:b].flatten(0, 1)  # [f, 3, H, W], a view
-    f, c, h, w = frames.shape
+    f, c = frames.shape[:2]
     out = torch.empty(f, c, PATCH * ph, PATCH * pw, device=like.device, dtype=like.dtype)
-    step = max(1, resize_values // (c * max(h * w, PATCH * ph * PATCH * pw)))
+    step = max(1, resize_bytes // resize_frame_bytes(frames.shape[2:], item.grid))
     for s in range(0, f, step):
         u8 = frames[s : s + step].to(like.device).unsqueeze(1)  # [k, 1, 3, H, W]
         out[s : s + step] = video_pixels(u8, item.grid).flatten(0, 1)
