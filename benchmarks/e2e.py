@@ -1,7 +1,8 @@
 """W-video, W-doc and W-audio end to end (docs/performance.md "Standard workloads").
 
     python -m benchmarks.e2e [--workload video|doc|audio|all] [--model full|demo] [--jobs N]
-                             [--small] [--reference] [--cache DIR] [--results DIR]
+                             [--small] [--reference] [--gpu-memory-gb N] [--cache DIR]
+                             [--results DIR]
 
 From files on disk to stored results (e2e_flow): all jobs queued at once, their media decoded
 by the process pool (one worker per core) ahead of the GPU as far as host memory allows; as
@@ -16,6 +17,8 @@ special-token ids match the real config; text tokens differ, token counts barely
 model's, so its MFU means nothing). `--small` shrinks the inputs (see e2e_inputs) and
 renders pages near 1 K patches.
 `--reference` adds, after our model is freed, transformers' NemotronH `generate` floor.
+`--gpu-memory-gb N` plans the engine's memory under N GiB, as the worker's GPU_MEMORY_GB
+(default: 90 % of the card), so workloads compare before and after on one card.
 
 Counting (spec "Counting"): 5.75 GFLOP per LLM token fed (prefill or decode), + 0.7 GFLOP LM
 head per sampled token, 1.43 GFLOP per ViT patch position (a 2-frame tubelet shares one);
@@ -237,6 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--media-gb", type=float, default=16.0, help="decoded media held in host memory at most"
     )
+    ap.add_argument("--gpu-memory-gb", type=float, default=None, help="GPU_MEMORY_GB (GiB)")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
     ap.add_argument("--results", type=Path, default=ROOT / ".cache" / "bench" / "results")
     args = ap.parse_args(argv)
@@ -244,7 +248,8 @@ def main(argv: list[str] | None = None) -> dict:
     files = {n: workload_files(n, args.cache, args.small) for n in names}
     model, prompts, note = load(args.model)
     device = model.device
-    engine = Engine(model, prompts.tokenizer, replace(engine_config(model, None), profile=True))
+    config = replace(engine_config(model, args.gpu_memory_gb), profile=True)
+    engine = Engine(model, prompts.tokenizer, config)
     engine.start()
     workers = os.cpu_count() or 1
     report = {

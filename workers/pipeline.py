@@ -102,7 +102,10 @@ class Pipeline:
         self.media_budget = MediaBudget(shm_budget(), first=self.media.num_workers)
         # The worker runs several jobs in threads: their media decoding overlaps, and their
         # model calls meet in the one engine, which batches them.
-        self.engine = Engine(model, prompts.tokenizer, engine_config(model, gpu_memory_gb)).start()
+        config = engine_config(model, gpu_memory_gb)  # refuses a cap the model cannot run in
+        if config.plan is not None:
+            log.info("%s", config.plan.table())
+        self.engine = Engine(model, prompts.tokenizer, config).start()
         self.stop_ids = tuple(
             sorted(set(info.generation.eos_token_ids) | {info.model.llm.eos_token_id})
         )
