@@ -41,7 +41,7 @@ def check(plan, weights: int) -> None:
     assert c.prefill(plan.prefill_token_budget, 1) <= plan.workspace
     assert c.sample(plan.sample_rows) <= plan.workspace and plan.sample_rows >= 1
     pieces = encode_pieces(c, plan.workspace)
-    assert pieces.vit_tokens * c.vit_token <= plan.workspace
+    assert c.vit(pieces.vit_tokens) <= plan.workspace
     assert pieces.audio_frames * c.audio_frame <= plan.workspace
     assert min_piece_bytes(c) <= plan.workspace
     assert plan.max_seq_len >= MIN_SEQ_LEN and plan.kv_rows >= plan.max_seq_len

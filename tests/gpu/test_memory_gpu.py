@@ -93,7 +93,7 @@ def test_vit_per_token(model, costs, n):
         ImageItem(torch.randn(3, 512, 512, device="cuda", generator=g), (32, 32)) for _ in range(n)
     ]
     tokens = n * (1024 + 10)
-    formula = tokens * costs.vit_token + rows_bytes(n * 256)
+    formula = costs.vit(tokens) + rows_bytes(n * 256)
     fn = lambda: encode_visual(model.vit, model.mlp1, images, tokens)  # noqa: E731
     check("vit", f"{n} images 32x32", fn, formula)
 
@@ -113,7 +113,7 @@ def test_video_encode_stays_in_its_room(model, costs):
     clips = [torch.randn(3000, 128, device="cuda") for _ in range(4)]
     audio = AudioItem(clips, 4 * 480000, [480000] * 4)
     video = VideoItem(frames, (24, 42), [0.5 * i for i in range(128)], audio)
-    room = 16 * 1018 * costs.vit_token
+    room = costs.vit(16 * 1018)
     pieces = encode_pieces(costs, room)
     outputs = rows_bytes(64 * 252 + 4 * 375)
     fn = lambda: encode_items(model, [video], pieces)  # noqa: E731

@@ -168,9 +168,12 @@ def test_video_resize_in_slices_gives_the_same_result(towers, monkeypatch):
     assert calls == [1] * 6  # one frame a slice
 
 
-def test_position_embedding_is_the_crop_of_the_resized_table():
-    """Only the crop is computed, yet it is the square bilinear resize's top-left corner, for
-    grids smaller and larger than the table, wide and tall."""
+@pytest.mark.parametrize("block", [vision.POS_BLOCK_VALUES, 1])
+def test_position_embedding_is_the_crop_of_the_resized_table(monkeypatch, block):
+    """Only the crop is computed (in blocks of lines: `block` 1 is one line a block), yet it
+    is the square bilinear resize's top-left corner, for grids smaller and larger than the
+    table, wide and tall."""
+    monkeypatch.setattr(vision, "POS_BLOCK_VALUES", block)
     pg = vision.PatchGenerator(TINY)
     with torch.no_grad():
         pg.pos_embed.normal_(generator=torch.Generator().manual_seed(0))

@@ -126,8 +126,9 @@ class MemoryPlan:
 def encode_pieces(costs: StageCosts, room: int) -> EncodePieces:
     """The largest encoder pieces whose forwards fit in `room` bytes (the minimum ones at
     least): a resize slice takes half, its output pixels and the piece's embeddings the rest."""
+    vit = (room - costs.vit_fixed) // costs.vit_token
     return EncodePieces(
-        vit_tokens=_clamp(room // costs.vit_token, MAX_IMAGE_PATCHES + 16, MAX_VIT_TOKENS),
+        vit_tokens=_clamp(vit, MAX_IMAGE_PATCHES + 16, MAX_VIT_TOKENS),
         audio_frames=_clamp(room // costs.audio_frame, CLIP_FRAMES, MAX_AUDIO_FRAMES),
         resize_bytes=_clamp(room // 2, MIN_RESIZE_BYTES, RESIZE_SLICE_BYTES),
     )
@@ -137,7 +138,7 @@ def min_piece_bytes(costs: StageCosts) -> int:
     """Workspace of the smallest encoder pieces (`encode_pieces` of no room)."""
     p = encode_pieces(costs, 0)
     return max(
-        p.vit_tokens * costs.vit_token,
+        costs.vit(p.vit_tokens),
         p.audio_frames * costs.audio_frame,
         2 * p.resize_bytes,
     )

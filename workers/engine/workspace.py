@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from kernels import moe_experts
 from workers.model.config import LLMConfig, OmniConfig
-from workers.model.vision import PROJECTOR_SHARE
+from workers.model.vision import POS_BLOCK_VALUES, PROJECTOR_SHARE
 
 F32 = 4
 I64 = 8
@@ -30,6 +30,7 @@ class StageCosts:
     """Bytes per unit of work of every stage (see the module docstring)."""
 
     vit_token: int  # one ViT token of a forward: pixels, embedding, a block's peak, projector
+    vit_fixed: int  # per forward: the position embedding's fp32 blocks (vision.py)
     audio_frame: int  # one mel frame of a clip in an encoder forward
     encoded_row: int  # one encoder output row held until spliced (LLM width, EVS scores)
     prompt_row: int  # one prompt embedding row waiting for prefill
@@ -48,6 +49,7 @@ class StageCosts:
         c, s = config.llm, itemsize
         return cls(
             vit_token=vit_token_bytes(config, s),
+            vit_fixed=5 * POS_BLOCK_VALUES * F32,
             audio_frame=audio_frame_bytes(config, s),
             encoded_row=c.hidden_size * s + F32 + I64 + 1,  # + EVS score, sort order, mask
             prompt_row=c.hidden_size * s,
@@ -62,6 +64,9 @@ class StageCosts:
             seq_row_index=4,
         )
 
+    def vit(self, tokens: int) -> int:
+        return self.vit_fixed + tokens * self.vit_token
+
     def prefill(self, tokens: int, seqs: int) -> int:
         return self.prefill_fixed + tokens * self.prefill_token + seqs * self.prefill_seq
 
@@ -73,8 +78,9 @@ class StageCosts:
 
 
 # The sampler's [V] fp32 temporaries at its peak (top-p): logits, scaled logits, sorted
-# values, probabilities, their cumulative sum and its difference, the scattered result.
-SAMPLE_F32_COPIES = 8
+# values, probabilities, the mask's fill and its scatter (+ the sort order in int64, the
+# drop mask, and the LM head's bf16 output before it turned fp32).
+SAMPLE_F32_COPIES = 7
 
 
 def vit_token_bytes(config: OmniConfig, s: int) -> int:
@@ -82,29 +88,33 @@ def vit_token_bytes(config: OmniConfig, s: int) -> int:
     v = config.vision
     d, m = v.hidden_size, v.mlp_size
     pixels = 2 * v.temporal_patch_size * v.patch_dim * s  # a tubelet patch, patchified copy
-    # projection, its sum with the position embedding, the sequence with its prefix; the
-    # position embedding's fp32 passes (two gathered table lines a patch, then the grid)
-    embed = 4 * d * s + 3 * d * F32
-    attention = 9 * d * s + v.num_heads * F32  # input, x, LN, qkv, SDPA out + lse, copy, proj
-    mlp = (3 * d + 2 * m) * s  # input, x, LN, fc1, GELU
+    # projection, its sum with the position embedding (and that, per patch of a sequence),
+    # the sequence with its prefix, the pieces already embedded and their concatenation
+    embed = pixels + 6 * d * s
+    # the forward's input, a block's input, x after attention (or LN, qkv, SDPA out + lse,
+    # proj), LN, fc1 and GELU
+    attention = 8 * d * s + v.num_heads * F32
+    mlp = (4 * d + 2 * m) * s
     # projector on 1/PROJECTOR_SHARE of the tokens at once, per row of 4 patches: RMSNorm's
     # output and two fp32 copies, linear1 with its ReLU and square; beside the forward's
     # features and their pixel-shuffled copy
     row = 4 * d * s + 2 * 4 * d * F32 + 3 * config.projector_hidden_size * s
     projector = 2 * d * s + row // (4 * PROJECTOR_SHARE)
-    return max(pixels + embed, attention, mlp, projector)
+    return max(embed, attention, mlp, projector)
 
 
 def audio_frame_bytes(config: OmniConfig, s: int) -> int:
-    """Per mel frame of a clip in one encoder forward: the subsampling's first conv output and
-    its ReLU ([channels, T/2, mel/2] each) dominate; the Conformer layers work on T/8 rows."""
+    """Per mel frame of a clip in one encoder forward: its features in the model dtype and
+    stacked; the subsampling's first conv output and its ReLU ([channels, T/2, mel/2] each)
+    dominate; the Conformer layers (their relative-position scores [H, L, 2L-1] twice) and
+    the projector work on T/8 rows, counted on top."""
     a = config.audio
     if a is None:
         return 0
     first = a.subsampling_channels * (a.num_mel_bins // 2) // 2  # values per frame, stride 2×2
     conformer = (6 * a.hidden_size + 2 * a.ffn_size) * s // a.subsampling_factor
-    rel_pos = 2 * a.num_heads * 2 * CLIP_FRAMES // a.subsampling_factor**2 * s  # [H, L, 2L-1]
-    return 2 * first * s + max(conformer + rel_pos, 2 * a.num_mel_bins * s)
+    rel_pos = 2 * a.num_heads * 2 * CLIP_FRAMES // a.subsampling_factor**2 * s
+    return 2 * a.num_mel_bins * s + 2 * first * s + conformer + rel_pos
 
 
 def prefill_token_bytes(c: LLMConfig, s: int) -> int:
@@ -115,7 +125,7 @@ def prefill_token_bytes(c: LLMConfig, s: int) -> int:
     stream = 5 * D * s
     mamba = (
         c.in_proj_dim * s  # in_proj output [z, xBC, dt]
-        + 2 * c.conv_dim * s  # the conv's contiguous input and its output
+        + c.conv_dim * s  # the conv's output (its contiguous input is gone by the scan)
         + (c.d_inner + 2 * c.n_groups * N + H) * s  # the scan's contiguous x, B, C, dt
         + c.d_inner * s  # scan output y
         + 2 * H * F32  # softplus(dt) and its cumulative sum, per chunk position

@@ -65,7 +65,7 @@ class PatchGenerator(nn.Module):
         table = self.pos_embed.reshape(g, g, -1)
         if max(h, w) == g:
             return table[:h, :w].reshape(h * w, -1)
-        return _resized_crop(table, max(h, w), h, w).reshape(h * w, -1).to(self.pos_embed.dtype)
+        return _resized_crop(table, max(h, w), h, w).reshape(h * w, -1)
 
     def forward(self, patches: torch.Tensor, grid: tuple[int, int], video: bool) -> torch.Tensor:
         """patches [N, h·w, P] (P = 768 image, 1536 tubelet) -> [N, prefix + h·w, D]."""
@@ -86,24 +86,36 @@ def _source_taps(out: int, size: int, n: int, device) -> tuple[torch.Tensor, ...
     return lo, (lo + 1).clamp(max=size - 1), 1 - w_hi, w_hi
 
 
+# fp32 values of one block of the resized crop (its few temporaries stay ≈ 40 MB at most).
+POS_BLOCK_VALUES = 1 << 21
+
+
 def _resized_crop(table: torch.Tensor, m: int, h: int, w: int) -> torch.Tensor:
-    """table [g, g, D] -> fp32 [h, w, D]: the top-left h×w of its bilinear resize to m×m.
+    """table [g, g, D] -> [h, w, D] (table's dtype): the top-left h×w of its bilinear resize
+    to m×m, computed in fp32.
 
     Along the longer side first, then the shorter one (`F.interpolate` weighs columns first:
-    a tall grid differs from it in the last bit). Only the 2·min(h, w) table lines the crop
-    reads are taken to fp32, so the work is O(min(h, w)·(g + max(h, w))·D), never m²·D.
+    a tall grid differs from it in the last bit), a block of lines at a time: only the table
+    lines a block reads go to fp32, so the work is O(min(h, w)·(g + max(h, w))·D), never
+    m²·D, and the fp32 temporaries stay within a few POS_BLOCK_VALUES.
     """
     if h > w:
         return _resized_crop(table.transpose(0, 1), m, w, h).transpose(0, 1)
-    g = table.shape[0]
-    r_lo, r_hi, r_wlo, r_whi = _source_taps(m, g, h, table.device)
-    c_lo, c_hi, c_wlo, c_whi = _source_taps(m, g, w, table.device)
+    g, dev = table.shape[0], table.device
+    r_lo, r_hi, r_wlo, r_whi = _source_taps(m, g, h, dev)
+    c_lo, c_hi, c_wlo, c_whi = _source_taps(m, g, w, dev)
 
-    def columns(rows: torch.Tensor) -> torch.Tensor:  # [h, g, D] -> [h, w, D]
+    def columns(rows: torch.Tensor) -> torch.Tensor:  # [k] table rows -> [k, w, D] fp32
         t = table[rows].float()
         return t[:, c_lo] * c_wlo[None, :, None] + t[:, c_hi] * c_whi[None, :, None]
 
-    return columns(r_lo) * r_wlo[:, None, None] + columns(r_hi) * r_whi[:, None, None]
+    out = torch.empty(h, w, table.shape[-1], dtype=table.dtype, device=dev)
+    step = max(1, POS_BLOCK_VALUES // (max(g, w) * table.shape[-1]))
+    for a in range(0, h, step):
+        b = slice(a, a + step)
+        lo = columns(r_lo[b]) * r_wlo[b, None, None]
+        out[b] = lo + columns(r_hi[b]) * r_whi[b, None, None]
+    return out
 
 
 class Attention(nn.Module):
