@@ -2,8 +2,8 @@
 the shipped pipeline.
 
     python -m benchmarks.e2e [--workload video|doc|audio|all] [--model full|demo] [--jobs N]
-                             [--precision bf16|fp8|nvfp4] [--small] [--via-cli] [--reference]
-                             [--cache DIR] [--results DIR]
+                             [--precision bf16|fp8|nvfp4] [--gpu-memory-gb N] [--small]
+                             [--via-cli] [--reference] [--cache DIR] [--results DIR]
 
 Every job is handed to `workers.pipeline.Pipeline` at once, as the GPU worker and `omnibatch
 run` do: its job threads decode the media in the process pool (one worker per core) ahead of
@@ -28,6 +28,8 @@ FP8 or NVFP4 checkpoint (the full model built so, the demo quantized at load); t
 `precision` says what ran. `--small` shrinks the inputs (see e2e_inputs) and
 renders pages near 1 K patches.
 `--reference` adds, after our model is freed, transformers' NemotronH `generate` floor.
+`--gpu-memory-gb N` plans the engine's memory under N GiB, as the worker's GPU_MEMORY_GB
+(default: 90 % of the card), so workloads compare before and after on one card.
 
 Counting (spec "Counting"): 5.75 GFLOP per LLM token fed (prefill or decode), + 0.7 GFLOP LM
 head per sampled token, 1.43 GFLOP per ViT patch position (a 2-frame tubelet shares one);
@@ -344,6 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--media-gb", type=float, default=16.0, help="decoded media held in host memory at most"
     )
+    ap.add_argument("--gpu-memory-gb", type=float, default=None, help="GPU_MEMORY_GB (GiB)")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
     ap.add_argument("--results", type=Path, default=ROOT / ".cache" / "bench" / "results")
     args = ap.parse_args(argv)
@@ -351,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict:
     files = {n: workload_files(n, args.cache, args.small) for n in names}
     model, prompts, note = load(args.model, args.precision)
     device = model.device
-    engine = replace(engine_config(model, None), profile=True)
+    engine = replace(engine_config(model, args.gpu_memory_gb), profile=True)
     pipeline = bench_pipeline(model, prompts, engine, note, args)
     workers = pipeline.media.num_workers
     report = {

@@ -220,6 +220,17 @@ def _moe_experts_launch(x, up, down, topk_weights, topk_ids, config):
     return out
 
 
+def workspace_bytes(num_tokens, top_k, num_experts, inner, hidden, itemsize, decode=False):
+    """Bytes `moe_experts` allocates for `num_tokens` tokens, at its peak (the launcher's
+    buffers): moe_align's sorted ids and tile experts, h [R, I], y [A, D] and out [T, D].
+    `decode` picks the decode tiling (16-row tiles, less padding) instead of prefill's."""
+    m = (_DECODE if decode else _PREFILL).block_m
+    assignments = num_tokens * top_k
+    rows = assignments + num_experts * (m - 1)
+    align = 4 * (rows + triton.cdiv(rows, m) + 3 * num_experts + 1)
+    return align + itemsize * (rows * inner + (assignments + num_tokens) * hidden)
+
+
 def moe_experts(x, up, down, topk_weights, topk_ids, config: GemmConfig | None = None):
     """Routed experts (shared expert not included).
 

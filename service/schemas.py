@@ -110,6 +110,7 @@ class JobErrorCode(StrEnum):
     url_fetch_failed = "url_fetch_failed"
     url_forbidden = "url_forbidden"
     model_error = "model_error"
+    resources_exhausted = "resources_exhausted"  # needs more GPU memory than the worker has
     timeout = "timeout"
     worker_lost = "worker_lost"
     cancelled = "cancelled"

@@ -10,6 +10,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from service.schemas import JobError, JobErrorCode, Output, Segment, Usage
+from workers.engine.recovery import OutOfMemory, ResourcesExhausted
 from workers.media.errors import MediaError
 
 if TYPE_CHECKING:
@@ -40,9 +41,13 @@ def usage_of(result: JobOutput) -> Usage:
 def error_of(exc: BaseException, job_id: str) -> JobError:
     """Map an exception to the job's error: media errors keep their code and client-safe
     message; anything unexpected is logged with its traceback and answered generically."""
-    if isinstance(exc, MediaError):
+    if isinstance(exc, MediaError | ResourcesExhausted):
         return JobError(code=JobErrorCode(exc.code), message=exc.message)
     log.error("job %s failed", job_id, exc_info=exc)
+    if isinstance(exc, OutOfMemory):  # one the engine did not recover: still not the input's
+        return JobError(
+            code=JobErrorCode.resources_exhausted, message=ResourcesExhausted("GPU").message
+        )
     # torch and CUDA failures (out of memory included) raise RuntimeError, bad shapes
     # ValueError: the model's failures. Any other type escaping the pipeline is our bug.
     if isinstance(exc, (RuntimeError, ValueError, ArithmeticError)):

@@ -127,6 +127,8 @@ class Pipeline:
         self.media = MediaPool(limits=self.limits)  # decoding runs ahead, one process per core
         # ... as far as shared memory allows: jobs wait for room before decoding
         self.media_budget = MediaBudget(shm_budget(config.media_bytes), self.media.num_workers)
+        if engine.plan is not None:
+            log.info("%s", engine.plan.table())
         self.engine = Engine(model, prompts.tokenizer, engine).start()
         self.stop_ids = tuple(
             sorted(set(info.generation.eos_token_ids) | {info.model.llm.eos_token_id})

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.factories import make_audio, make_image, make_video
-from workers.engine.engine import PREFILL_AHEAD_STEPS, Engine, EngineConfig, Prepared
+from workers.engine.engine import Engine, EngineConfig, Prepared
 from workers.engine.generate import generate
 from workers.engine.request import SamplingParams
 from workers.model.demo import write_demo_checkpoint
@@ -167,32 +167,21 @@ def test_a_failing_request_fails_alone(demo):
         eng.close()
 
 
-def test_memory_budget_sizes_slots_kv_and_uploads(demo):
-    model, _ = demo
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    free = 64 << 20  # 64 MiB next to the weights
-    cfg = EngineConfig.for_memory(model, (weights + free) / 2**30)
-    assert 1 <= cfg.max_running <= EngineConfig.max_running and cfg.kv_capacity_tokens > 0
-    assert cfg.max_upload_bytes == free // 16  # the 4 GiB default would not fit here
-    with pytest.raises(ValueError):
-        EngineConfig.for_memory(model, weights / 2**30 / 2)
-
-
-def test_encoding_stays_a_few_prefill_steps_ahead(demo):
+def test_encoding_stays_within_the_prompt_budget(demo):
     """Queued requests are encoded only while the prompt tokens waiting for prefill stay
-    under PREFILL_AHEAD_STEPS steps: thousands of queued pages would not fit on the GPU."""
+    within `prompt_budget`: thousands of queued pages would not fit on the GPU. The embeddings
+    of a prefilled prompt are dropped (the cache holds it)."""
     model, pb = demo
     reqs = mixed_requests(pb, 12)
     lens = [build_prompt_embeds(model, pb.tokenizer, t, i, EVS)[0].shape[0] for t, i in reqs]
-    budget = 8
-    ahead = PREFILL_AHEAD_STEPS * budget
-    assert sum(lens) > ahead + 2 * max(lens)  # encoding everything at once would pass the bound
-    eng = engine(model, pb, max_running=12, prefill_token_budget=budget)
+    budget = max(lens) + 8
+    assert sum(lens) > 3 * budget  # encoding everything at once would pass the bound
+    eng = engine(model, pb, max_running=12, prefill_token_budget=8, prompt_budget=budget)
     try:
         futures = [eng.submit(Prepared(t, i, GREEDY, EVS)) for t, i in reqs]
         results = [f.result(timeout=120)[0] for f in futures]
     finally:
         eng.close()
     assert all(len(r.output_ids) == GREEDY.max_tokens for r in results)
-    # one encode group may carry the waiting tokens past the bound by its last request
-    assert 0 < eng.stats.peak_unprefilled < ahead + max(lens)
+    assert 0 < eng.stats.peak_unprefilled <= budget
+    assert all(r.prompt_embeds is None for r in results)

@@ -28,7 +28,7 @@ def test_fp8_kv_pools_and_row_bytes():
     assert cache.k_pool[0].dtype == cache.v_pool[0].dtype == torch.float8_e4m3fn
     assert cache.conv_state[0].dtype == torch.float32
     # one attention layer, K and V, 1 KV head of 4
-    assert kv_row_bytes(CFG, torch.float8_e4m3fn) == 2 * 4 == kv_row_bytes(CFG, torch.bfloat16) // 2
+    assert kv_row_bytes(CFG, torch.float8_e4m3fn.itemsize) == 2 * 4 == kv_row_bytes(CFG, 2) // 2
 
 
 def test_slots_alloc_free_and_exhaustion():

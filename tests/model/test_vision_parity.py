@@ -148,11 +148,10 @@ def test_token_cap_splits_forwards_without_changing_results(towers, monkeypatch)
     _, vit, mlp1 = towers
     items = [_video(3, (4, 6), seed=7), _image((6, 4), 11), _image((6, 4), 3)]
     whole = encode_visual(vit, mlp1, items)
-    monkeypatch.setattr(vision, "MAX_VIT_TOKENS", 30)  # every item is 34 tokens a sequence
     calls = []
     monkeypatch.setattr(vit, "forward", lambda x, f=vit.forward: calls.append(x.shape[0]) or f(x))
-    split = encode_visual(vit, mlp1, items)
-    assert calls == [3, 1, 1]  # the video alone (over the cap), then one image per forward
+    split = encode_visual(vit, mlp1, items, vit_tokens=70)  # two 34-token sequences a forward
+    assert calls == [2, 2, 1]  # the video's tubelets split across forwards, an image joins
     for a, b in zip(whole, split, strict=True):
         assert rel_err(b, a) < 1e-5
 
@@ -161,13 +160,30 @@ def test_video_resize_in_slices_gives_the_same_result(towers, monkeypatch):
     _, vit, mlp1 = towers
     video = _video(3, (4, 6), seed=5)
     whole = encode_video(vit, mlp1, video)
-    monkeypatch.setattr(vision, "RESIZE_SLICE_VALUES", 1)  # one tubelet per slice
     calls = []
     monkeypatch.setattr(
         vision, "video_pixels", lambda x, g, f=video_pixels: calls.append(x.shape[0]) or f(x, g)
     )
-    assert torch.equal(encode_video(vit, mlp1, video), whole)
-    assert calls == [1, 1, 1]
+    assert torch.equal(encode_visual(vit, mlp1, [video], resize_bytes=1)[0], whole)
+    assert calls == [1] * 6  # one frame a slice
+
+
+@pytest.mark.parametrize("block", [vision.POS_BLOCK_VALUES, 1])
+def test_position_embedding_is_the_crop_of_the_resized_table(monkeypatch, block):
+    """Only the crop is computed (in blocks of lines: `block` 1 is one line a block), yet it
+    is the square bilinear resize's top-left corner, for grids smaller and larger than the
+    table, wide and tall."""
+    monkeypatch.setattr(vision, "POS_BLOCK_VALUES", block)
+    pg = vision.PatchGenerator(TINY)
+    with torch.no_grad():
+        pg.pos_embed.normal_(generator=torch.Generator().manual_seed(0))
+    g = TINY.pos_grid
+    table = pg.pos_embed.reshape(1, g, g, -1).permute(0, 3, 1, 2)
+    for h, w in [(4, 6), (6, 4), (g, g), (g, 10), (24, 42), (42, 24), (2, 90), (90, 2), (33, 17)]:
+        m = max(h, w)
+        full = torch.nn.functional.interpolate(table, size=(m, m), mode="bilinear")
+        expected = full[0, :, :h, :w].flatten(1).t()
+        assert rel_err(pg.position_embedding((h, w)), expected) < 1e-6, (h, w)
 
 
 def test_pixel_shuffle_channel_order():

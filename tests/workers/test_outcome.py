@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from workers.engine.recovery import ResourcesExhausted
 from workers.media.errors import MediaTooLong, MediaUnreadable, MediaUnsupported
 from workers.outcome import error_of
 
@@ -34,3 +36,13 @@ def test_unexpected_errors_are_generic(exc, code, caplog):
     assert error.code == code
     assert "/srv/app" not in error.message, "no server path reaches the client"
     assert "job_x" in caplog.text, "the traceback goes to the log instead"
+
+
+def test_out_of_memory_is_resources_exhausted_never_model_error(caplog):
+    exhausted = ResourcesExhausted("prefill")
+    assert error_of(exhausted, "job_x").model_dump() == {
+        "code": "resources_exhausted",
+        "message": exhausted.message,
+    }
+    unrecovered = error_of(torch.OutOfMemoryError("CUDA out of memory. Tried 2.49 GiB"), "job_x")
+    assert unrecovered.code == "resources_exhausted" and "GiB" not in unrecovered.message

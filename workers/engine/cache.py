@@ -21,10 +21,11 @@ import torch
 from workers.model.config import LLMConfig
 
 
-def kv_row_bytes(config: LLMConfig, kv_dtype: torch.dtype) -> int:
-    """Bytes of one cached token: K and V of every attention layer."""
+def kv_row_bytes(config: LLMConfig, kv_itemsize: int) -> int:
+    """Bytes of one cached token: K and V of every attention layer, in the pools' dtype (1 byte
+    for FP8 KV)."""
     n_attn = len(config.attention_layers)
-    return n_attn * 2 * config.num_key_value_heads * config.head_dim * kv_dtype.itemsize
+    return n_attn * 2 * config.num_key_value_heads * config.head_dim * kv_itemsize
 
 
 class CacheFullError(RuntimeError):
@@ -131,10 +132,14 @@ class HybridCache:
         if not self._free_slots:
             raise CacheFullError(f"all {self.num_slots} cache slots are in use")
         slot = self._free_slots.pop()
+        self.clear_state(slot)
+        return slot
+
+    def clear_state(self, slot: int) -> None:
+        """Zero the slot's conv and SSM state: a sequence prefilled from its first token."""
         for conv, ssm in zip(self.conv_state, self.ssm_state, strict=True):
             conv[slot].zero_()
             ssm[slot].zero_()
-        return slot
 
     def free_slot(self, slot: int) -> None:
         """Return the slot and all its KV pool rows."""

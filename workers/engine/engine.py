@@ -3,15 +3,17 @@
 Jobs (worker threads) hand in *prepared* requests — a rendered prompt plus model-ready media
 items — and get a future. Each loop iteration the engine
   1. encodes the visual and audio items of queued requests together, so the ViT sees
-     tubelets and images of many jobs in one call (equal grids batch; at most
-     `encode_patch_budget` patches per call), while the encoded prompts waiting for prefill
-     stay under `PREFILL_AHEAD_STEPS` steps' worth of tokens (their embeddings sit on the
-     GPU: thousands of queued pages, encoded at once, would not fit),
+     tubelets and images of many jobs in one call, in groups that fit its memory: the
+     encoded prompts waiting for prefill (their embeddings sit on the GPU until prefilled)
+     stay within `prompt_budget` tokens, and a group's encoder outputs and prompts, with the
+     encoders' pieces, within the workspace beside them (memory_plan.py),
   2. splices the embeddings into each prompt (EVS drops redundant video rows) and admits
      the requests to the scheduler,
   3. runs one scheduler step: decode for every running sequence (a small decode batch may
      wait a few steps while prompts are prefilled, see scheduler.py), prompt chunks up to
-     the token budget.
+     the token budget, then the LM head and sampling.
+Each stage runs through `Engine.stages`; an out-of-memory in one is recovered by freeing,
+splitting and retrying (recovery.py), and only a request that cannot run alone fails.
 Cancel takes effect between steps and frees the request's cache slot at once.
 """
 
@@ -23,30 +25,45 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
-from workers.engine.cache import HybridCache, kv_row_bytes
+from workers.engine.cache import HybridCache
 from workers.engine.grammar import RequestGrammar
-from workers.engine.request import Request, SamplingParams
+from workers.engine.memory_plan import (
+    PREFILL_AHEAD_STEPS,
+    MemoryPlan,
+    encode_pieces,
+    min_piece_bytes,
+    plan_for,
+)
+from workers.engine.recovery import (
+    OutOfMemory,
+    RecoveringStep,
+    ResourcesExhausted,
+    Stages,
+    release_memory,
+    smaller_pieces,
+)
+from workers.engine.request import Request, RequestState, SamplingParams
 from workers.engine.runner import ModelRunner
 from workers.engine.sampler import make_generator
 from workers.engine.scheduler import Scheduler, SchedulerConfig
-from workers.engine.stats import StageStats, vision_patches
+from workers.engine.stats import StageStats
 from workers.engine.upload import MediaUploader
+from workers.engine.workspace import StageCosts
 from workers.media.items import AudioItem, ImageItem, VideoItem
 from workers.model.omni import (
+    EncodePieces,
     OmniModel,
     PromptStats,
     PromptTokens,
     encode_items,
+    expected_stats,
     prompt_tokens,
     splice_prompt_embeds,
 )
-
-_MiB = 1 << 20
-PREFILL_AHEAD_STEPS = 16  # encoded prompt tokens waiting for prefill, in prefill steps: 256 K
 
 
 @dataclass(frozen=True)
@@ -59,52 +76,41 @@ class EngineConfig:
     max_seq_len: int = 131072
     prefill_token_budget: int = 16384
     decode_graph_sizes: tuple[int, ...] = ()  # CUDA-graph decode batch sizes; () = eager
-    # ViT patch positions per `encode_items` call: bounds the pixels, patch embeddings and
-    # features one call holds on the GPU when many requests arrive at once (20 pages of 16
-    # documents are 4 M patches, ≈ 30 GB); vision.py caps each forward's activations itself
-    encode_patch_budget: int = 1 << 18
+    # Encoded prompt tokens waiting for prefill, at most: their embeddings stay on the GPU
+    # until prefilled (thousands of queued pages, encoded at once, would not fit).
+    prompt_budget: int = PREFILL_AHEAD_STEPS * 16384
+    # GPU bytes for the stages' work beside the cache, weights and waiting prompts, used by
+    # one stage at a time: an encode group's outputs and forwards, a prefill forward, the LM
+    # head and sampling (workspace.py prices each).
+    workspace_bytes: int = 4 << 30
     # Media that job threads copy to the GPU ahead of the engine (upload.py), at most; the
     # engine lets go of each request's media once encoded.
     max_upload_bytes: int = 4 << 30
     profile: bool = False  # time each stage in `Engine.stats` (synchronises the GPU: benchmarks)
+    plan: MemoryPlan | None = field(default=None, compare=False)  # what the budgets came from
 
     @classmethod
-    def for_memory(cls, model: OmniModel, gpu_memory_gb: float, **kw) -> EngineConfig:
-        """Slots and KV rows that fit in `gpu_memory_gb` next to the weights.
-
-        A quarter of what is left goes to activations and encoder work, media copied ahead
-        of the engine included (a sixteenth at most); the rest is split between per-slot state
-        (conv + fp32 SSM) and KV rows, sized for the default slots.
-        """
-        c = model.config.llm
-        itemsize = model.llm.embeddings.weight.element_size()
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        free = gpu_memory_gb * 1024 * _MiB - weights
-        if free <= 0:
-            raise ValueError(f"GPU_MEMORY_GB={gpu_memory_gb} is less than the weights need")
-        slot_bytes = len(c.mamba_layers) * (
-            c.conv_dim * (c.conv_kernel - 1) * itemsize
-            + c.mamba_num_heads * c.mamba_head_dim * c.ssm_state_size * 4
+    def from_plan(cls, plan: MemoryPlan, **kw) -> EngineConfig:
+        return cls(
+            max_running=plan.max_running,
+            kv_capacity_tokens=plan.kv_rows,
+            max_seq_len=plan.max_seq_len,
+            prefill_token_budget=plan.prefill_token_budget,
+            decode_graph_sizes=plan.decode_graph_sizes,
+            prompt_budget=plan.prompt_budget,
+            workspace_bytes=plan.workspace,
+            max_upload_bytes=plan.upload_bytes,
+            plan=plan,
+            **kw,
         )
-        row_bytes = kv_row_bytes(c, model.llm.kv_dtype)
-        usable = free * 3 / 4
-        slots = max(1, min(kw.pop("max_running", cls.max_running), int(usable / 2 / slot_bytes)))
-        rows = int((usable - slots * slot_bytes) / row_bytes)
-        kw.setdefault("max_upload_bytes", int(min(cls.max_upload_bytes, free / 16)))
-        return cls(max_running=slots, kv_capacity_tokens=rows, **kw)
 
 
 def engine_config(model: OmniModel, gpu_memory_gb: float | None) -> EngineConfig:
-    """The worker's engine: sized to GPU_MEMORY_GB (or 90 % of the card) on CUDA, with CUDA
-    graphs for decode; a small eager engine on the CPU (demo checkpoint, tests)."""
+    """The worker's engine: its memory plan under GPU_MEMORY_GB (or 90 % of the card) on CUDA,
+    with CUDA graphs for decode; a small eager engine on the CPU (demo checkpoint, tests)."""
     if model.device.type != "cuda":
         return EngineConfig(max_running=16, kv_capacity_tokens=1 << 16, max_seq_len=1 << 16)
-    if gpu_memory_gb is None:
-        gpu_memory_gb = 0.9 * torch.cuda.get_device_properties(model.device).total_memory / 2**30
-    config = EngineConfig.for_memory(model, gpu_memory_gb)
-    slots = config.max_running  # what fits: not always a power of two
-    sizes = tuple(n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n < slots) + (slots,)
-    return replace(config, decode_graph_sizes=sizes)
+    return EngineConfig.from_plan(plan_for(model, gpu_memory_gb))
 
 
 @dataclass(eq=False)
@@ -122,6 +128,7 @@ class Prepared:
     rid: str = ""
     future: Future = field(default_factory=Future)  # -> (Request, PromptStats)
     tokens: PromptTokens | None = None  # set by Engine.submit, on the caller's thread
+    expected: PromptStats | None = None  # likewise: the prompt's size, known before encoding
     uploaded: int = 0  # bytes of `items` the submitting thread copied to the GPU
     # Called once the engine holds none of `items` on the host any more: copied to the GPU
     # on submit, or encoded, failed or cancelled (the worker's shared-memory budget).
@@ -133,6 +140,15 @@ class Engine:
     def __init__(self, model: OmniModel, tokenizer, config: EngineConfig):
         self.model, self.tokenizer, self.config = model, tokenizer, config
         dtype = model.llm.embeddings.weight.dtype
+        plan = config.plan
+        self.costs = plan.costs if plan else StageCosts.of(
+            model.config, dtype.itemsize, model.llm.kv_dtype.itemsize
+        )
+        if plan is not None and model.device.type == "cuda":
+            # The cap is hard: past it torch's allocator frees its cache, then raises.
+            total = torch.cuda.get_device_properties(model.device).total_memory
+            fraction = min(1.0, plan.torch_cap / total)
+            torch.cuda.set_per_process_memory_fraction(fraction, model.device)
         self.cache = HybridCache(
             model.config.llm,
             config.max_running,
@@ -153,7 +169,17 @@ class Engine:
             else None
         )
         self.stats = StageStats(config.profile)
-        self.runner = ModelRunner(model.llm, self.cache, graphs, self.stats)
+        self.runner = ModelRunner(
+            model.llm, self.cache, graphs, self.stats, self.costs, config.workspace_bytes
+        )
+        self.stages = Stages(
+            self._encode_stage, self.runner.prefill, self.runner.decode, self.runner.sample
+        )
+        # LM head + sampling rows at once: their fp32 logits and the sampler's copies
+        rows = max(1, min(config.max_running, config.workspace_bytes // self.costs.sample_row))
+        self.steps = RecoveringStep(
+            self.stages, self.runner, rows, config.prefill_token_budget, self._fail
+        )
         # Half the slots: a decode batch that large already touches nearly every expert.
         scheduler_config = SchedulerConfig(
             config.prefill_token_budget, decode_min_batch=max(1, config.max_running // 2)
@@ -180,6 +206,7 @@ class Engine:
                 if prepared.uploaded:
                     self._host_released(prepared)
             prepared.tokens = prompt_tokens(self.tokenizer, prepared.prompt, prepared.items)
+            prepared.expected = expected_stats(prepared.tokens, prepared.evs_rate)
         except Exception as exc:  # a malformed prompt (or a failed copy) fails its request only
             self._let_go(prepared)
             prepared.future.set_exception(exc)
@@ -217,9 +244,7 @@ class Engine:
         """A step raised: its requests' state is unknown, so every waiting and running one fails
         with it."""
         for req in [*self.scheduler.waiting, *self.scheduler.running]:
-            self.scheduler.cancel(req.rid)
-            prepared, _ = self._pending.pop(req.rid)
-            prepared.future.set_exception(exc)
+            self._fail(req, exc)
 
     def _drain(self, block: bool) -> None:
         """Move the inbox into the queue, applying cancels."""
@@ -247,58 +272,118 @@ class Engine:
         if req is not None:
             self._resolve(req)
 
+    # ---- admission: encode, splice, hand to the scheduler ---------------------------------
     def _admit(self) -> None:
-        """Encode queued requests' media together, in groups of at most `encode_patch_budget`
-        patches, splice, hand them to the scheduler; stop once the prompt tokens waiting for
-        prefill reach `PREFILL_AHEAD_STEPS` steps (the queue's head is never overtaken)."""
-        ahead = PREFILL_AHEAD_STEPS * self.config.prefill_token_budget
-        waiting = self.scheduler.unprefilled_tokens()
-        group, patches = [], 0
-        while self._queued and waiting < ahead:
+        """Encode queued requests' media together, in groups that fit (the module docstring),
+        and hand them to the scheduler. The queue's head is never overtaken: when it does not
+        fit, admission waits for prefill to take the waiting prompts; a head that cannot fit
+        even with nothing else staged fails (`ResourcesExhausted`), one that can never fit in
+        the cache is rejected, both before any encoding."""
+        c, budget = self.costs, self.config.prompt_budget
+        room = self.config.workspace_bytes + budget * c.prompt_row - min_piece_bytes(c)
+        limit = min(self.cache.kv_capacity_tokens, self.cache.max_seq_len)
+        held = self._held_tokens()
+        group, tokens, staged = [], 0, 0  # the group's prompt tokens and its bytes at splice
+        while self._queued:
             p = self._queued[0]
-            n = vision_patches(p.items)
-            if group and patches + n > self.config.encode_patch_budget:
-                self._admit_group(group)
-                group, patches = [], 0
-                waiting = self.scheduler.unprefilled_tokens()
+            s = p.expected
+            if s.prompt_tokens + p.params.max_tokens > limit:
+                self._reject(self._queued.popleft())
                 continue
-            group.append(self._queued.popleft())
-            patches += n
-            waiting += len(p.tokens.ids)  # before EVS: an upper bound
+            need = s.encoder_rows * c.encoded_row + s.prompt_tokens * c.prompt_row
+            fits = held + tokens + s.prompt_tokens <= budget
+            if fits and held * c.prompt_row + staged + need <= room:
+                group.append(self._queued.popleft())
+                tokens, staged = tokens + s.prompt_tokens, staged + need
+            elif group:
+                self._admit_group(group)
+                group, tokens, staged, held = [], 0, 0, self._held_tokens()
+            elif held:
+                break
+            else:
+                self._fail_prepared(self._queued.popleft(), ResourcesExhausted("encoding"))
         if group:
             self._admit_group(group)
-        self.stats.peak_unprefilled = max(
-            self.stats.peak_unprefilled, self.scheduler.unprefilled_tokens()
-        )
+        self.stats.peak_unprefilled = max(self.stats.peak_unprefilled, self._held_tokens())
+
+    def _held_tokens(self) -> int:
+        """Prompt tokens whose embeddings are on the GPU: requests not yet fully prefilled."""
+        reqs = (*self.scheduler.waiting, *self.scheduler.running)
+        return sum(r.prompt_len for r in reqs if r.prompt_embeds is not None)
 
     @torch.no_grad()
-    def _admit_group(self, new: list[Prepared]) -> None:
-        items = [i for p in new for i in p.items]
+    def _admit_group(self, group: list[Prepared]) -> None:
+        """Encode `group` in the largest pieces that fit beside its outputs and the waiting
+        prompts, then admit its requests."""
+        c = self.costs
+        outputs = sum(p.expected.encoder_rows for p in group) * c.encoded_row
+        waiting = self.config.prompt_budget - self._held_tokens()
+        room = self.config.workspace_bytes + waiting * c.prompt_row - outputs
+        self._encode(group, encode_pieces(c, room))
+
+    def _encode(self, group: list[Prepared], pieces: EncodePieces) -> None:
+        """Encode and admit `group`; after an out-of-memory, its halves one by one, then a
+        lone request in smaller pieces, down to the smallest."""
         try:
             with self.stats.stage("encode", self.model.device):
-                encoded = encode_items(self.model, items)
+                results = self.stages.encode(group, pieces)
+        except OutOfMemory:
+            results = None
         except Exception as exc:  # one bad batch fails its jobs, not the engine
-            for p in new:
-                self._let_go(p)
-                p.future.set_exception(exc)
+            results = [exc] * len(group)
+        if results is None:
+            release_memory(self.model.device)
+            if len(group) > 1:
+                self._encode(group[: len(group) // 2], pieces)
+                self._encode(group[len(group) // 2 :], pieces)
+            elif (smaller := smaller_pieces(pieces)) is not None:
+                self._encode(group, smaller)
+            else:
+                self._fail_prepared(group[0], ResourcesExhausted("encoding"))
             return
-        self.stats.count_media(items)
-        del items
-        for p in new:
-            tokens = p.tokens
+        self.stats.count_media([i for p in group for i in p.items])
+        for p, result in zip(group, results, strict=True):
             self._let_go(p)
-            try:
-                with self.stats.stage("encode", self.model.device):
-                    embeds, _, stats = splice_prompt_embeds(self.model, tokens, encoded, p.evs_rate)
-            except Exception as exc:
-                p.future.set_exception(exc)
+            if isinstance(result, Exception):
+                p.future.set_exception(result)
                 continue
+            embeds, stats = result
             generator = make_generator(p.params, self.model.device)
             req = Request(p.rid, embeds, p.params, generator=generator, grammar=p.grammar)
             self._pending[p.rid] = (p, stats)
             self.scheduler.add(req)
             if req.finished:  # rejected: can never fit in the cache
                 self._resolve(req)
+
+    def _encode_stage(
+        self, group: list[Prepared], pieces: EncodePieces
+    ) -> list[tuple[torch.Tensor, PromptStats] | Exception]:
+        """The group's media through the encoders in `pieces`, each prompt spliced -> per
+        request (embeds, stats), or the error its splice raised (that request's alone)."""
+        encoded = encode_items(self.model, [i for p in group for i in p.items], pieces)
+        out = []
+        for p in group:
+            try:
+                embeds, _, stats = splice_prompt_embeds(self.model, p.tokens, encoded, p.evs_rate)
+                out.append((embeds, stats))
+            except OutOfMemory:
+                raise
+            except Exception as exc:
+                out.append(exc)
+            for item in [*p.tokens.visual, *p.tokens.audio]:  # in the prompt now
+                encoded.pop(id(item), None)
+        return out
+
+    def _reject(self, p: Prepared) -> None:
+        """A request whose prompt and output can never fit in the cache, known unencoded."""
+        req = Request(p.rid, None, p.params, prompt_len=p.expected.prompt_tokens)
+        req.state, req.finish_reason = RequestState.FINISHED, "rejected"
+        self._let_go(p)
+        p.future.set_result((req, p.expected))
+
+    def _fail_prepared(self, p: Prepared, exc: Exception) -> None:
+        self._let_go(p)
+        p.future.set_exception(exc)
 
     def _let_go(self, p: Prepared) -> None:
         """Drop a request's media: encoded, failed or cancelled."""
@@ -313,14 +398,28 @@ class Engine:
         if callback is not None:
             callback()
 
+    # ---- one step: decode, prefill, sample ------------------------------------------------
     def step(self) -> list[Request]:
         plan = self.scheduler.schedule()
+        if plan.empty:
+            return []
         self.stats.peak_batch = max(self.stats.peak_batch, len(plan.decode) + len(plan.prefill))
-        finished = self.scheduler.update(plan, self.runner.step(plan)) if not plan.empty else []
+        finished = self.scheduler.update(plan, self.steps.run(plan))
+        for chunk in plan.prefill:
+            if chunk.is_last:  # prefilled: the cache holds the prompt now
+                chunk.request.prompt_embeds = None
         for req in finished:
             self._resolve(req)
         return finished
 
+    def _fail(self, req: Request, exc: Exception) -> None:
+        """A scheduled request fails alone: its slot is freed, its job gets `exc`."""
+        self.scheduler.cancel(req.rid)
+        req.prompt_embeds = None
+        prepared, _ = self._pending.pop(req.rid)
+        prepared.future.set_exception(exc)
+
     def _resolve(self, req: Request) -> None:
+        req.prompt_embeds = None
         prepared, stats = self._pending.pop(req.rid)
         prepared.future.set_result((req, stats))

@@ -112,10 +112,10 @@ class GrammarCompiler:
 
 @dataclass
 class StepMasks:
-    """The masks of one step, on the model's device: logits rows `rows` [N] int64 take
-    `bits` [N, W] int32."""
+    """The masks of one step: request `rid` takes row `index[rid]` of `bits` [N, W] int32, on
+    the model's device (the runner picks the rows of each sampling group)."""
 
-    rows: torch.Tensor
+    index: dict[str, int]
     bits: torch.Tensor
 
 
@@ -128,23 +128,21 @@ class TokenMasks:
         self.max_rows, self.device = max_rows, torch.device(device)
         self._executor: LLExecutor | None = None  # threads start with the first structured step
         self._bits: torch.Tensor | None = None  # [R, W] int32
-        self._rows: torch.Tensor | None = None  # [R] int64
         self.fill_s: deque[float] = deque(maxlen=4096)  # CPU seconds of recent steps' fills
 
-    def _buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _buffer(self) -> torch.Tensor:
         if self._bits is None:
             pin = self.device.type == "cuda"
             self._executor = LLExecutor(MASK_THREADS)
             self._bits = torch.zeros(self.max_rows, self.words, dtype=torch.int32, pin_memory=pin)
-            self._rows = torch.zeros(self.max_rows, dtype=torch.int64, pin_memory=pin)
-        return self._bits, self._rows
+        return self._bits
 
     def fill(self, reqs: list) -> StepMasks | None:
-        """reqs: the requests sampled this step, in logits row order (Request objects).
-        Returns the masks of those whose grammar is active, None when there are none."""
+        """reqs: the requests sampled this step (Request objects). Returns the masks of those
+        whose grammar is active, None when there are none."""
         t0 = time.perf_counter()
-        rows, matchers, consume = [], [], []
-        for i, req in enumerate(reqs):
+        rids, matchers, consume = [], [], []
+        for req in reqs:
             g = req.grammar
             if g is None:
                 continue
@@ -155,23 +153,20 @@ class TokenMasks:
                 consume.append((g.matcher, new[0]))
             elif new:  # more than one token since the last fill: never in the engine's loop
                 g.matcher.consume_tokens(new)
-            rows.append(i)
+            rids.append(req.rid)
             matchers.append(g.matcher)
-        if not rows:
+        if not rids:
             return None
-        bits, row_ids = self._buffers()
+        bits = self._buffer()
         if consume:
             accepted = self._executor.consume_token_par(consume)
             for ok, (m, token) in zip(accepted, consume, strict=True):
                 if not ok:  # cannot happen for a sampled token under its own mask
                     log.error("grammar refused token %d: %s", token, m.get_error())
-        n = len(rows)
+        n = len(rids)
         targets = list(zip(matchers, range(n), strict=True))
         self._executor.unsafe_compute_mask_ptr(targets, bits.data_ptr(), self.words * 4, n)
-        row_ids[:n] = torch.tensor(rows, dtype=torch.int64)
-        masks = StepMasks(
-            row_ids[:n].to(self.device, non_blocking=True),
-            bits[:n].to(self.device, non_blocking=True),
-        )
+        index = {rid: k for k, rid in enumerate(rids)}
+        masks = StepMasks(index, bits[:n].to(self.device, non_blocking=True))
         self.fill_s.append(time.perf_counter() - t0)
         return masks

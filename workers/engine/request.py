@@ -40,11 +40,12 @@ class RequestState(enum.Enum):
 class Request:
     """One sequence: a prompt given as embeddings, grown token by token.
 
-    prompt_embeds: [L, D] in the model dtype, on the model device.
+    prompt_embeds: [L, D] in the model dtype, on the model device; the engine drops them
+    (None) once the prompt is prefilled, so a running sequence holds only its cache.
     """
 
     rid: str
-    prompt_embeds: torch.Tensor
+    prompt_embeds: torch.Tensor | None
     params: SamplingParams
     state: RequestState = RequestState.WAITING
     slot: int = -1
@@ -53,10 +54,11 @@ class Request:
     finish_reason: str | None = None  # "stop", "length", "cancelled", "rejected"
     generator: torch.Generator | None = None
     grammar: RequestGrammar | None = None  # structured output: constrains what is sampled
+    prompt_len: int = -1  # taken from prompt_embeds when not given
 
-    @property
-    def prompt_len(self) -> int:
-        return self.prompt_embeds.shape[0]
+    def __post_init__(self) -> None:
+        if self.prompt_len < 0:
+            self.prompt_len = self.prompt_embeds.shape[0]
 
     @property
     def max_total_len(self) -> int:

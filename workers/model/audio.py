@@ -27,8 +27,9 @@ from workers.media.items import AudioItem
 from workers.model.config import AudioConfig
 
 HOP_SAMPLES = 160  # 10 ms mel hop at 16 kHz
-# Mel frames per encoder forward: 32 clips of 30 s. The subsampling's first conv output is
-# ≈ 49 MB per 30 s clip in bf16, so a batch of a few hundred clips would need tens of GB.
+# Mel frames per encoder forward when the caller gives no budget (the engine's comes from its
+# memory plan): 32 clips of 30 s. The subsampling's first conv output and its ReLU are
+# ≈ 98 MB per 30 s clip in bf16, so a batch of a few hundred clips would need tens of GB.
 MAX_AUDIO_FRAMES = 32 * 3000
 
 # N clips, T frames, D width, H heads, d head dim.
@@ -201,10 +202,18 @@ def encode_audios(
     max_frames: int = MAX_AUDIO_FRAMES,
 ) -> list[torch.Tensor]:
     """Encode every clip of every item -> per item [tokens, out]. Clips of equal length share
-    a forward, up to `max_frames` mel frames each (one clip at least)."""
+    a forward, up to `max_frames` mel frames each (one clip at least); only those clips are on
+    the device as input at once, and each forward writes its rows into the items' outputs."""
     w = encoder.subsampling.linear.weight
-    clips = [c.to(device=w.device, dtype=w.dtype) for item in items for c in _valid_clips(item)]
-    outs: list[torch.Tensor | None] = [None] * len(clips)
+    width = projector.linear2.out_features
+    clips = [c for item in items for c in _valid_clips(item)]
+    outs = [torch.empty(i.num_tokens, width, device=w.device, dtype=w.dtype) for i in items]
+    where: list[tuple[int, int]] = []  # (item, first row) of each clip
+    for k, item in enumerate(items):
+        row = 0
+        for samples in item.clip_samples:
+            where.append((k, row))
+            row += -(-(samples // HOP_SAMPLES) // encoder.cfg.subsampling_factor)
     by_length: dict[int, list[int]] = {}
     for i, c in enumerate(clips):
         by_length.setdefault(c.shape[0], []).append(i)
@@ -212,14 +221,13 @@ def encode_audios(
         step = max(1, max_frames // length)
         for a in range(0, len(same), step):
             idx = same[a : a + step]
-            emb = projector(encoder(torch.stack([clips[i] for i in idx])))
+            batch = torch.stack([clips[i].to(device=w.device, dtype=w.dtype) for i in idx])
+            emb = projector(encoder(batch))
+            del batch
             for i, e in zip(idx, emb, strict=True):
-                outs[i] = e
-    results, start = [], 0
-    for item in items:
-        results.append(torch.cat(outs[start : start + len(item.clips)]))
-        start += len(item.clips)
-    return results
+                k, row = where[i]
+                outs[k][row : row + e.shape[0]] = e
+    return outs
 
 
 def encode_audio(encoder: AudioEncoder, projector: nn.Module, item: AudioItem) -> torch.Tensor:

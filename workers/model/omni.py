@@ -18,13 +18,13 @@ from torch import nn
 
 from workers.media.items import AudioItem, ImageItem, VideoItem
 from workers.model import ops
-from workers.model.audio import AudioEncoder, encode_audios
+from workers.model.audio import MAX_AUDIO_FRAMES, AudioEncoder, encode_audios
 from workers.model.config import OmniConfig
 from workers.model.expand import expand_prompt
 from workers.model.nemotron_h import NemotronH
 from workers.model.projectors import SoundProjector, VisionProjector
 from workers.model.quant import QuantPlan
-from workers.model.vision import RadioViT, encode_visual
+from workers.model.vision import MAX_VIT_TOKENS, RESIZE_SLICE_BYTES, RadioViT, encode_visual
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,21 @@ class PromptStats:
     video_tokens_after_evs: int
     image_tokens: int
     audio_tokens: int
+
+    @property
+    def encoder_rows(self) -> int:
+        """Rows the encoders output for the prompt (before EVS)."""
+        return self.video_tokens_before_evs + self.image_tokens + self.audio_tokens
+
+
+@dataclass(frozen=True)
+class EncodePieces:
+    """How much of the encoders' work one forward (or resize slice) takes: bounds what the
+    encoders hold on the GPU at once (the engine's memory plan sizes them)."""
+
+    vit_tokens: int = MAX_VIT_TOKENS  # ViT tokens per forward (one sequence at least)
+    audio_frames: int = MAX_AUDIO_FRAMES  # mel frames per audio forward (one clip at least)
+    resize_bytes: int = RESIZE_SLICE_BYTES  # GPU bytes of a video resize slice (one frame at least)
 
 
 class OmniModel(nn.Module):
@@ -70,23 +85,29 @@ class OmniModel(nn.Module):
         return self.llm.embeddings.weight.device
 
     @torch.no_grad()
-    def encode_visual(self, items: list[ImageItem | VideoItem]) -> list[torch.Tensor]:
+    def encode_visual(
+        self, items: list[ImageItem | VideoItem], pieces: EncodePieces = EncodePieces()
+    ) -> list[torch.Tensor]:
         """Images -> [N, D]; videos -> [n, r, c, D] (see vision.encode_visual)."""
-        return encode_visual(self.vit, self.mlp1, items) if items else []
+        if not items:
+            return []
+        return encode_visual(self.vit, self.mlp1, items, pieces.vit_tokens, pieces.resize_bytes)
 
     @torch.no_grad()
-    def encode_audio(self, items: list[AudioItem]) -> list[torch.Tensor]:
+    def encode_audio(
+        self, items: list[AudioItem], pieces: EncodePieces = EncodePieces()
+    ) -> list[torch.Tensor]:
         if not items:
             return []
         if self.sound_encoder is None:
             raise ValueError("this checkpoint has no audio tower (config.json has no sound_config)")
-        return encode_audios(self.sound_encoder, self.sound_projection, items)
+        return encode_audios(self.sound_encoder, self.sound_projection, items, pieces.audio_frames)
 
 
 def _evs_mask(video_emb: torch.Tensor, q: float) -> torch.Tensor:
     """video_emb [n, r, c, D] -> bool keep mask [n·r·c] (tubelet-major, raster order)."""
     if q <= 0:
-        return torch.ones(video_emb.shape[:3].numel(), dtype=torch.bool, device=video_emb.device)
+        return _all(video_emb.reshape(-1, video_emb.shape[-1]))
     return ops.evs_keep_mask(video_emb, q).reshape(-1)
 
 
@@ -94,8 +115,13 @@ Encoded = dict[int, torch.Tensor]  # id(item) -> its projected embeddings
 
 
 @torch.no_grad()
-def encode_items(model: OmniModel, items: list[ImageItem | VideoItem | AudioItem]) -> Encoded:
-    """Run the towers over `items` (and every video's soundtrack), all together.
+def encode_items(
+    model: OmniModel,
+    items: list[ImageItem | VideoItem | AudioItem],
+    pieces: EncodePieces = EncodePieces(),
+) -> Encoded:
+    """Run the towers over `items` (and every video's soundtrack), all together, in forwards
+    no larger than `pieces`.
 
     Images and tubelets of equal grids share one ViT forward, so passing the items of many
     requests at once is what batches the encoders across jobs.
@@ -103,8 +129,8 @@ def encode_items(model: OmniModel, items: list[ImageItem | VideoItem | AudioItem
     visual = [i for i in items if not isinstance(i, AudioItem)]
     audio = [i for i in items if isinstance(i, AudioItem)]
     audio += [i.audio for i in visual if isinstance(i, VideoItem) and i.audio is not None]
-    encoded = dict(zip(map(id, visual), model.encode_visual(visual), strict=True))
-    encoded |= dict(zip(map(id, audio), model.encode_audio(audio), strict=True))
+    encoded = dict(zip(map(id, visual), model.encode_visual(visual, pieces), strict=True))
+    encoded |= dict(zip(map(id, audio), model.encode_audio(audio, pieces), strict=True))
     return encoded
 
 
@@ -141,6 +167,27 @@ def prompt_tokens(tokenizer, prompt: str, items: list[ImageItem | VideoItem | Au
     return PromptTokens(torch.tensor(encoding.ids, dtype=torch.int64), visual, audio)
 
 
+def evs_kept(tubelets: int, tokens_per_tubelet: int, q: float) -> int:
+    """Video rows EVS keeps (kernels/evs.py `_select`): known before encoding."""
+    if q <= 0:
+        return tubelets * tokens_per_tubelet
+    return max(tokens_per_tubelet, int(tubelets * tokens_per_tubelet * (1 - q)))
+
+
+def expected_stats(tokens: PromptTokens, evs_rate: float) -> PromptStats:
+    """The PromptStats `splice_prompt_embeds` will give, from the items' sizes alone: the
+    engine sizes a request's memory before encoding it."""
+    before = after = image = 0
+    for item in tokens.visual:
+        if isinstance(item, VideoItem):
+            before += item.num_tubelets * item.tokens_per_tubelet
+            after += evs_kept(item.num_tubelets, item.tokens_per_tubelet, evs_rate)
+        else:
+            image += item.num_tokens
+    audio = sum(a.num_tokens for a in tokens.audio)
+    return PromptStats(tokens.ids.shape[0] - before + after, before, after, image, audio)
+
+
 @torch.no_grad()
 def splice_prompt_embeds(
     model: OmniModel, tokens: PromptTokens, encoded: Encoded, evs_rate: float
@@ -148,49 +195,49 @@ def splice_prompt_embeds(
     """A tokenized prompt + its items' `encode_items` output -> (embeds [T, D], ids [T],
     stats). Pruned video rows are removed from both ids and embeds: the LLM has no positional
     encoding, so nothing else needs to move (docs/model.md §1.3, §3.3).
+
+    EVS is decided first, so only the kept rows are embedded, and each item's rows are
+    written in place: besides `encoded`, the prompt's embeddings and one item's kept rows are
+    all that exist at once.
     """
     cfg = model.config
     visual, audio = tokens.visual, tokens.audio
     ids = tokens.ids.to(model.device)
-    embeds = model.llm.embed(ids)
     img_pos = ids == cfg.img_context_token_id
-    so_pos = ids == cfg.sound_context_token_id
 
-    vis = [encoded[id(i)] for i in visual]
-    keep_img, before, after = [], 0, 0
-    for item, emb in zip(visual, vis, strict=True):
-        if isinstance(item, VideoItem):
-            mask = _evs_mask(emb, evs_rate)
-            before += mask.numel()
-            after += int(mask.sum())
-        else:
-            mask = torch.ones(emb.shape[0], dtype=torch.bool, device=emb.device)
-        keep_img.append(mask)
-    if vis:
-        rows = torch.cat([e.reshape(-1, e.shape[-1]) for e in vis]).to(embeds.dtype)
-        _check_count("<image>", int(img_pos.sum()), rows.shape[0])
-        embeds[img_pos] = rows
-    else:
-        _check_count("<image>", int(img_pos.sum()), 0)
+    rows, masks = [], []  # per visual item: encoder rows [n, D]; a video's EVS keep mask [n]
+    for item in visual:
+        e = encoded[id(item)]
+        rows.append(e.reshape(-1, e.shape[-1]))
+        masks.append(_evs_mask(e, evs_rate) if isinstance(item, VideoItem) else None)
+    _check_count("<image>", int(img_pos.sum()), sum(r.shape[0] for r in rows))
+    kept = [r.shape[0] if m is None else int(m.sum()) for r, m in zip(rows, masks, strict=True)]
+    before = sum(m.numel() for m in masks if m is not None)
+    after = sum(k for k, m in zip(kept, masks, strict=True) if m is not None)
+    pruned = before != after
+    if pruned:
+        keep = torch.ones_like(ids, dtype=torch.bool)
+        every = [_all(r) if m is None else m for r, m in zip(rows, masks, strict=True)]
+        keep[img_pos] = torch.cat(every)
+        ids = ids[keep]
+    embeds = model.llm.embed(ids)
+    positions = (ids == cfg.img_context_token_id).nonzero().squeeze(1).split(kept)
+    for r, m, pos in zip(rows, masks, positions, strict=True):
+        embeds[pos] = r[m] if pruned and m is not None else r
 
     aud = [encoded[id(i)] for i in audio]
+    so_pos = (ids == cfg.sound_context_token_id).nonzero().squeeze(1)
     n_audio = sum(a.shape[0] for a in aud)
-    _check_count("<so_embedding>", int(so_pos.sum()), n_audio)
-    if aud:
-        embeds[so_pos] = torch.cat(aud).to(embeds.dtype)
-
-    if before != after:
-        keep = torch.ones_like(ids, dtype=torch.bool)
-        keep[img_pos] = torch.cat(keep_img)
-        ids, embeds = ids[keep], embeds[keep]
-    stats = PromptStats(
-        prompt_tokens=ids.shape[0],
-        video_tokens_before_evs=before,
-        video_tokens_after_evs=after,
-        image_tokens=int(img_pos.sum()) - before,
-        audio_tokens=n_audio,
-    )
+    _check_count("<so_embedding>", so_pos.shape[0], n_audio)
+    for a, pos in zip(aud, so_pos.split([a.shape[0] for a in aud]), strict=True):
+        embeds[pos] = a
+    image_tokens = sum(k for k, m in zip(kept, masks, strict=True) if m is None)
+    stats = PromptStats(ids.shape[0], before, after, image_tokens, n_audio)
     return embeds, ids, stats
+
+
+def _all(rows: torch.Tensor) -> torch.Tensor:
+    return torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
 
 
 def _check_count(token: str, placeholders: int, rows: int) -> None:
