@@ -298,6 +298,8 @@ def _measure(w: Workload, s: dict, counts: dict, cuda: bool) -> dict:
         # of the pool's worker-seconds, spent on CPU (decoding)
         "pool_cpu_share": counts["pool_cpu_s"] / (wall * counts["pool_workers"]),
         "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
+        # what GPU_MEMORY_GB caps: the allocator's reserve, in GiB like the setting
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
         "useful_tflop": flops / 1e12,
         "mfu": flops / wall / (BF16_TFLOPS * 1e12),
         "stage_shares": shares,
@@ -306,16 +308,21 @@ def _measure(w: Workload, s: dict, counts: dict, cuda: bool) -> dict:
 
 
 def _table(report: dict) -> None:
-    print(f"\n{report['model']}; {report['device']}; pool {report['pool_workers']} workers")
+    print(
+        f"\n{report['model']}; {report['precision']}; {report['device']}; "
+        f"pool {report['pool_workers']} workers"
+    )
     if report["via_cli"]:
         print("through omnibatch run's runner (--via-cli): no media share")
     print(
         f"{'workload':8} {'jobs':>4} {'wall s':>8} {'metric':>26} {'×target':>7} "
-        f"{'prefill/s':>9} {'decode/s':>9} {'steps':>6} {'peak GB':>7} {'MFU':>6}  "
+        f"{'prefill/s':>9} {'decode/s':>9} {'steps':>6} {'peak GB':>7} {'rsv GiB':>7} {'MFU':>6}  "
         "media/encoders/prefill/decode/other % of wall"
     )
     for r in report["workloads"].values():
         peak = f"{r['peak_gpu_gb']:7.1f}" if r["peak_gpu_gb"] is not None else f"{'-':>7}"
+        rsv = r["peak_reserved_gib"]
+        peak += f" {rsv:7.1f}" if rsv is not None else f" {'-':>7}"
         shares = "/".join(
             "-" if v is None else f"{100 * v:.0f}" for v in r["stage_shares"].values()
         )
