@@ -13,6 +13,12 @@ items — and get a future. Each loop iteration the engine
      wait a few steps while prompts are prefilled, see scheduler.py), prompt chunks up to
      the token budget.
 Cancel takes effect between steps and frees the request's cache slot at once.
+
+Failures: a request whose own setup fails (encoding, splicing, its sampler) fails alone; a
+step that raises fails the requests in it. Anything else that escapes the loop is a bug in
+the engine: the thread then dies *loudly* (`alive` turns False, every request held and every
+later submit fails with EngineDead), so the worker can hand its jobs back and exit rather
+than wedge with a dead engine.
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ from workers.model.omni import (
 
 _MiB = 1 << 20
 PREFILL_AHEAD_STEPS = 16  # encoded prompt tokens waiting for prefill, in prefill steps: 256 K
+
+
+class EngineDead(RuntimeError):
+    """The engine thread has died: nothing submitted to this engine will ever finish."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,8 @@ class Engine:
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._death: BaseException | None = None  # why the engine thread died
+        self._death_lock = threading.Lock()  # a submit racing the death still gets failed
 
     # ---- called from job threads -------------------------------------------------------
     def submit(self, prepared: Prepared) -> Future:
@@ -182,8 +194,17 @@ class Engine:
             self._let_go(prepared)
             prepared.future.set_exception(exc)
             return prepared.future
-        self._inbox.put(prepared)
+        with self._death_lock:
+            if self._death is None:
+                self._inbox.put(prepared)
+                return prepared.future
+        self._let_go(prepared)
+        prepared.future.set_exception(EngineDead("the engine thread has died"))
         return prepared.future
+
+    @property
+    def alive(self) -> bool:
+        return self._death is None and self._thread is not None and self._thread.is_alive()
 
     def cancel(self, rid: str) -> None:
         self._inbox.put(rid)
@@ -201,15 +222,36 @@ class Engine:
 
     # ---- the engine thread ---------------------------------------------------------------
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._drain(block=not self.scheduler.has_work() and not self._queued)
-            self._admit()
-            if not self.scheduler.has_work():
-                continue
+        try:
+            while not self._stop.is_set():
+                self._drain(block=not self.scheduler.has_work() and not self._queued)
+                self._admit()
+                if not self.scheduler.has_work():
+                    continue
+                try:
+                    self.step()
+                except Exception as exc:  # the engine thread must outlive a failed step
+                    self._fail_all(exc)
+        except BaseException as exc:
+            self._die(exc)
+            raise
+
+    def _die(self, exc: BaseException) -> None:
+        """The loop itself failed: fail every request this engine holds, and every later one."""
+        with self._death_lock:
+            self._death = exc
+        dead = EngineDead(f"the engine thread died: {type(exc).__name__}: {exc}")
+        held = [p for p, _ in self._pending.values()] + list(self._queued)
+        while True:
             try:
-                self.step()
-            except Exception as exc:  # the engine thread must outlive a failed step
-                self._fail_all(exc)
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Prepared):
+                held.append(item)
+        for p in held:
+            if not p.future.done():
+                p.future.set_exception(dead)
 
     def _fail_all(self, exc: Exception) -> None:
         """A step raised: its requests' state is unknown, so every waiting and running one fails
@@ -288,12 +330,11 @@ class Engine:
             try:
                 with self.stats.stage("encode", self.model.device):
                     embeds, _, stats = splice_prompt_embeds(self.model, tokens, encoded, p.evs_rate)
-            except Exception as exc:
+                generator = make_generator(p.params, self.model.device)
+            except Exception as exc:  # this request's setup (a seed out of range too)
                 p.future.set_exception(exc)
                 continue
-            req = Request(
-                p.rid, embeds, p.params, generator=make_generator(p.params, self.model.device)
-            )
+            req = Request(p.rid, embeds, p.params, generator=generator)
             self._pending[p.rid] = (p, stats)
             self.scheduler.add(req)
             if req.finished:  # rejected: can never fit in the cache
