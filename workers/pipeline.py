@@ -91,13 +91,15 @@ class Pipeline:
         demo: bool,
         gpu_memory_gb: float | None = None,
         limits: MediaLimits = DEFAULT_LIMITS,
+        media_workers: int | None = None,
     ):
         self.model, self.info, self.prompts = model, info, prompts
         self.model_info = model_info
         self.demo = demo
         # One file's decoded pixels must fit in shared memory beside the others' (pool.py).
         self.limits = replace(limits, max_decoded_bytes=limits.max_decoded_bytes or shm_budget())
-        self.media = MediaPool(limits=self.limits)  # decoding runs ahead, one process per core
+        # decoding runs ahead, one process per core unless the host's cores are shared out
+        self.media = MediaPool(media_workers, limits=self.limits)
         # ... as far as shared memory allows: jobs wait for room before decoding
         self.media_budget = MediaBudget(shm_budget(), first=self.media.num_workers)
         # The worker runs several jobs in threads: their media decoding overlaps, and their
@@ -114,6 +116,7 @@ class Pipeline:
         device: str = "cpu",
         gpu_memory_gb: float | None = None,
         limits: MediaLimits = DEFAULT_LIMITS,
+        media_workers: int | None = None,
     ) -> Pipeline:
         demo = model_dir is None
         if demo:
@@ -127,7 +130,7 @@ class Pipeline:
         name = DEMO_NAME if demo else Path(model_dir).resolve().name
         info_ = ModelInfo(name, None, precision)
         prompts = PromptBuilder.from_dir(model_dir)
-        return cls(model, info, prompts, info_, demo, gpu_memory_gb, limits)
+        return cls(model, info, prompts, info_, demo, gpu_memory_gb, limits, media_workers)
 
     def close(self) -> None:
         self.engine.close()
