@@ -9,9 +9,9 @@ step that takes or gives up the lease (they write `running_fields` / `requeued_f
 record's `attempt` is the lease token of the attempt running it.
 
 Worker-facing API (all take the Redis client first, all are safe to call from any process):
-    load(r, job_id) -> JobRecord | None
+    load(r, job_id, strict=True) -> JobRecord | None
         raises pydantic.ValidationError when the stored request no longer validates (a record
-        written by an older gateway); `load_lenient` then gives what finishing it needs.
+        written by an older gateway).
     set_progress(r, job_id, attempt, stage, done, total)
         `r` may be a pipeline; written only while that attempt runs the job.
     finish(r, storage, job_id, status, *, attempt=None, output=None, usage=None, error=None,
@@ -114,6 +114,8 @@ class JobRecord(BaseModel):
 
 
 _JSON_FIELDS = ("request", "progress", "usage", "error", "webhook")
+# What a reader keeps of a stored request that no longer validates (`load`)
+_KEPT_REQUEST_FIELDS = ("task", "prompt", "priority", "metadata", "webhook")
 
 
 def _text(value) -> str:
@@ -136,8 +138,24 @@ def _fields(raw: dict[bytes, bytes]) -> dict[str, object]:
     return data
 
 
-def from_hash(raw: dict[bytes, bytes]) -> JobRecord:
-    return JobRecord.model_validate(_fields(raw))
+def from_hash(raw: dict[bytes, bytes], *, strict: bool = False) -> JobRecord:
+    """The record, its request validated against JobCreate again. A request stored by a
+    gateway that checked less (an older version) may no longer validate: `strict` (the
+    worker, which must not run anything but the request submitted) raises ValidationError
+    then; readers get the request reduced to the parts that still validate."""
+    data = _fields(raw)
+    try:
+        return JobRecord.model_validate(data)
+    except ValidationError:
+        if strict:
+            raise
+    request = data.get("request") if isinstance(data.get("request"), dict) else {}
+    kept = {k: request[k] for k in _KEPT_REQUEST_FIELDS if k in request}
+    try:
+        data["request"] = JobCreate.model_validate(kept)
+    except ValidationError:
+        data["request"] = JobCreate()
+    return JobRecord.model_validate(data)
 
 
 def connect(url: str, max_connections: int = 64) -> redis.Redis:
@@ -152,25 +170,9 @@ def new_job_id() -> str:
     return f"job_{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
 
 
-def load(r: redis.Redis, job_id: str) -> JobRecord | None:
+def load(r: redis.Redis, job_id: str, *, strict: bool = False) -> JobRecord | None:
     raw = r.hgetall(job_key(job_id))
-    return from_hash(raw) if raw else None
-
-
-def load_lenient(r: redis.Redis, job_id: str) -> JobRecord | None:
-    """A record whose stored request no longer validates, with the parts of the request that
-    finishing it needs (webhook, metadata, priority) kept where they still validate."""
-    raw = r.hgetall(job_key(job_id))
-    if not raw:
-        return None
-    data = _fields(raw)
-    request = data.get("request") if isinstance(data.get("request"), dict) else {}
-    try:
-        kept = {k: request[k] for k in ("webhook", "metadata", "priority") if k in request}
-        data["request"] = JobCreate.model_validate(kept)
-    except ValidationError:
-        data["request"] = JobCreate()
-    return JobRecord.model_validate(data)
+    return from_hash(raw, strict=strict) if raw else None
 
 
 def _transition(r, job_id: str, allowed: tuple[JobStatus, ...], attempt: str = "", **fields):
@@ -256,10 +258,7 @@ def _finish(
     a job a worker has just started is never ended under it."""
     if not status.terminal:
         raise ValueError(f"finish() needs a terminal status, not {status}")
-    try:
-        rec = load(r, job_id)
-    except ValidationError:
-        rec = load_lenient(r, job_id)
+    rec = load(r, job_id)
     if rec is None:
         return False
     usage = usage or Usage()

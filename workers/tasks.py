@@ -115,7 +115,7 @@ def run_job(job_id: str, ctx: JobContext, attempt: Attempt) -> JobStatus | None:
     """Run one leased job; returns the status it finished with, None when it was not ours to
     finish (deleted, given back, or finished elsewhere)."""
     try:
-        rec = retrying(attempt, "reading the job", jobstore.load, ctx.redis, job_id)
+        rec = retrying(attempt, "reading the job", jobstore.load, ctx.redis, job_id, strict=True)
     except ValidationError as exc:  # stored by a gateway that checked less (an older version)
         problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         error = JobError(code=JobErrorCode.invalid_request, message=problem[:500])

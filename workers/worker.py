@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 import redis
 from rq import Queue
@@ -43,6 +44,9 @@ from service.storage import Storage
 from workers.job_watch import WATCH_INTERVAL_S, JobWatch
 from workers.leases import LeaseTable
 from workers.tasks import Attempt, JobContext, job_timeout_s, run_job
+
+if TYPE_CHECKING:
+    from workers.pipeline import Pipeline
 
 log = logging.getLogger("omnibatch.worker")
 IDLE_POLL_S = 0.2  # queues are polled (the lease pop is a script, not a blocking pop)
@@ -62,6 +66,7 @@ class Worker:
         self.queues = [Queue(name, connection=self.redis) for name in JOB_QUEUES]
         self.stopping = threading.Event()
         self._stopped = threading.Event()
+        self.pipeline: Pipeline | None = None  # loaded by serve()
         self.model_loaded = False
         self.engine_died = False
         self.in_flight: dict[str, Attempt] = {}
@@ -198,12 +203,12 @@ class Worker:
 
         log.info("worker %s loading the model on %s", self.id, self.settings.device)
         s = self.settings
-        pipeline = Pipeline.load(
+        self.pipeline = Pipeline.load(
             s.model, s.device, s.gpu_memory_gb, s.media_limits, s.media_workers
         )
         ctx = JobContext(
-            self.redis, Storage(self.settings.data_dir), self.leases, pipeline,
-            ModelInfo.model_validate(pipeline.model_info, from_attributes=True), self.id,
+            self.redis, Storage(self.settings.data_dir), self.leases, self.pipeline,
+            ModelInfo.model_validate(self.pipeline.model_info, from_attributes=True), self.id,
         )  # fmt: skip
         self.model_loaded = True
         self._beat()

@@ -24,6 +24,7 @@ than wedge with a dead engine.
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 from collections import deque
@@ -50,6 +51,7 @@ from workers.model.omni import (
     splice_prompt_embeds,
 )
 
+log = logging.getLogger("omnibatch.engine")
 _MiB = 1 << 20
 PREFILL_AHEAD_STEPS = 16  # encoded prompt tokens waiting for prefill, in prefill steps: 256 K
 
@@ -233,8 +235,8 @@ class Engine:
                 except Exception as exc:  # the engine thread must outlive a failed step
                     self._fail_all(exc)
         except BaseException as exc:
+            log.critical("the engine thread died", exc_info=exc)
             self._die(exc)
-            raise
 
     def _die(self, exc: BaseException) -> None:
         """The loop itself failed: fail every request this engine holds, and every later one."""
