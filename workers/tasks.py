@@ -129,8 +129,8 @@ def run_job(job_id: str, ctx: JobContext, attempt: Attempt) -> JobStatus | None:
             message=f"the worker running this job was lost {MAX_ATTEMPTS} times",
         )
         return _record(ctx, attempt, JobStatus.failed, error=lost)
-    if attempt.lease.cancel_requested:
-        error = JobError(code=JobErrorCode.cancelled, message="cancelled before it started")
+    if attempt.lease.cancel_requested:  # while an attempt that did not finish was running
+        error = JobError(code=JobErrorCode.cancelled, message="cancelled while running")
         return _record(ctx, attempt, JobStatus.cancelled, error=error)
 
     watch = _Watch(attempt)

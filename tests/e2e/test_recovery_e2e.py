@@ -20,8 +20,13 @@ def test_worker_killed_mid_job_finishes_exactly_once(stack, media, receiver):
     stack.start_worker("first")
     hook = {"url": receiver.url, "secret": WEBHOOK_SECRET}
     job_id = stack.submit(media["medium_video"], webhook=hook, **SLOW)
+    orphan = stack.submit(media["medium_video"], **SLOW)
     stack.wait_for(job_id, _generating)
+    stack.wait_for(orphan, _generating)
     assert stack.stop("first", signal.SIGKILL) == -signal.SIGKILL
+    # Running on a dead worker: its cancel waits for the next worker, which ends it unrun.
+    with stack.client() as c:
+        assert c.post(f"/v1/jobs/{orphan}/cancel").json()["status"] == "running"
 
     # With no worker alive a new job stays queued: cancelling it is immediate.
     queued = stack.submit(media["image"], webhook=hook, generation={"max_tokens": 2})
@@ -33,8 +38,12 @@ def test_worker_killed_mid_job_finishes_exactly_once(stack, media, receiver):
     stack.start_worker("second")
     job = stack.finished(job_id, timeout=120)
     assert job["status"] == "succeeded", job
-    assert stack.metric("omnibatch_jobs_started_total") == 2, "ran twice: killed, then requeued"
+    ended = stack.finished(orphan)
+    assert ended["status"] == "cancelled" and ended["usage"]["output_tokens"] == 0, ended
+    assert stack.metric("omnibatch_jobs_started_total") == 2, "each job counted once"
+    assert stack.metric("omnibatch_job_attempts_total") == 4, "both taken again after the kill"
     assert stack.metric('omnibatch_jobs_finished_total{status="succeeded"}') == 1
+    assert stack.metric('omnibatch_jobs_finished_total{status="cancelled"}') == 2
 
     stack.wait_for(job_id, lambda j: (j.get("webhook") or {}).get("state") == "delivered")
     time.sleep(1.0)  # room for a duplicate to show up
