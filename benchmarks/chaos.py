@@ -180,17 +180,18 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=900, help="drain limit, seconds")
     args = p.parse_args()
     receiver = Receiver()
-    with tempfile.TemporaryDirectory(prefix="omnibatch-chaos-") as tmp:
-        service = Service(Path(tmp), args.fsync)
-        try:
-            service.spawn("gateway", "gateway", "--port", str(service.port))
-            service.spawn("worker", "worker")
-            service.spawn("webhooks", "webhooks")
-            client = Client(f"http://127.0.0.1:{service.port}", None)
-            wait_ready(client, 1)
-            report(service, receiver, client, args)
-        finally:
-            service.close()
+    root = Path(tempfile.mkdtemp(prefix="omnibatch-chaos-"))
+    print(f"logs and data in {root}")
+    service = Service(root, args.fsync)
+    try:
+        service.spawn("gateway", "gateway", "--port", str(service.port))
+        service.spawn("worker", "worker")
+        service.spawn("webhooks", "webhooks")
+        client = Client(f"http://127.0.0.1:{service.port}", None)
+        wait_ready(client, 1)
+        report(service, receiver, client, args)
+    finally:
+        service.close()
 
 
 def report(service: Service, receiver: Receiver, client: Client, args) -> None:
@@ -219,11 +220,14 @@ def report(service: Service, receiver: Receiver, client: Client, args) -> None:
         event_ids[job_id].add(event_id)
         first[job_id] = min(first.get(job_id, at), at)
     repeats = len(receiver.got) - sum(len(v) for v in event_ids.values())
-    delays = [
-        first[j] - max(back, datetime.fromisoformat(job["finished_at"]).timestamp())
-        for j, job in ended.items()
-        if j in first
-    ]
+    down = back - (TIMELINE.receiver_back - TIMELINE.receiver_down)
+
+    def ready(job: dict) -> float:
+        """When the job's webhook could first be delivered: its end, or the receiver's return."""
+        end = datetime.fromisoformat(job["finished_at"]).timestamp()
+        return end if end < down else max(end, back)
+
+    delays = [first[j] - ready(job) for j, job in ended.items() if j in first]
     counts = outcome(jobs)
     for line in events:
         print(line)

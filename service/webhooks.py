@@ -215,8 +215,8 @@ def run_delivery_worker(settings: DeliverySettings) -> None:
     try:
         while not stop.is_set():
             queue = Queue(WEBHOOK_QUEUE, connection=conn)
-            worker = _DeliveryWorker([queue], connection=conn, stop=stop)
             try:
+                worker = _DeliveryWorker([queue], connection=conn, stop=stop)
                 worker.work()  # installs RQ's signal handlers for its run
             except redis.RedisError as exc:
                 log.warning("delivery loop lost Redis: %s", exc)

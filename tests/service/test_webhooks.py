@@ -243,6 +243,11 @@ async def test_retries_resume_promptly_after_a_redis_restart(settings, make_redi
         while not receiver.requests:
             assert time.monotonic() < deadline, "no first attempt"
             time.sleep(0.05)
+        # Busy with other deliveries (of events gone by now) when Redis goes: RQ's loop then
+        # quits on the error inside a job, and must be started again.
+        flood = Queue(WEBHOOK_QUEUE, connection=r)
+        for i in range(300):
+            flood.enqueue(WEBHOOK_FUNCTION, f"evt_gone{i}", result_ttl=0)
         server.stop()  # while the retry waits in the scheduled registry (kept by the AOF)
         time.sleep(3.0)
         server.start()
