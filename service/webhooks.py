@@ -26,8 +26,10 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 import httpx
 import redis
@@ -41,8 +43,10 @@ from service.settings import DeliverySettings
 from service.urlguard import Target, UrlGuard
 
 log = logging.getLogger("omnibatch.webhooks")
+T = TypeVar("T")
 MASTER_KEY = "omnibatch:webhook_master"
 SCHEDULE_EVERY_S = 1.0  # how late a due retry may be released
+REDIS_WAIT_S, REDIS_PATIENCE_S = 1.0, 300.0  # an attempt waits this long for Redis to return
 RESTART_AFTER_S = 1.0  # a delivery loop that lost Redis starts again after this
 
 
@@ -126,18 +130,52 @@ async def _send(target: Target, headers: dict[str, str], body: bytes, timeout_s:
         return resp.status_code, resp.headers.get("retry-after")
 
 
-def attempt(r: redis.Redis, settings: DeliverySettings, event_id: str) -> str:
-    """Make one delivery attempt; returns delivered | gone | retried | abandoned | missing."""
+def _patiently(what: str, fn: Callable[..., T], *args) -> T:
+    """`fn(*args)`, tried again while Redis is away (a restart), for up to REDIS_PATIENCE_S:
+    an attempt cut off half-way would be dropped, as RQ cannot record its failure either."""
+    deadline = time.monotonic() + REDIS_PATIENCE_S
+    while True:
+        try:
+            return fn(*args)
+        except redis.RedisError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("webhook: %s: %s; again in %g s", what, exc, REDIS_WAIT_S)
+            time.sleep(REDIS_WAIT_S)
+
+
+def _take(r: redis.Redis, event_id: str) -> tuple[dict[str, str], int]:
     ekey = events.event_key(event_id)
     event = {k.decode(): v.decode() for k, v in r.hgetall(ekey).items()}
+    return event, (r.hincrby(ekey, "attempts", 1) if event else 0)
+
+
+def _record(r, event_id: str, job_id: str, state: WebhookState, outcome: str, delay: float):
+    """The attempt's outcome, its next attempt (if any) and its counter, in one transaction."""
+    with r.pipeline() as pipe:
+        pipe.multi()
+        if outcome == "retried":
+            Queue(WEBHOOK_QUEUE, connection=r).enqueue_in(
+                timedelta(seconds=delay), events.WEBHOOK_FUNCTION, event_id, result_ttl=0,
+                pipeline=pipe,
+            )  # fmt: skip
+        else:
+            pipe.expire(events.event_key(event_id), 7 * 24 * 3600)
+        jobstore.update_webhook_state(pipe, job_id, state)
+        metrics.incr(pipe, f"webhook_{outcome}")
+        pipe.execute()
+
+
+def attempt(r: redis.Redis, settings: DeliverySettings, event_id: str) -> str:
+    """Make one delivery attempt; returns delivered | gone | retried | abandoned | missing."""
+    event, attempts = _patiently("reading the event", _take, r, event_id)
     if not event:
         return "missing"
-    attempts = r.hincrby(ekey, "attempts", 1)
     status, retry_after = _post(
         settings, event["url"], event_id, event["secret"], event["body"].encode()
     )
     state = WebhookState(attempts=attempts, last_status=status)
-    now = time.time()
+    now, delay = time.time(), 0.0
     if status is not None and 200 <= status < 300:
         outcome = "delivered"
         state.state, state.delivered_at = "delivered", datetime.fromtimestamp(now, UTC)
@@ -151,13 +189,8 @@ def attempt(r: redis.Redis, settings: DeliverySettings, event_id: str) -> str:
         else:
             outcome = "retried"
             state.next_attempt_at = datetime.fromtimestamp(now + delay, UTC)
-            Queue(WEBHOOK_QUEUE, connection=r).enqueue_in(
-                timedelta(seconds=delay), events.WEBHOOK_FUNCTION, event_id, result_ttl=0
-            )
-    jobstore.update_webhook_state(r, event["job_id"], state)
-    metrics.incr(r, f"webhook_{outcome}")
-    if outcome != "retried":
-        r.expire(ekey, 7 * 24 * 3600)
+    args = (r, event_id, event["job_id"], state, outcome, delay)
+    _patiently("recording the attempt", _record, *args)
     return outcome
 
 
