@@ -132,8 +132,8 @@ class Worker:
     def _run(self, ctx: JobContext, attempt: Attempt) -> None:
         try:
             run_job(attempt.lease.job_id, ctx, attempt)
-        except redis.RedisError as exc:  # abandoned while Redis was away: the drain or the
-            log.error("job %s: Redis failed: %s", attempt.lease.job_id, exc)  # sweep requeues
+        except redis.RedisError as exc:  # abandoned while Redis was away: the drain hands
+            log.error("job %s: Redis failed: %s", attempt.lease.job_id, exc)  # it back
         except Exception:  # a bug past the job boundary: the lease expires, the job reruns
             log.exception("job %s: the job thread failed", attempt.lease.job_id)
         finally:
