@@ -94,7 +94,7 @@ def test_sigterm_gives_unfinished_jobs_back_or_lets_them_finish(stack, media):
 
 
 def test_a_job_past_its_timeout_fails_with_timeout(stack, media):
-    stack.stop("gateway")
+    assert stack.stop("gateway") == 0, "SIGTERM: a graceful exit, not death by the signal"
     stack.env["OMNIBATCH_JOB_TIMEOUT_S"] = "1"
     stack.start_gateway()
     stack.start_worker()
