@@ -5,6 +5,9 @@ from __future__ import annotations
 import signal
 import time
 
+import httpx
+
+from service.schemas import WORKER_HEARTBEAT_TTL_S
 from service.webhooks import verify
 from tests.e2e.conftest import WEBHOOK_SECRET
 
@@ -34,6 +37,11 @@ def test_worker_killed_mid_job_finishes_exactly_once(stack, media, receiver):
         assert c.post(f"/v1/jobs/{queued}/cancel").status_code == 202
     cancelled = stack.job(queued)
     assert cancelled["status"] == "cancelled" and cancelled["started_at"] is None
+
+    killed = time.monotonic()
+    while httpx.get(f"{stack.base}/readyz").status_code != 503:  # the heartbeat expires
+        assert time.monotonic() - killed < WORKER_HEARTBEAT_TTL_S + 2, "ready with no worker"
+        time.sleep(0.2)
 
     stack.start_worker("second")
     job = stack.finished(job_id, timeout=120)
