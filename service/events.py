@@ -26,8 +26,11 @@ def event_key(event_id: str) -> str:
     return f"{KEY_PREFIX}event:{event_id}"
 
 
-def enqueue(r: redis.Redis, rec: JobRecord, status: JobStatus, now: float) -> str:
-    """Write the event of `rec` ending with `status`, queue its first delivery; returns its id."""
+def enqueue(
+    r: redis.Redis, pipe: redis.client.Pipeline, rec: JobRecord, status: JobStatus, now: float
+) -> str:
+    """Write the event of `rec` ending with `status` and queue its first delivery, on `pipe`
+    (the transaction that ends the job, in MULTI mode); returns its id."""
     event_id = f"evt_{secrets.token_hex(12)}"
     event = WebhookEvent(
         type=f"job.{status.value}",
@@ -37,7 +40,7 @@ def enqueue(r: redis.Redis, rec: JobRecord, status: JobStatus, now: float) -> st
             job_id=rec.id, status=status, result_url=rec.result_url, metadata=rec.request.metadata
         ),
     )
-    r.hset(
+    pipe.hset(
         event_key(event_id),
         mapping={
             "job_id": rec.id,
@@ -47,5 +50,7 @@ def enqueue(r: redis.Redis, rec: JobRecord, status: JobStatus, now: float) -> st
             "first_attempt_at": now,
         },
     )
-    Queue(WEBHOOK_QUEUE, connection=r).enqueue(WEBHOOK_FUNCTION, event_id, result_ttl=0)
+    Queue(WEBHOOK_QUEUE, connection=r).enqueue(
+        WEBHOOK_FUNCTION, event_id, result_ttl=0, pipeline=pipe
+    )
     return event_id

@@ -3,22 +3,25 @@
 No web framework in here: the worker imports this module. The Redis client must be created
 with `decode_responses=False` (RQ needs bytes); use `connect(url)`.
 
+A record is `running` exactly while a worker holds a lease on it: queued → running and
+running → queued happen inside the lease scripts of workers/leases.py, in the same atomic
+step that takes or gives up the lease (they write `running_fields` / `requeued_fields`). The
+record's `attempt` is the lease token of the attempt running it.
+
 Worker-facing API (all take the Redis client first, all are safe to call from any process):
-    load(r, job_id) -> JobRecord | None
-    mark_running(r, job_id, worker_id) -> bool
-        queued → running. False when the job is no longer queued (cancelled, deleted, or
-        already running elsewhere): the worker must then skip it.
-    set_progress(r, job_id, stage, done, total)
-    is_cancel_requested(r, job_id) -> bool
-        polled at safe points; the flag is the key `omnibatch:job:{id}:cancel`.
-    finish(r, storage, job_id, status, *, output=None, usage=None, error=None, model=None) -> bool
-        running|queued → succeeded|failed|cancelled, exactly once (False if already terminal
-        or deleted). Writes the result file when `output` is given (a cancelled job keeps its
-        finished segments), removes the input file, starts the record's retention, updates
-        metrics and enqueues the webhook event.
-    mark_requeued(r, job_id) -> bool
-        running → queued, for a job handed back to its queue: its worker stopped before
-        finishing it, or died and its lease expired (workers/leases.py).
+    load(r, job_id, strict=True) -> JobRecord | None
+        raises pydantic.ValidationError when the stored request no longer validates (a record
+        written by an older gateway).
+    set_progress(r, job_id, attempt, stage, done, total)
+        `r` may be a pipeline; written only while that attempt runs the job.
+    finish(r, storage, job_id, status, *, attempt=None, output=None, usage=None, error=None,
+           model=None) -> bool
+        running|queued → succeeded|failed|cancelled, exactly once (False if already terminal,
+        deleted, or run by another attempt than `attempt`). The record, its retention, the
+        metrics and the webhook event change in one MULTI/EXEC transaction; then the result
+        file is published and the input removed. For an `attempt`, it is idempotent: a retry
+        after a lost reply answers True again, so callers retry on Redis errors.
+Cancel flag: `omnibatch:job:{id}:cancel`, polled by the worker in one batch for all its jobs.
 
 Record: hash `omnibatch:job:{id}`; times are unix seconds; JSON fields hold the schema models.
 Index:  sorted set `omnibatch:owner:{owner}:jobs` (read by service/joblist.py).
@@ -31,7 +34,8 @@ import secrets
 import time
 
 import redis
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+from redis.commands.core import Script
 from rq import Queue
 from rq.job import Job
 
@@ -56,18 +60,27 @@ from service.schemas import (
 from service.storage import Storage
 
 CANCEL_FLAG_TTL_S = 7 * 24 * 3600
+# A caller waits this long for a free connection before it gets a ConnectionError: the
+# pool bounds connections, threads queue for them instead of failing (the worker runs
+# hundreds of job threads on one client).
+POOL_WAIT_S = 30.0
 
-# Compare-and-set of the status: ARGV[1] = comma-separated allowed current statuses, then
-# field/value pairs to write. Returns 1 when written.
-_TRANSITION = """
+# Compare-and-set of the status: ARGV[1] = comma-separated allowed current statuses, ARGV[2]
+# = the attempt that must be running the job ("" for any), then field/value pairs to write.
+# Returns 1 when written.
+_TRANSITION = Script(
+    None,
+    b"""
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return 0 end
 local ok = false
 for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
 if not ok then return 0 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
-"""
+""",
+)
 
 
 class JobRecord(BaseModel):
@@ -88,6 +101,7 @@ class JobRecord(BaseModel):
     webhook_secret: str | None = None
     result: str = ""  # path of the result relative to DATA_DIR
     worker: str = ""
+    attempt: str = ""  # lease token of the attempt running it, or that finished it
     retention_s: int  # how long the record and result outlive the job's end
 
     @property
@@ -100,31 +114,55 @@ class JobRecord(BaseModel):
 
 
 _JSON_FIELDS = ("request", "progress", "usage", "error", "webhook")
+# What a reader keeps of a stored request that no longer validates (`load`)
+_KEPT_REQUEST_FIELDS = ("task", "prompt", "priority", "metadata", "webhook")
+
+
+def _text(value) -> str:
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    return "" if value is None else str(value)
 
 
 def _to_hash(rec: JobRecord) -> dict[str, str]:
-    out = {}
-    for name in JobRecord.model_fields:
-        value = getattr(rec, name)
-        if name in _JSON_FIELDS:
-            out[name] = value.model_dump_json() if value is not None else ""
-        else:
-            out[name] = "" if value is None else str(value)
-    return out
+    return {name: _text(getattr(rec, name)) for name in JobRecord.model_fields}
 
 
-def from_hash(raw: dict[bytes, bytes]) -> JobRecord:
+def _fields(raw: dict[bytes, bytes]) -> dict[str, object]:
     data: dict[str, object] = {}
     for k, v in raw.items():
         name, text = k.decode(), v.decode()
         if name not in JobRecord.model_fields or text == "":
             continue
         data[name] = json.loads(text) if name in _JSON_FIELDS else text
+    return data
+
+
+def from_hash(raw: dict[bytes, bytes], *, strict: bool = False) -> JobRecord:
+    """The record, its request validated against JobCreate again. A request stored by a
+    gateway that checked less (an older version) may no longer validate: `strict` (the
+    worker, which must not run anything but the request submitted) raises ValidationError
+    then; readers get the request reduced to the parts that still validate."""
+    data = _fields(raw)
+    try:
+        return JobRecord.model_validate(data)
+    except ValidationError:
+        if strict:
+            raise
+    request = data.get("request") if isinstance(data.get("request"), dict) else {}
+    kept = {k: request[k] for k in _KEPT_REQUEST_FIELDS if k in request}
+    try:
+        data["request"] = JobCreate.model_validate(kept)
+    except ValidationError:
+        data["request"] = JobCreate()
     return JobRecord.model_validate(data)
 
 
-def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+def connect(url: str, max_connections: int = 64) -> redis.Redis:
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=POOL_WAIT_S, health_check_interval=30
+    )
+    return redis.Redis(connection_pool=pool, decode_responses=False)
 
 
 def new_job_id() -> str:
@@ -132,61 +170,57 @@ def new_job_id() -> str:
     return f"job_{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
 
 
-def load(r: redis.Redis, job_id: str) -> JobRecord | None:
+def load(r: redis.Redis, job_id: str, *, strict: bool = False) -> JobRecord | None:
     raw = r.hgetall(job_key(job_id))
-    return from_hash(raw) if raw else None
+    return from_hash(raw, strict=strict) if raw else None
 
 
-def _transition(r, job_id: str, allowed: tuple[JobStatus, ...], **fields) -> bool:
-    args = [",".join(s.value for s in allowed)]
+def _transition(r, job_id: str, allowed: tuple[JobStatus, ...], attempt: str = "", **fields):
+    args = [",".join(s.value for s in allowed), attempt]
     for name, value in fields.items():
-        if isinstance(value, BaseModel):
-            value = value.model_dump_json()
-        args += [name, "" if value is None else str(value)]
-    return bool(r.eval(_TRANSITION, 1, job_key(job_id), *args))
+        args += [name, _text(value)]
+    return _TRANSITION(keys=[job_key(job_id)], args=args, client=r)
+
+
+def running_fields(worker_id: str, attempt: str, now: float) -> list[str]:
+    """queued → running, written by the lease claim (workers/leases.py)."""
+    progress = Progress(stage="starting").model_dump_json()
+    return [
+        "status", JobStatus.running.value, "started_at", str(now), "worker", worker_id,
+        "attempt", attempt, "progress", progress,
+    ]  # fmt: skip
+
+
+def requeued_fields() -> list[str]:
+    """running → queued, written when a lease ends unfinished (workers/leases.py)."""
+    progress = Progress(stage="queued").model_dump_json()
+    return [
+        "status", JobStatus.queued.value, "started_at", "", "worker", "", "attempt", "",
+        "progress", progress,
+    ]  # fmt: skip
 
 
 def create(r: redis.Redis, rec: JobRecord, job_timeout_s: int, rq_result_ttl_s: int) -> None:
-    pipe = r.pipeline()
-    pipe.hset(job_key(rec.id), mapping=_to_hash(rec))
-    pipe.zadd(owner_index_key(rec.owner), {rec.id: 0})
-    pipe.execute()
-    Queue(rec.priority.queue, connection=r).enqueue(
-        JOB_FUNCTION,
-        rec.id,
-        job_id=rec.id,
-        job_timeout=job_timeout_s,
-        result_ttl=rq_result_ttl_s,
-    )
-    metrics.incr(r, "jobs_submitted")
+    """Record, owner index, queue entry and the submitted counter in one transaction."""
+    with r.pipeline() as pipe:
+        pipe.multi()
+        pipe.hset(job_key(rec.id), mapping=_to_hash(rec))
+        pipe.zadd(owner_index_key(rec.owner), {rec.id: 0})
+        Queue(rec.priority.queue, connection=r).enqueue(
+            JOB_FUNCTION,
+            rec.id,
+            job_id=rec.id,
+            job_timeout=job_timeout_s,
+            result_ttl=rq_result_ttl_s,
+            pipeline=pipe,
+        )
+        metrics.incr(pipe, "jobs_submitted")
+        pipe.execute()
 
 
-def mark_running(r: redis.Redis, job_id: str, worker_id: str) -> bool:
-    ok = _transition(
-        r, job_id, (JobStatus.queued,), status=JobStatus.running.value,
-        started_at=time.time(), worker=worker_id,
-        progress=Progress(stage="starting"),
-    )  # fmt: skip
-    if ok:
-        metrics.incr(r, "jobs_started")
-    return ok
-
-
-def mark_requeued(r: redis.Redis, job_id: str) -> bool:
-    return _transition(
-        r, job_id, (JobStatus.running,), status=JobStatus.queued.value,
-        started_at=None, worker="", progress=Progress(stage="queued"),
-    )  # fmt: skip
-
-
-def set_progress(r: redis.Redis, job_id: str, stage: str, done: int, total: int) -> None:
-    _transition(
-        r, job_id, (JobStatus.running,), progress=Progress(stage=stage, done=done, total=total)
-    )
-
-
-def is_cancel_requested(r: redis.Redis, job_id: str) -> bool:
-    return bool(r.exists(cancel_key(job_id)))
+def set_progress(r, job_id: str, attempt: str, stage: str, done: int, total: int) -> None:
+    progress = Progress(stage=stage, done=done, total=total)
+    _transition(r, job_id, (JobStatus.running,), attempt, progress=progress)
 
 
 def finish(
@@ -195,13 +229,14 @@ def finish(
     job_id: str,
     status: JobStatus,
     *,
+    attempt: str | None = None,
     output: Output | None = None,
     usage: Usage | None = None,
     error: JobError | None = None,
     model: ModelInfo | None = None,
 ) -> bool:
     return _finish(
-        r, storage, job_id, status, (JobStatus.queued, JobStatus.running),
+        r, storage, job_id, status, (JobStatus.queued, JobStatus.running), attempt=attempt,
         output=output, usage=usage, error=error, model=model,
     )  # fmt: skip
 
@@ -213,6 +248,7 @@ def _finish(
     status: JobStatus,
     allowed: tuple[JobStatus, ...],
     *,
+    attempt: str | None = None,
     output: Output | None = None,
     usage: Usage | None = None,
     error: JobError | None = None,
@@ -223,7 +259,7 @@ def _finish(
     if not status.terminal:
         raise ValueError(f"finish() needs a terminal status, not {status}")
     rec = load(r, job_id)
-    if rec is None or rec.status not in allowed:
+    if rec is None:
         return False
     usage = usage or Usage()
     staged = None
@@ -233,28 +269,59 @@ def _finish(
             output=output, usage=usage, metadata=rec.request.metadata,
         )  # fmt: skip
         staged = storage.stage_result(result)
-    now = time.time()
-    fields = {"status": status.value, "finished_at": now, "usage": usage, "error": error}
-    fields["result"] = str(storage.result_path(job_id).relative_to(storage.root)) if staged else ""
-    fields["progress"] = rec.progress.model_copy(update={"stage": status.value})
-    if rec.request.webhook is not None:
-        fields["webhook"] = WebhookState()
-    if not _transition(r, job_id, allowed, **fields):
+    try:
+        won = _commit(r, rec, status, allowed, attempt, usage, error, staged is not None, storage)
+    except BaseException:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+        raise
+    if not won:
         if staged is not None:
             staged.unlink(missing_ok=True)
         return False
     if staged is not None:
         storage.commit_result(staged, job_id)
     storage.delete_input(job_id)
-    pipe = r.pipeline()
-    retention.schedule(pipe, rec.owner, job_id, rec.retention_s, now)
-    pipe.delete(cancel_key(job_id))
-    pipe.execute()
-    Job(job_id, connection=r).delete(remove_from_queue=False)  # RQ's copy has done its part
-    metrics.record_finish(r, status, usage, now - (rec.started_at or now))
-    if rec.request.webhook is not None:
-        events.enqueue(r, rec, status, now)
     return True
+
+
+def _commit(r, rec, status, allowed, attempt, usage, error, has_result, storage) -> bool:
+    """The transition and everything that must happen with it, as one transaction."""
+    key = job_key(rec.id)
+    now = time.time()
+    result = storage.result_path(rec.id).relative_to(storage.root) if has_result else ""
+    fields = {
+        "status": status.value, "finished_at": now, "usage": usage, "error": error,
+        "attempt": attempt or "", "result": str(result),
+        "progress": rec.progress.model_copy(update={"stage": status.value}),
+    }  # fmt: skip
+    if rec.request.webhook is not None:
+        fields["webhook"] = WebhookState()
+    with r.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                current, holder = pipe.hmget(key, "status", "attempt")
+                if current is None:
+                    return False
+                if attempt is not None and (holder or b"").decode() != attempt:
+                    return False
+                current = JobStatus(current.decode())
+                if current.terminal:  # by this attempt: a retry whose first reply was lost
+                    return attempt is not None
+                if current not in allowed:
+                    return False
+                pipe.multi()
+                pipe.hset(key, mapping={k: _text(v) for k, v in fields.items()})
+                retention.schedule(pipe, rec.owner, rec.id, rec.retention_s, now)
+                pipe.delete(cancel_key(rec.id), Job.key_for(rec.id))  # RQ's copy has done its part
+                metrics.record_finish(pipe, status, usage, now - (rec.started_at or now))
+                if rec.request.webhook is not None:
+                    events.enqueue(r, pipe, rec, status, now)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                continue
 
 
 def update_webhook_state(r: redis.Redis, job_id: str, state: WebhookState) -> None:
@@ -282,6 +349,12 @@ def cancel(r: redis.Redis, storage: Storage, rec: JobRecord) -> JobRecord:
         rec = load(r, rec.id) or rec  # running, if a worker took it in the meantime
     if rec.status is JobStatus.running:
         r.set(cancel_key(rec.id), "1", ex=CANCEL_FLAG_TTL_S)
+        if not rec.attempt:
+            # Left running without a lease by a version that recorded no attempts: no worker
+            # will ever read the flag, so it ends here.
+            err = JobError(code=JobErrorCode.cancelled, message="cancelled while running")
+            _finish(r, storage, rec.id, JobStatus.cancelled, (JobStatus.running,), error=err)
+            rec = load(r, rec.id) or rec
     return rec
 
 

@@ -1,6 +1,10 @@
 """Prometheus metrics kept in Redis, so every gateway, worker and delivery process adds to
 the same counters and any gateway can serve `/metrics`. Text exposition format 0.0.4, no
 client library. Counters live in the hash `omnibatch:metrics`.
+
+Each counter moves in the same atomic step as the state it counts: submitted with the job's
+creation, started and attempts with the lease claim (workers/leases.py), finished with the
+transition to a terminal status; so they agree with the job records exactly.
 """
 
 from __future__ import annotations
@@ -16,7 +20,13 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # counter field in the hash → (metric name, labels, help)
 _COUNTERS = {
     "jobs_submitted": ("omnibatch_jobs_submitted_total", "", "Jobs accepted by a gateway"),
-    "jobs_started": ("omnibatch_jobs_started_total", "", "Jobs taken by a worker"),
+    "jobs_started": (
+        "omnibatch_jobs_started_total", "", "Jobs a worker started, each once however often it ran"
+    ),
+    "job_attempts": (
+        "omnibatch_job_attempts_total", "",
+        "Times a worker took a job: a job handed back (worker lost or stopped) counts again",
+    ),
     **{
         f"jobs_{s.value}": (
             "omnibatch_jobs_finished_total",
@@ -47,19 +57,21 @@ _COUNTERS = {
 }  # fmt: skip
 
 
-def incr(r: redis.Redis, field: str) -> None:
+def incr(r: redis.Redis | redis.client.Pipeline, field: str) -> None:
     if field not in _COUNTERS:
         raise KeyError(f"unknown metric {field}")
     r.hincrbyfloat(METRICS_KEY, field, 1)
 
 
-def record_finish(r: redis.Redis, status: JobStatus, usage: Usage, seconds: float) -> None:
-    pipe = r.pipeline(transaction=False)
+def record_finish(
+    pipe: redis.client.Pipeline, status: JobStatus, usage: Usage, seconds: float
+) -> None:
+    """Queue the counters of one job's end on `pipe`: the transaction that ends the job
+    (jobstore.finish), so that each job is counted once, with its end."""
     pipe.hincrbyfloat(METRICS_KEY, f"jobs_{status.value}", 1)
     pipe.hincrbyfloat(METRICS_KEY, "processing_seconds", max(seconds, 0.0))
     for field in ("gpu_seconds", "video_seconds", "audio_seconds", "input_tokens", "output_tokens"):
         pipe.hincrbyfloat(METRICS_KEY, field, getattr(usage, field))
-    pipe.execute()
 
 
 def render(r: redis.Redis) -> str:

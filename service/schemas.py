@@ -43,7 +43,7 @@ JOB_ID_RE = re.compile(r"^job_[0-9a-f]{28}$")
 
 KEY_PREFIX = "omnibatch:"
 WORKER_HEARTBEAT_PREFIX = f"{KEY_PREFIX}workers:"
-WORKER_HEARTBEAT_TTL_S = 30
+WORKER_HEARTBEAT_TTL_S = 10  # /readyz follows a worker's death within this
 
 
 def job_key(job_id: str) -> str:
@@ -113,6 +113,7 @@ class JobErrorCode(StrEnum):
     resources_exhausted = "resources_exhausted"  # needs more GPU memory than the worker has
     timeout = "timeout"
     worker_lost = "worker_lost"
+    invalid_request = "invalid_request"  # the stored request no longer validates (version skew)
     cancelled = "cancelled"
     internal = "internal"
 
@@ -162,7 +163,7 @@ class GenerationOptions(_Strict):
     temperature: float = Field(0.2, ge=0, le=2)  # 0 = greedy
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
     thinking: bool = False
 
 

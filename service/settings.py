@@ -144,6 +144,9 @@ class WorkerSettings(CommonSettings):
     max_concurrent_jobs: int = Field(256, gt=0)
     lease_ttl_s: float = Field(30.0, gt=0)  # a job whose worker is silent this long is requeued
     shutdown_grace_s: float = Field(300.0, ge=0)  # SIGTERM: time the jobs in flight get
+    # Media decode processes; None: one per core. N workers on one host share its cores
+    # (`omnibatch serve --workers N` gives each cores // N).
+    media_workers: int | None = Field(None, gt=0)
 
     @property
     def media_limits(self) -> MediaLimits:

@@ -2,7 +2,8 @@
 
 Events are written by `jobstore.finish` (service/events.py) and delivered by
 `deliver(event_id)`, an RQ job on the `webhooks` queue. `run_delivery_worker(settings)` runs
-that queue (with RQ's scheduler, which releases the delayed retries). One attempt: SSRF check,
+that queue, and RQ's scheduler (which releases the delayed retries) in a thread beside it:
+both outlive a Redis outage and resume within seconds of its end. One attempt: SSRF check,
 POST without following redirects, then
     2xx within the timeout (one deadline for connect, send and response) → delivered;
     410 → stopped;
@@ -16,18 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
 import random
 import secrets
+import signal
+import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 import httpx
 import redis
 from rq import Queue, SimpleWorker, get_current_job
+from rq.scheduler import RQScheduler
 
 from service import events, jobstore, metrics
 from service.errors import OmnibatchError
@@ -36,7 +43,11 @@ from service.settings import DeliverySettings
 from service.urlguard import Target, UrlGuard
 
 log = logging.getLogger("omnibatch.webhooks")
+T = TypeVar("T")
 MASTER_KEY = "omnibatch:webhook_master"
+SCHEDULE_EVERY_S = 1.0  # how late a due retry may be released
+REDIS_WAIT_S, REDIS_PATIENCE_S = 1.0, 300.0  # an attempt waits this long for Redis to return
+RESTART_AFTER_S = 1.0  # a delivery loop that lost Redis starts again after this
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -119,18 +130,52 @@ async def _send(target: Target, headers: dict[str, str], body: bytes, timeout_s:
         return resp.status_code, resp.headers.get("retry-after")
 
 
-def attempt(r: redis.Redis, settings: DeliverySettings, event_id: str) -> str:
-    """Make one delivery attempt; returns delivered | gone | retried | abandoned | missing."""
+def _patiently(what: str, fn: Callable[..., T], *args) -> T:
+    """`fn(*args)`, tried again while Redis is away (a restart), for up to REDIS_PATIENCE_S:
+    an attempt cut off half-way would be dropped, as RQ cannot record its failure either."""
+    deadline = time.monotonic() + REDIS_PATIENCE_S
+    while True:
+        try:
+            return fn(*args)
+        except redis.RedisError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("webhook: %s: %s; again in %g s", what, exc, REDIS_WAIT_S)
+            time.sleep(REDIS_WAIT_S)
+
+
+def _take(r: redis.Redis, event_id: str) -> tuple[dict[str, str], int]:
     ekey = events.event_key(event_id)
     event = {k.decode(): v.decode() for k, v in r.hgetall(ekey).items()}
+    return event, (r.hincrby(ekey, "attempts", 1) if event else 0)
+
+
+def _record(r, event_id: str, job_id: str, state: WebhookState, outcome: str, delay: float):
+    """The attempt's outcome, its next attempt (if any) and its counter, in one transaction."""
+    with r.pipeline() as pipe:
+        pipe.multi()
+        if outcome == "retried":
+            Queue(WEBHOOK_QUEUE, connection=r).enqueue_in(
+                timedelta(seconds=delay), events.WEBHOOK_FUNCTION, event_id, result_ttl=0,
+                pipeline=pipe,
+            )  # fmt: skip
+        else:
+            pipe.expire(events.event_key(event_id), 7 * 24 * 3600)
+        jobstore.update_webhook_state(pipe, job_id, state)
+        metrics.incr(pipe, f"webhook_{outcome}")
+        pipe.execute()
+
+
+def attempt(r: redis.Redis, settings: DeliverySettings, event_id: str) -> str:
+    """Make one delivery attempt; returns delivered | gone | retried | abandoned | missing."""
+    event, attempts = _patiently("reading the event", _take, r, event_id)
     if not event:
         return "missing"
-    attempts = r.hincrby(ekey, "attempts", 1)
     status, retry_after = _post(
         settings, event["url"], event_id, event["secret"], event["body"].encode()
     )
     state = WebhookState(attempts=attempts, last_status=status)
-    now = time.time()
+    now, delay = time.time(), 0.0
     if status is not None and 200 <= status < 300:
         outcome = "delivered"
         state.state, state.delivered_at = "delivered", datetime.fromtimestamp(now, UTC)
@@ -144,13 +189,8 @@ def attempt(r: redis.Redis, settings: DeliverySettings, event_id: str) -> str:
         else:
             outcome = "retried"
             state.next_attempt_at = datetime.fromtimestamp(now + delay, UTC)
-            Queue(WEBHOOK_QUEUE, connection=r).enqueue_in(
-                timedelta(seconds=delay), events.WEBHOOK_FUNCTION, event_id, result_ttl=0
-            )
-    jobstore.update_webhook_state(r, event["job_id"], state)
-    metrics.incr(r, f"webhook_{outcome}")
-    if outcome != "retried":
-        r.expire(ekey, 7 * 24 * 3600)
+    args = (r, event_id, event["job_id"], state, outcome, delay)
+    _patiently("recording the attempt", _record, *args)
     return outcome
 
 
@@ -159,9 +199,63 @@ def deliver(event_id: str) -> str:
     return attempt(get_current_job().connection, DeliverySettings(), event_id)
 
 
-def run_delivery_worker(settings: DeliverySettings, burst: bool = False) -> None:
-    """Consume the `webhooks` queue in this process (no fork per delivery) with the scheduler
-    that releases delayed retries. Blocks; SIGTERM stops it after the current delivery."""
+class _DeliveryWorker(SimpleWorker):
+    """RQ's in-process worker, retrying a lost Redis every few seconds (RQ: up to a minute)
+    and telling `run_delivery_worker` when it was asked to stop."""
+
+    max_connection_wait_time = 5.0
+
+    def __init__(self, *args, stop: threading.Event, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stop = stop
+
+    def request_stop(self, signum, frame):
+        self.stop.set()
+        super().request_stop(signum, frame)
+
+    def subscribe(self) -> None:
+        """No pubsub thread for RQ's remote commands (unused here): stopping it waits out its
+        60 s poll, which held every SIGTERM for up to a minute."""
+
+
+def _release_retries(conn: redis.Redis, stop: threading.Event) -> None:
+    """RQ's scheduler, in a thread: it moves due retries from the scheduled registry to the
+    queue. RQ runs it as a forked process that dies at the first Redis error and is restarted
+    only between two dequeues, up to 7 minutes later; here a Redis error skips one round."""
+    scheduler = RQScheduler([WEBHOOK_QUEUE], connection=conn)
+    while not stop.wait(SCHEDULE_EVERY_S):
+        try:
+            if scheduler.acquired_locks:
+                scheduler.heartbeat()  # drops a lock another scheduler took over
+            else:
+                scheduler.acquire_locks()
+            if scheduler.acquired_locks:
+                scheduler.enqueue_scheduled_jobs()
+        except redis.RedisError as exc:
+            log.warning("releasing due retries failed: %s", exc)
+    with contextlib.suppress(redis.RedisError):  # else the lock expires
+        scheduler.release_locks()
+
+
+def run_delivery_worker(settings: DeliverySettings) -> None:
+    """Consume the `webhooks` queue in this process (no fork per delivery) beside the thread
+    that releases delayed retries. Blocks; SIGTERM stops it after the current delivery. An
+    RQ work loop that ends on a Redis error (RQ gives up then) is started again."""
     conn = jobstore.connect(settings.redis_url)
-    worker = SimpleWorker([Queue(WEBHOOK_QUEUE, connection=conn)], connection=conn)
-    worker.work(burst=burst, with_scheduler=True)
+    stop = threading.Event()
+    scheduler = threading.Thread(target=_release_retries, args=(conn, stop), name="scheduler")
+    scheduler.start()
+    try:
+        while not stop.is_set():
+            queue = Queue(WEBHOOK_QUEUE, connection=conn)
+            try:
+                worker = _DeliveryWorker([queue], connection=conn, stop=stop)
+                worker.work()  # installs RQ's signal handlers for its run
+            except redis.RedisError as exc:
+                log.warning("delivery loop lost Redis: %s", exc)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            stop.wait(RESTART_AFTER_S)
+    finally:
+        stop.set()
+        scheduler.join()

@@ -2,25 +2,30 @@
 
 RQ's own worker moves a job from the queue list to its StartedJobRegistry in two steps and
 forks per job; our worker is one long-lived process running many jobs, so it keeps its own
-lease per job, taken in the same atomic step that pops the id:
+lease per job, taken in the same atomic step that pops the id and marks the job running:
 
 - `omnibatch:leases`          sorted set, member job id, score = lease expiry (unix seconds)
 - `omnibatch:lease:{job_id}`  hash {token, worker, queue}: who holds it, where it came from
 - `omnibatch:job:{job_id}:attempts`  how many times the job was taken
 
 The holder renews its leases with every heartbeat. A lease that expires means the worker
-died (SIGKILL, OOM, lost host): any worker's sweep pushes the job back to the head of the
-queue it came from. Every step is one Lua script, so two sweepers cannot requeue a job twice
-and a pop can never leave a job in neither the queue nor the lease set.
+died (SIGKILL, OOM, lost host): any worker's sweep puts the job back to the head of the
+queue it came from. Every step is one Lua script that changes the lease and the job record
+together (service/jobstore.py: a record is `running` exactly while a lease on it exists), so
+two sweepers cannot requeue a job twice, a pop can never leave a job in neither the queue
+nor the lease set, and no job is left `running` without a lease.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from redis import Redis
 from rq import Queue
 
+from service import jobstore
+from service.metrics import METRICS_KEY
 from service.schemas import KEY_PREFIX
 
 LEASES_KEY = f"{KEY_PREFIX}leases"
@@ -40,19 +45,44 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 """
 
-# KEYS: queue lists in priority order. ARGV: ttl, token, worker, key prefix, attempts ttl.
+# Back to the head of `queue`, if the job is not finished: a running record becomes queued
+# (ARGV from `first` on: jobstore.requeued_fields). Returns 1 when pushed.
+_GIVE_BACK = """
+local function give_back(prefix, id, queue, first)
+  local job = prefix .. 'job:' .. id
+  local status = redis.call('HGET', job, 'status')
+  if status ~= 'running' and status ~= 'queued' then return 0 end
+  if status == 'running' then
+    for i = first, #ARGV, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
+  end
+  redis.call('LPUSH', queue, id)
+  return 1
+end
+"""
+
+# KEYS: queue lists in priority order. ARGV: ttl, token, worker, key prefix, attempts ttl,
+# metrics key, then the record's running fields (jobstore.running_fields). Ids of finished
+# or deleted jobs (cancelled or expired while queued) are dropped on the way.
 _CLAIM = (
     _NOW
     + """
 for i, queue in ipairs(KEYS) do
-  local id = redis.call('LPOP', queue)
-  if id then
-    local lease = ARGV[4] .. 'lease:' .. id
-    redis.call('ZADD', ARGV[4] .. 'leases', now + tonumber(ARGV[1]), id)
-    redis.call('HSET', lease, 'token', ARGV[2], 'worker', ARGV[3], 'queue', queue)
-    local attempts = redis.call('INCR', ARGV[4] .. 'job:' .. id .. ':attempts')
-    redis.call('EXPIRE', ARGV[4] .. 'job:' .. id .. ':attempts', ARGV[5])
-    return {id, queue, attempts}
+  while true do
+    local id = redis.call('LPOP', queue)
+    if not id then break end
+    local job = ARGV[4] .. 'job:' .. id
+    local status = redis.call('HGET', job, 'status')
+    if status == 'queued' or status == 'running' then
+      redis.call('ZADD', ARGV[4] .. 'leases', now + tonumber(ARGV[1]), id)
+      redis.call('HSET', ARGV[4] .. 'lease:' .. id, 'token', ARGV[2], 'worker', ARGV[3],
+                 'queue', queue)
+      local attempts = redis.call('INCR', job .. ':attempts')
+      redis.call('EXPIRE', job .. ':attempts', ARGV[5])
+      for k = 7, #ARGV, 2 do redis.call('HSET', job, ARGV[k], ARGV[k + 1]) end
+      redis.call('HINCRBYFLOAT', ARGV[6], 'job_attempts', 1)
+      if attempts == 1 then redis.call('HINCRBYFLOAT', ARGV[6], 'jobs_started', 1) end
+      return {id, queue, attempts, redis.call('EXISTS', job .. ':cancel')}
+    end
   end
 end
 return false
@@ -69,32 +99,38 @@ return 1
 """
 )
 
-# ARGV: key prefix, job id, token, requeue (1/0). Ends a lease only if the caller holds it.
-_RELEASE = """
+# ARGV: key prefix, job id, token, then jobstore.requeued_fields. Ends a lease only if the
+# caller holds it; a job not finished goes back to its queue. Returns 0 (not held), 1 (ended),
+# 2 (ended, job requeued).
+_RELEASE = (
+    _GIVE_BACK
+    + """
 local lease = ARGV[1] .. 'lease:' .. ARGV[2]
 if redis.call('HGET', lease, 'token') ~= ARGV[3] then return 0 end
-if ARGV[4] == '1' then
-  redis.call('LPUSH', redis.call('HGET', lease, 'queue'), ARGV[2])
-else
-  redis.call('DEL', ARGV[1] .. 'job:' .. ARGV[2] .. ':attempts')
-end
+local pushed = give_back(ARGV[1], ARGV[2], redis.call('HGET', lease, 'queue'), 4)
+if pushed == 0 then redis.call('DEL', ARGV[1] .. 'job:' .. ARGV[2] .. ':attempts') end
 redis.call('DEL', lease)
 redis.call('ZREM', ARGV[1] .. 'leases', ARGV[2])
-return 1
+return 1 + pushed
 """
+)
 
-# ARGV: key prefix. Requeues every job whose lease expired; returns their ids.
+# ARGV: key prefix, then jobstore.requeued_fields. Ends every expired lease, requeueing its
+# job if it is not finished; returns the requeued ids.
 _SWEEP = (
     _NOW
+    + _GIVE_BACK
     + """
 local ids = redis.call('ZRANGEBYSCORE', ARGV[1] .. 'leases', '-inf', now)
+local requeued = {}
 for i, id in ipairs(ids) do
-  local queue = redis.call('HGET', ARGV[1] .. 'lease:' .. id, 'queue')
-  if queue then redis.call('LPUSH', queue, id) end
-  redis.call('DEL', ARGV[1] .. 'lease:' .. id)
+  local lease = ARGV[1] .. 'lease:' .. id
+  local queue = redis.call('HGET', lease, 'queue')
+  if queue and give_back(ARGV[1], id, queue, 2) == 1 then table.insert(requeued, id) end
+  redis.call('DEL', lease)
   redis.call('ZREM', ARGV[1] .. 'leases', id)
 end
-return ids
+return requeued
 """
 )
 
@@ -105,6 +141,7 @@ class Lease:
     queue: str  # RQ queue name the job was taken from
     token: str  # unique per attempt: only its holder may finish or renew it
     attempts: int  # this attempt's number, 1 for the first
+    cancel_requested: bool = False  # the job's cancel flag was set when it was taken
 
 
 class LeaseTable:
@@ -119,16 +156,21 @@ class LeaseTable:
         self._sweep = redis.register_script(_SWEEP)
 
     def claim(self, queues: list[Queue], token: str) -> Lease | None:
-        """Pop the first job id of the first non-empty queue and lease it, atomically."""
+        """Pop the first job id of the first non-empty queue, lease it and mark the job
+        running (as this attempt), atomically."""
+        fields = jobstore.running_fields(self.worker_id, token, time.time())
         got = self._claim(
             keys=[q.key for q in queues],
-            args=[self.ttl_s, token, self.worker_id, KEY_PREFIX, self.attempts_ttl_s],
-        )
+            args=[
+                self.ttl_s, token, self.worker_id, KEY_PREFIX, self.attempts_ttl_s, METRICS_KEY,
+                *fields,
+            ],
+        )  # fmt: skip
         if not got:
             return None
-        job_id, queue_key, attempts = got
+        job_id, queue_key, attempts, cancel = got
         name = _text(queue_key).removeprefix(Queue.redis_queue_namespace_prefix)
-        return Lease(_text(job_id), name, token, int(attempts))
+        return Lease(_text(job_id), name, token, int(attempts), bool(cancel))
 
     def renew(self, leases: list[Lease]) -> list[bool]:
         """Push the expiry of the leases forward; False where a lease was already lost."""
@@ -137,25 +179,16 @@ class LeaseTable:
                 self._renew(args=[KEY_PREFIX, lease.job_id, lease.token, self.ttl_s], client=pipe)
             return [bool(r) for r in pipe.execute()]
 
-    def finish(self, lease: Lease) -> bool:
-        """End the lease for good. False: it was lost (expired and swept) before this."""
-        return bool(self._release(args=[KEY_PREFIX, lease.job_id, lease.token, 0]))
-
-    def requeue(self, lease: Lease) -> bool:
-        """Hand the job back to the head of its queue (graceful shutdown)."""
-        return bool(self._release(args=[KEY_PREFIX, lease.job_id, lease.token, 1]))
-
-    def holds(self, lease: Lease) -> bool:
-        return _text(self.redis.hget(lease_key(lease.job_id), "token") or b"") == lease.token
-
-    def expired(self) -> list[str]:
-        seconds, micros = self.redis.time()
-        now = seconds + micros / 1e6
-        return [_text(i) for i in self.redis.zrangebyscore(LEASES_KEY, "-inf", now)]
+    def release(self, lease: Lease) -> bool:
+        """End the lease; a job it leaves unfinished goes back to the head of its queue
+        (graceful shutdown, a dead engine). True when the job was requeued."""
+        args = [KEY_PREFIX, lease.job_id, lease.token, *jobstore.requeued_fields()]
+        return self._release(args=args) == 2
 
     def sweep(self) -> list[str]:
-        """Requeue the jobs of dead workers (expired leases); returns their ids."""
-        return [_text(i) for i in self._sweep(args=[KEY_PREFIX])]
+        """End the expired leases (their workers died); returns the ids of the jobs that went
+        back to their queues."""
+        return [_text(i) for i in self._sweep(args=[KEY_PREFIX, *jobstore.requeued_fields()])]
 
 
 def _text(value: bytes | str) -> str:

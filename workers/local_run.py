@@ -102,7 +102,7 @@ def run_files(
 ) -> int:
     """Load the pipeline as a worker would, process `paths`; returns how many failed."""
     s = WorkerSettings()
-    config = PipelineConfig(s.media_limits, s.max_concurrent_jobs)
+    config = PipelineConfig(s.media_limits, s.max_concurrent_jobs, media_workers=s.media_workers)
     pipeline = Pipeline.load(
         model or s.model, device or default_device(), s.gpu_memory_gb, config,
         quantize or s.quantize,

@@ -77,6 +77,7 @@ class PipelineConfig:
     # gives, and have every model call generate its `max_tokens` whatever random weights sample.
     image_budget: int = DEFAULT_BUDGET
     ignore_eos: bool = False
+    media_workers: int | None = None  # decode processes (MEDIA_WORKERS); None: one per core
 
 
 @dataclass
@@ -124,7 +125,8 @@ class Pipeline:
         # One file's decoded pixels must fit in shared memory beside the others' (pool.py).
         limits = config.limits
         self.limits = replace(limits, max_decoded_bytes=limits.max_decoded_bytes or shm_budget())
-        self.media = MediaPool(limits=self.limits)  # decoding runs ahead, one process per core
+        # decoding runs ahead, one process per core unless the host's cores are shared out
+        self.media = MediaPool(config.media_workers, limits=self.limits)
         # ... as far as shared memory allows: jobs wait for room before decoding
         self.media_budget = MediaBudget(shm_budget(config.media_bytes), self.media.num_workers)
         if engine.plan is not None:

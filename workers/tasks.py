@@ -4,16 +4,24 @@ The gateway enqueues `workers.tasks.run_job(job_id)` on the RQ priority queues; 
 worker (workers/worker.py) leases the id and calls `run_job(job_id, context, attempt)` in one
 of its job threads. This is the job boundary: the only place that catches every exception,
 turns it into the job's `error {code, message}` and records it.
+
+A job thread talks to Redis only to read the job and to record its end (both retried while
+Redis is away: the worker keeps renewing the lease meanwhile). Progress and the cancel flag
+go through the `Attempt`, which the worker's JobWatch syncs with Redis for every job at once.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
 
+import redis
+from pydantic import ValidationError
 from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -21,6 +29,7 @@ from rq.job import Job
 from service import jobstore
 from service.schemas import JobError, JobErrorCode, JobStatus, ModelInfo
 from service.storage import Storage
+from workers.engine.engine import EngineDead
 from workers.leases import Lease, LeaseTable
 from workers.outcome import error_of, output_of, usage_of
 
@@ -28,10 +37,11 @@ if TYPE_CHECKING:
     from workers.pipeline import Pipeline
 
 log = logging.getLogger("omnibatch.worker")
+T = TypeVar("T")
 
 MAX_ATTEMPTS = 3  # a job that took down its worker this many times is failed, not retried
-CANCEL_POLL_S = 0.25  # how stale a cancel flag read at a safe point may be
-PROGRESS_EVERY_S = 0.5  # progress writes within one stage are throttled to this
+REDIS_RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # waits between tries while Redis is away; then 5 s
+STOP_POLL_S = 0.125  # how often a job thread looks at its attempt's cancel/abandon/deadline
 
 
 @dataclass(frozen=True)
@@ -51,34 +61,32 @@ class Attempt:
     lease: Lease
     deadline: float | None  # time.monotonic() past which the job stops with `timeout`
     # Set when this worker gives the job back (shutdown, lost lease): stop, record nothing.
-    abandon: threading.Event
+    abandon: threading.Event = field(default_factory=threading.Event)
+    # Set by the worker's JobWatch once the job's cancel flag is seen.
+    cancel: threading.Event = field(default_factory=threading.Event)
+    # The latest (stage, done, total) reported; JobWatch writes it when it changed.
+    progress: tuple[str, int, int] | None = None
+    recorded: bool = False  # its end is recorded: the lease is about to end, not lost
 
 
 class _Watch:
-    """The job's progress reports (from the pipeline) and its stop check (polled here)."""
+    """The pipeline's progress reports and the job thread's stop check. Neither touches
+    Redis: they read and write the attempt."""
 
-    def __init__(self, r: Redis, job_id: str, attempt: Attempt):
-        self.r, self.job_id, self.attempt = r, job_id, attempt
+    def __init__(self, attempt: Attempt):
+        self.attempt = attempt
         self.cancelled = self.timed_out = False
-        self._cancel_checked = 0.0
-        self._last_stage, self._last_write = "", 0.0
 
     def progress(self, stage: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if stage == self._last_stage and done < total and now - self._last_write < PROGRESS_EVERY_S:
-            return
-        self._last_stage, self._last_write = stage, now
-        jobstore.set_progress(self.r, self.job_id, stage, done, total)
+        self.attempt.progress = (stage, done, total)
 
     def should_stop(self) -> bool:
-        now = time.monotonic()
-        if self.attempt.abandon.is_set():
+        a = self.attempt
+        if a.abandon.is_set():
             return True
-        if self.attempt.deadline is not None and now > self.attempt.deadline:
+        if a.deadline is not None and time.monotonic() > a.deadline:
             self.timed_out = True
-        elif not self.cancelled and now - self._cancel_checked >= CANCEL_POLL_S:
-            self._cancel_checked = now
-            self.cancelled = jobstore.is_cancel_requested(self.r, self.job_id)
+        self.cancelled = self.cancelled or a.cancel.is_set()
         return self.cancelled or self.timed_out
 
 
@@ -90,13 +98,31 @@ def job_timeout_s(r: Redis, job_id: str) -> float | None:
         return None
 
 
+def retrying(attempt: Attempt, what: str, fn: Callable[..., T], /, *args, **kwargs) -> T:
+    """`fn(*args)`, tried again on Redis errors (a restart, a full connection pool) until it
+    answers or the attempt is abandoned (then the error propagates)."""
+    for n in itertools.count():
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as exc:
+            if attempt.abandon.is_set():
+                raise
+            wait = REDIS_RETRY_S[min(n, len(REDIS_RETRY_S) - 1)]
+            log.warning("job %s: %s: %s; again in %g s", attempt.lease.job_id, what, exc, wait)
+            attempt.abandon.wait(wait)
+
+
 def run_job(job_id: str, ctx: JobContext, attempt: Attempt) -> JobStatus | None:
     """Run one leased job; returns the status it finished with, None when it was not ours to
-    finish (deleted, cancelled before it started, given back, or finished elsewhere)."""
-    r = ctx.redis
-    rec = jobstore.load(r, job_id)  # validates the stored request against JobCreate again
+    finish (deleted, given back, or finished elsewhere)."""
+    try:
+        rec = retrying(attempt, "reading the job", jobstore.load, ctx.redis, job_id, strict=True)
+    except ValidationError as exc:  # stored by a gateway that checked less (an older version)
+        problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        error = JobError(code=JobErrorCode.invalid_request, message=problem[:500])
+        return _record(ctx, attempt, JobStatus.failed, error=error)
     if rec is None:
-        ctx.leases.finish(attempt.lease)
+        ctx.leases.release(attempt.lease)
         return None
     if attempt.lease.attempts > MAX_ATTEMPTS:
         lost = JobError(
@@ -104,22 +130,22 @@ def run_job(job_id: str, ctx: JobContext, attempt: Attempt) -> JobStatus | None:
             message=f"the worker running this job was lost {MAX_ATTEMPTS} times",
         )
         return _record(ctx, attempt, JobStatus.failed, error=lost)
-    if not jobstore.mark_running(r, job_id, ctx.worker_id):
-        ctx.leases.finish(attempt.lease)
-        return None
+    if attempt.lease.cancel_requested:  # while an attempt that did not finish was running
+        error = JobError(code=JobErrorCode.cancelled, message="cancelled while running")
+        return _record(ctx, attempt, JobStatus.cancelled, error=error)
 
-    watch = _Watch(r, job_id, attempt)
+    watch = _Watch(attempt)
     result, error = None, None
     job = ctx.pipeline.submit(rec.request, ctx.storage.root / rec.input, watch.progress)
-    try:
-        while not job.wait(CANCEL_POLL_S / 2):  # the flag itself is read every CANCEL_POLL_S
-            if not job.cancelled and watch.should_stop():
-                job.cancel()  # it stops at its next safe point and keeps what finished
-    except BaseException:  # the stop check failed (Redis): no job left running unwatched
-        job.cancel()
-        raise
+    while not job.wait(STOP_POLL_S):
+        if not job.cancelled and watch.should_stop():
+            job.cancel()  # it stops at its next safe point and keeps what finished
     try:
         result = job.result()
+    except EngineDead:  # not this job's fault: the worker exits and another attempt runs it
+        if ctx.leases.release(attempt.lease):
+            log.warning("job %s: the engine died; handed back to its queue", job_id)
+        return None
     except Exception as exc:  # the job boundary: record whatever went wrong
         error = error_of(exc, job_id)
     if attempt.abandon.is_set():
@@ -139,15 +165,18 @@ def run_job(job_id: str, ctx: JobContext, attempt: Attempt) -> JobStatus | None:
 
 
 def _record(ctx: JobContext, attempt: Attempt, status: JobStatus, **outcome) -> JobStatus | None:
-    """Finish the job exactly once: only while this attempt still holds the lease, and only
-    if no other attempt finished it first (jobstore.finish is a compare-and-set)."""
-    job_id = attempt.lease.job_id
-    if not ctx.leases.holds(attempt.lease):
-        log.warning("job %s: lease lost before finishing; another attempt owns it", job_id)
-        return None
-    finished = jobstore.finish(ctx.redis, ctx.storage, job_id, status, model=ctx.model, **outcome)
-    ctx.leases.finish(attempt.lease)
+    """Finish the job exactly once: only while this attempt is the one running it
+    (jobstore.finish is a compare-and-set on the attempt), then end the lease."""
+    job_id, lease = attempt.lease.job_id, attempt.lease
+    finished = retrying(
+        attempt, "recording its end", jobstore.finish, ctx.redis, ctx.storage, job_id, status,
+        attempt=lease.token, model=ctx.model, **outcome,
+    )  # fmt: skip
+    attempt.recorded = True
+    # Should this fail, the lease expires and the sweep ends it: the job is finished.
+    retrying(attempt, "ending its lease", ctx.leases.release, lease)
     if not finished:
+        log.warning("job %s: finished by another attempt, or deleted", job_id)
         return None
     log.info("job %s %s", job_id, status.value)
     return status

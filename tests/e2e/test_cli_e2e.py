@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -71,13 +72,45 @@ def test_run_rejects_invalid_options(demo_cache):
     assert b"video.evs_rate" in proc.stderr
 
 
-def test_serve_runs_the_whole_service_and_submit_waits(tmp_path, demo_cache):
+def _descendants(pid: int) -> dict[int, str]:
+    """pid → start time (/proc/PID/stat field 22) of every process below `pid`."""
+    parents: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = (int(fields[1]), fields[19])
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, start) in parents.items():
+            if ppid == parent and child not in found:
+                found[child] = start
+                frontier.append(child)
+    return found
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return False
+    return fields[19] == start and fields[0] != "Z"
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_serve_runs_the_whole_service_and_stops_on_sigterm(tmp_path, demo_cache):
     port = free_port()
     data = tmp_path / "data"
     env = _env(demo_cache, OMNIBATCH_DATA_DIR=str(data), OMNIBATCH_LEASE_TTL_S="5")
     log = (tmp_path / "serve.log").open("wb")
     serve = subprocess.Popen(
-        _cli("serve", "--port", str(port), "--workers", "1"),
+        _cli("serve", "--port", str(port), "--workers", "2"),
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -85,9 +118,9 @@ def test_serve_runs_the_whole_service_and_submit_waits(tmp_path, demo_cache):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
+                if httpx.get(f"{base}/readyz").json().get("workers") == 2:
                     break
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.3)
         else:
@@ -103,9 +136,18 @@ def test_serve_runs_the_whole_service_and_submit_waits(tmp_path, demo_cache):
         result = json.loads(done.stdout)
         assert result["status"] == "succeeded" and result["model"]["name"] == "demo-random"
         assert result["usage"]["images"] == 1
+
+        tree = _descendants(serve.pid)
+        workers = [p for p in tree if " worker --device " in _cmdline(p)]
+        assert len(workers) == 2 and any("redis-server" in _cmdline(p) for p in tree)
+        decoders = [p for p in tree if "spawn_main" in _cmdline(p)]
+        per_worker = max(1, (os.cpu_count() or 1) // 2)
+        assert len(decoders) == 2 * per_worker, "the two workers share the host's cores"
     finally:
-        serve.send_signal(signal.SIGINT)
+        serve.send_signal(signal.SIGTERM)  # SIGTERM used to orphan every child
         assert serve.wait(90) == 0
+    left = [f"{p} {_cmdline(p)}" for p, start in tree.items() if _alive(p, start)]
+    assert left == [], "no process outlives serve"
     assert (data / "redis" / "appendonlydir").is_dir(), "the embedded Redis kept an AOF"
     assert "without auth" in (tmp_path / "serve.log").read_text()
     with pytest.raises(httpx.ConnectError):

@@ -11,6 +11,7 @@ import time
 
 import pytest
 from openai.types.chat import ChatCompletion
+from rq import Queue
 
 from service import jobstore
 from service.batches import store
@@ -27,6 +28,7 @@ from service.schemas import (
 )
 from tests.service.conftest import png_bytes, serve_app, wav_bytes
 from tests.service.test_batch_api import chat_line, create_batch, jsonl, upload
+from workers.leases import Lease, LeaseTable
 
 pytestmark = pytest.mark.anyio
 MODEL = ModelInfo(name="demo-random")
@@ -47,24 +49,29 @@ def queued(r) -> list[str]:
     return [j.decode() for j in r.lrange(queue_key(QUEUE_LOW), 0, -1)]
 
 
-def take(r, job_id: str) -> None:
-    r.lrem(queue_key(QUEUE_LOW), 1, job_id)
-    assert jobstore.mark_running(r, job_id, "test-worker")
+def take(r, job_id: str) -> Lease:
+    """What a worker does: claim the job off the low queue (put first in it); the lease."""
+    queue = Queue(QUEUE_LOW, connection=r)
+    assert r.lrem(queue.key, 1, job_id)
+    r.lpush(queue.key, job_id)
+    lease = LeaseTable(r, "test-worker", ttl_s=30, attempts_ttl_s=60).claim([queue], job_id)
+    assert lease is not None and lease.job_id == job_id
+    return lease
 
 
-def succeed(r, storage, job_id: str, text: str = "red", running: bool = False) -> None:
-    if not running:
-        take(r, job_id)
+def succeed(r, storage, job_id: str, text: str = "red", lease: Lease | None = None) -> None:
+    lease = lease or take(r, job_id)
     usage = Usage(input_tokens=10, output_tokens=2, images=1)
     assert jobstore.finish(
-        r, storage, job_id, JobStatus.succeeded, output=Output(text=text), usage=usage, model=MODEL
-    )
+        r, storage, job_id, JobStatus.succeeded, attempt=lease.token,
+        output=Output(text=text), usage=usage, model=MODEL,
+    )  # fmt: skip
 
 
 def fail(r, storage, job_id: str) -> None:
-    take(r, job_id)
+    lease = take(r, job_id)
     error = JobError(code=JobErrorCode.media_unreadable, message="no frame decodes")
-    assert jobstore.finish(r, storage, job_id, JobStatus.failed, error=error)
+    assert jobstore.finish(r, storage, job_id, JobStatus.failed, attempt=lease.token, error=error)
 
 
 async def lines_of(api, file_id: str | None) -> list[dict]:
@@ -157,14 +164,14 @@ async def test_the_feeder_keeps_a_window_queued_and_survives_a_restart(settings,
         batch = await create_batch(api, file_id)
         await until(api, batch["id"], lambda b: len(queued(r)) == 3)
         first = queued(r)
-        take(r, first[0])  # running jobs leave the window
+        lease = take(r, first[0])  # running jobs leave the window
         await until(api, batch["id"], lambda b: len(queued(r)) == 3)
         await asyncio.sleep(0.3)
         assert len(queued(r)) == 3, "never more than the window"
     # the gateway is gone; its successor carries on from Redis and DATA_DIR
     async with serve_app(cfg) as api:
         storage = api.app_state.storage
-        succeed(r, storage, first[0], running=True)
+        succeed(r, storage, first[0], lease=lease)
         done = {first[0]}
         while len(done) < 8:
             await until(api, batch["id"], lambda b: queued(r))
@@ -188,7 +195,7 @@ async def test_cancel_stops_queued_and_running_jobs_and_keeps_what_finished(
         await until(api, batch["id"], lambda b: len(queued(r)) == 3)
         done, running, waiting = queued(r)
         succeed(r, storage, done)
-        take(r, running)
+        lease = take(r, running)
         resp = await api.post(f"/v1/batches/{batch['id']}/cancel")
         assert resp.status_code == 200 and resp.json()["status"] == "cancelling"
         assert resp.json()["cancelling_at"] is not None
@@ -201,7 +208,9 @@ async def test_cancel_stops_queued_and_running_jobs_and_keeps_what_finished(
         assert (await api.get(f"/v1/batches/{batch['id']}")).json()["status"] == "cancelling"
         # the worker stops the running job at a safe point
         stopped = JobError(code=JobErrorCode.cancelled, message="cancelled while running")
-        jobstore.finish(r, storage, running, JobStatus.cancelled, error=stopped)
+        jobstore.finish(
+            r, storage, running, JobStatus.cancelled, attempt=lease.token, error=stopped
+        )
         batch = await until(api, batch["id"], lambda b: b["status"] == "cancelled")
         assert batch["cancelled_at"] is not None and queued(r) == []
         jobs = [j for j in (await api.get("/v1/jobs")).json()["data"]

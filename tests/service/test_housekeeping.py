@@ -41,7 +41,7 @@ async def test_queued_jobs_expire_without_a_worker(settings, redis_client, recei
         assert job["finished_at"] is not None and job["queue_position"] is None
         assert (await api.get(f"/v1/jobs/{running}")).json()["status"] == "running"
         assert stale not in Queue("jobs:normal", connection=redis_client).job_ids
-        assert not jobstore.mark_running(redis_client, stale, "w2")  # a late worker skips it
+        assert not take(redis_client, stale, "w2")  # a late worker skips it
         assert not api.app_state.storage.input_path(stale).exists()
         assert_problem(await api.get(f"/v1/jobs/{stale}/result"), 409, "conflict")
         metrics = (await api.get("/metrics")).text

@@ -24,6 +24,7 @@ from service.schemas import (
 )
 from tests.service.conftest import png_bytes
 from tests.service.test_submit import assert_problem, form
+from workers.leases import Lease, LeaseTable
 
 pytestmark = pytest.mark.anyio
 MODEL = ModelInfo(name="demo-random", revision="0", precision="fp32")
@@ -35,18 +36,24 @@ async def submit(api, request: dict | None = None) -> str:
     return resp.json()["id"]
 
 
-def take(r, job_id: str, worker: str = "w1") -> bool:
-    """What a worker does: pop the id off its queue, then claim the job."""
-    r.lrem(Queue.redis_queue_namespace_prefix + "jobs:normal", 1, job_id)
-    return jobstore.mark_running(r, job_id, worker)
+def take(r, job_id: str, worker: str = "w1") -> Lease | None:
+    """What a worker does: claim the job off its queue (this one: put first in the queue).
+    None when it is not there to claim: cancelled, expired or taken before."""
+    queue = Queue("jobs:normal", connection=r)
+    if not r.lrem(queue.key, 1, job_id):
+        return None
+    r.lpush(queue.key, job_id)
+    lease = LeaseTable(r, worker, ttl_s=30, attempts_ttl_s=60).claim([queue], f"{worker}:{job_id}")
+    return lease if lease is not None and lease.job_id == job_id else None
 
 
 async def test_run_to_success_and_fetch_result(api, redis_client):
     job_id = await submit(api, {"metadata": {"batch": "7"}})
     assert_problem(await api.get(f"/v1/jobs/{job_id}/result"), 409, "conflict")
-    assert take(redis_client, job_id, "w1")
+    lease = take(redis_client, job_id, "w1")
+    assert lease is not None
     assert not take(redis_client, job_id, "w2")  # only once
-    jobstore.set_progress(redis_client, job_id, "generating", 3, 10)
+    jobstore.set_progress(redis_client, job_id, lease.token, "generating", 3, 10)
     running = (await api.get(f"/v1/jobs/{job_id}")).json()
     assert running["status"] == "running" and running["queue_position"] is None
     assert running["progress"] == {"stage": "generating", "done": 3, "total": 10}
@@ -93,7 +100,7 @@ async def test_cancel_queued_running_and_finished(api, redis_client):
 
     resp = await api.post(f"/v1/jobs/{running}/cancel")
     assert resp.status_code == 202 and resp.json()["status"] == "running"
-    assert jobstore.is_cancel_requested(redis_client, running)
+    assert redis_client.exists(cancel_key(running))
     partial = Output(text="first half", segments=[Segment(start_s=0, end_s=30, text="first half")])
     jobstore.finish(
         redis_client, storage, running, JobStatus.cancelled, output=partial, model=MODEL
@@ -112,7 +119,7 @@ async def test_cancel_racing_a_worker_asks_the_worker_to_stop(api, redis_client)
     take(redis_client, job_id, "w1")
     rec = jobstore.cancel(redis_client, api.app_state.storage, seen)
     assert rec.status is JobStatus.running and rec.worker == "w1"
-    assert jobstore.is_cancel_requested(redis_client, job_id)
+    assert redis_client.exists(cancel_key(job_id))
     assert api.app_state.storage.input_path(job_id).exists()  # the worker is reading it
 
 

@@ -22,6 +22,7 @@ from service.events import WEBHOOK_FUNCTION, event_key
 from service.schemas import WEBHOOK_QUEUE, JobStatus, Output, WebhookEvent
 from service.settings import DeliverySettings
 from tests.service.conftest import png_bytes, serve_app
+from tests.service.test_lifecycle import take
 from tests.service.test_submit import form
 
 pytestmark = pytest.mark.anyio
@@ -39,17 +40,18 @@ def test_signature_matches_the_standard_webhooks_vector():
     assert not webhooks.verify(secret, headers, b'{"test": 2432232315}')
 
 
-async def finished_job_event(settings, redis_client, receiver, webhook: dict | None = None):
+async def finished_job_event(
+    settings, redis_client, receiver, webhook: dict | None = None, **overrides
+):
     """Submit a job with a webhook to `receiver`, finish it; returns (job_id, event_id, secret)."""
-    async with serve_app(settings(allow_private_urls=LOOPBACK)) as api:
+    async with serve_app(settings(allow_private_urls=LOOPBACK, **overrides)) as api:
         request = {
             "webhook": {"url": f"{receiver.url}/hook"} | (webhook or {}),
             "metadata": {"a": "1"},
         }
         job_id = (await api.post("/v1/jobs", files=form(png_bytes(), request))).json()["id"]
         secret = (await api.get("/v1/webhook-secret")).json()["secret"]
-        redis_client.lrem("rq:queue:jobs:normal", 1, job_id)
-        jobstore.mark_running(redis_client, job_id, "w1")
+        assert take(redis_client, job_id)
         jobstore.finish(
             redis_client,
             api.app_state.storage,
@@ -194,20 +196,20 @@ async def test_ssrf_guard_runs_at_every_attempt(settings, redis_client, receiver
     assert state.attempts == 1 and state.last_status is None
 
 
+def start_delivery_process(redis_url: str, backoff_s: float) -> subprocess.Popen:
+    env = os.environ | {
+        "OMNIBATCH_REDIS_URL": redis_url,
+        "OMNIBATCH_ALLOW_PRIVATE_URLS": "127.0.0.1/32",
+        "OMNIBATCH_WEBHOOK_BACKOFF_BASE_S": str(backoff_s),
+    }
+    cmd = [sys.executable, "-m", "service.cli", "webhooks"]
+    return subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+
+
 async def test_delivery_worker_process_retries_until_delivered(settings, redis_client, receiver):
     job_id, _, secret = await finished_job_event(settings, redis_client, receiver)
     receiver.replies = [(503, {}, b""), (200, {}, b"")]
-    env = os.environ | {
-        "OMNIBATCH_REDIS_URL": settings().redis_url,
-        "OMNIBATCH_ALLOW_PRIVATE_URLS": "127.0.0.1/32",
-        "OMNIBATCH_WEBHOOK_BACKOFF_BASE_S": "0.2",
-    }
-    code = (
-        "from service.settings import DeliverySettings\n"
-        "from service.webhooks import run_delivery_worker\n"
-        "run_delivery_worker(DeliverySettings())\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
+    proc = start_delivery_process(settings().redis_url, backoff_s=0.2)
     try:
         deadline = time.monotonic() + 30
         while len(receiver.requests) < 2 and time.monotonic() < deadline:
@@ -226,3 +228,35 @@ async def test_delivery_worker_process_retries_until_delivered(settings, redis_c
     assert jobstore.load(redis_client, job_id).webhook.attempts == 2
     assert json.loads(b2)["data"]["status"] == "succeeded"
     assert datetime.now(UTC) >= jobstore.load(redis_client, job_id).webhook.delivered_at
+
+
+async def test_retries_resume_promptly_after_a_redis_restart(settings, make_redis_server, receiver):
+    """RQ's own scheduler process dies with the first Redis error and came back only minutes
+    later; the delivery process must release the retry within seconds of Redis's return."""
+    server = make_redis_server(aof=True)
+    r = jobstore.connect(server.url)
+    await finished_job_event(settings, r, receiver, redis_url=server.url)
+    receiver.replies = [(503, {}, b""), (200, {}, b"")]
+    proc = start_delivery_process(server.url, backoff_s=3.0)  # the retry comes 1.5-3 s later
+    try:
+        deadline = time.monotonic() + 30
+        while not receiver.requests:
+            assert time.monotonic() < deadline, "no first attempt"
+            time.sleep(0.05)
+        # Busy with other deliveries (of events gone by now) when Redis goes: RQ's loop then
+        # quits on the error inside a job, and must be started again.
+        flood = Queue(WEBHOOK_QUEUE, connection=r)
+        for i in range(300):
+            flood.enqueue(WEBHOOK_FUNCTION, f"evt_gone{i}", result_ttl=0)
+        server.stop()  # while the retry waits in the scheduled registry (kept by the AOF)
+        time.sleep(3.0)
+        server.start()
+        back = time.monotonic()
+        while len(receiver.requests) < 2:
+            assert time.monotonic() - back < 15, "the retry stalled after the Redis restart"
+            time.sleep(0.1)
+        assert proc.poll() is None, "the delivery process survived the outage"
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0, "SIGTERM stops it cleanly"
+        r.close()

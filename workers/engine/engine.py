@@ -15,11 +15,18 @@ items — and get a future. Each loop iteration the engine
 Each stage runs through `Engine.stages`; an out-of-memory in one is recovered by freeing,
 splitting and retrying (recovery.py), and only a request that cannot run alone fails.
 Cancel takes effect between steps and frees the request's cache slot at once.
+
+Failures: a request whose own setup fails (encoding, splicing, its sampler) fails alone; a
+step that raises fails the requests in it. Anything else that escapes the loop is a bug in
+the engine: the thread then dies *loudly* (`alive` turns False, every request held and every
+later submit fails with EngineDead), so the worker can hand its jobs back and exit rather
+than wedge with a dead engine.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import queue
 import threading
 from collections import deque
@@ -64,6 +71,12 @@ from workers.model.omni import (
     prompt_tokens,
     splice_prompt_embeds,
 )
+
+log = logging.getLogger("omnibatch.engine")
+
+
+class EngineDead(RuntimeError):
+    """The engine thread has died: nothing submitted to this engine will ever finish."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +204,8 @@ class Engine:
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._death: BaseException | None = None  # why the engine thread died
+        self._death_lock = threading.Lock()  # a submit racing the death still gets failed
 
     # ---- called from job threads -------------------------------------------------------
     def submit(self, prepared: Prepared) -> Future:
@@ -211,8 +226,17 @@ class Engine:
             self._let_go(prepared)
             prepared.future.set_exception(exc)
             return prepared.future
-        self._inbox.put(prepared)
+        with self._death_lock:
+            if self._death is None:
+                self._inbox.put(prepared)
+                return prepared.future
+        self._let_go(prepared)
+        prepared.future.set_exception(EngineDead("the engine thread has died"))
         return prepared.future
+
+    @property
+    def alive(self) -> bool:
+        return self._death is None and self._thread is not None and self._thread.is_alive()
 
     def cancel(self, rid: str) -> None:
         self._inbox.put(rid)
@@ -230,15 +254,36 @@ class Engine:
 
     # ---- the engine thread ---------------------------------------------------------------
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._drain(block=not self.scheduler.has_work() and not self._queued)
-            self._admit()
-            if not self.scheduler.has_work():
-                continue
+        try:
+            while not self._stop.is_set():
+                self._drain(block=not self.scheduler.has_work() and not self._queued)
+                self._admit()
+                if not self.scheduler.has_work():
+                    continue
+                try:
+                    self.step()
+                except Exception as exc:  # the engine thread must outlive a failed step
+                    self._fail_all(exc)
+        except BaseException as exc:
+            log.critical("the engine thread died", exc_info=exc)
+            self._die(exc)
+
+    def _die(self, exc: BaseException) -> None:
+        """The loop itself failed: fail every request this engine holds, and every later one."""
+        with self._death_lock:
+            self._death = exc
+        dead = EngineDead(f"the engine thread died: {type(exc).__name__}: {exc}")
+        held = [p for p, _ in self._pending.values()] + list(self._queued)
+        while True:
             try:
-                self.step()
-            except Exception as exc:  # the engine thread must outlive a failed step
-                self._fail_all(exc)
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, Prepared):
+                held.append(item)
+        for p in held:
+            if not p.future.done():
+                p.future.set_exception(dead)
 
     def _fail_all(self, exc: Exception) -> None:
         """A step raised: its requests' state is unknown, so every waiting and running one fails
@@ -348,7 +393,11 @@ class Engine:
                 p.future.set_exception(result)
                 continue
             embeds, stats = result
-            generator = make_generator(p.params, self.model.device)
+            try:
+                generator = make_generator(p.params, self.model.device)
+            except Exception as exc:  # this request's setup (a seed out of range too)
+                p.future.set_exception(exc)
+                continue
             req = Request(p.rid, embeds, p.params, generator=generator, grammar=p.grammar)
             self._pending[p.rid] = (p, stats)
             self.scheduler.add(req)

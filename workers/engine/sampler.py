@@ -14,10 +14,14 @@ import torch
 
 from workers.engine.request import SamplingParams
 
+MAX_SEED = 2**63  # seeds are in [0, MAX_SEED): a signed 64-bit integer, as the API states
+
 
 def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
     if params.seed is None:
         return None
+    if not 0 <= params.seed < MAX_SEED:
+        raise ValueError(f"seed {params.seed} is outside [0, 2**63)")
     return torch.Generator(device=device).manual_seed(params.seed)
 
 

@@ -45,19 +45,22 @@ def _serve(
 ) -> None:
     torch.set_num_threads(1)  # one core per worker: the pool is the parallelism
     shared = FrameBuffers(owner)  # results leave this process: frames go to shared memory
-    while (msg := conn.recv()) is not None:
-        if msg[0] == "recycle":
-            shared.returned(msg[1])
-            continue
-        _, path, opts = msg
-        try:
-            result = (True, job(path, opts, limits, cfg, shared))
-        except MediaError as e:
-            result = (False, e)
-        except Exception:  # the job boundary: a bug fails this job, never the worker
-            result = (False, MediaUnreadable("the media could not be processed"))
-        conn.send(result)
-        shared.sent() if result[0] else shared.failed()
+    # The GPU worker may leave without closing the pool (it exits with os._exit): the pipe
+    # breaks, and this process ends quietly with it.
+    with contextlib.suppress(EOFError, BrokenPipeError):
+        while (msg := conn.recv()) is not None:
+            if msg[0] == "recycle":
+                shared.returned(msg[1])
+                continue
+            _, path, opts = msg
+            try:
+                result = (True, job(path, opts, limits, cfg, shared))
+            except MediaError as e:
+                result = (False, e)
+            except Exception:  # the job boundary: a bug fails this job, never the worker
+                result = (False, MediaUnreadable("the media could not be processed"))
+            conn.send(result)
+            shared.sent() if result[0] else shared.failed()
 
 
 @dataclass
