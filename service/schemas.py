@@ -179,6 +179,9 @@ class WebhookOptions(_Strict):
 class TextFormat(_Strict):
     """Free text (the default)."""
 
+    # The union's tag: a request names it (`{}` is refused), only Python builds TextFormat()
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"required": ["type"]})
+
     type: Literal["text"] = "text"
 
     def grammar(self) -> str | None:
