@@ -105,6 +105,14 @@ class NotReady(OmnibatchError):
     status, code, title = 503, "not_ready", "Not ready"
 
 
+def problem_responses(*statuses: int) -> dict[int, dict[str, Any]]:
+    """A route's `responses=` for the refusals it can answer: problem+json bodies (FastAPI
+    documents a route's validation 422 as plain JSON unless it is listed here)."""
+    from service.schemas import Problem
+
+    return {status: {"model": Problem, "content": {PROBLEM_JSON: {}}} for status in statuses}
+
+
 def problem_body(status: int, code: str, title: str, detail: str) -> dict[str, Any]:
     return {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code}
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -121,6 +121,24 @@ class JobErrorCode(StrEnum):
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_numbers(cls, data: Any) -> Any:
+        """Requests are read strictly (service/submit.py: `"5"` and `false` are no integers),
+        but JSON Schema counts 5.0 an integer and pydantic's strict mode does not."""
+        if not isinstance(data, dict):
+            return data
+        return {k: _int_if_integral(v) if _takes_int(cls, k) else v for k, v in data.items()}
+
+
+def _takes_int(model: type[BaseModel], name: str) -> bool:
+    field = model.model_fields.get(name)
+    return field is not None and (field.annotation is int or int in get_args(field.annotation))
+
+
+def _int_if_integral(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
 
 def _http_only(v: str) -> str:
     if not v.lower().startswith(("http://", "https://")):
@@ -179,6 +197,9 @@ class WebhookOptions(_Strict):
 
 class TextFormat(_Strict):
     """Free text (the default)."""
+
+    # The union's tag: a request names it (`{}` is refused), only Python builds TextFormat()
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"required": ["type"]})
 
     type: Literal["text"] = "text"
 

@@ -44,11 +44,13 @@ MULTIPART_OVERHEAD = 1 << 20  # form boundaries and the request part, beyond the
 
 def parse_request(raw: bytes | None) -> JobCreate:
     """JSON text → JobCreate in one pass. pydantic's parser refuses JSON nested deeper than
-    it can read (a few hundred levels), where json.loads would recurse to a RecursionError."""
+    it can read (a few hundred levels), where json.loads would recurse to a RecursionError.
+    Strict: a value must have its documented JSON type (`"seed": false`, `"max_tokens": "5"`
+    and `"thinking": 0` are refused, not coerced)."""
     if raw is None:
         return JobCreate()
     try:
-        req = JobCreate.model_validate_json(raw)
+        req = JobCreate.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         errors = exc.errors()
         if errors[0]["type"] == "json_invalid":

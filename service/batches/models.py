@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.batches.ids import FILE_ID_RE
 from service.schemas import MetadataKey, MetadataValue
 
 CHAT_ENDPOINT = "/v1/chat/completions"  # the one endpoint a batch can target
@@ -61,14 +62,16 @@ class BatchStatus(StrEnum):
 
 
 class BatchCreate(BaseModel):
-    """`POST /v1/batches`. `endpoint` and `completion_window` are free text here so that an
-    unsupported value gets a 400 that names what is supported."""
+    """`POST /v1/batches`. The schema publishes the one value of `endpoint` and of
+    `completion_window` we run and the shape of a file id; validation lets other text through
+    so that the route refuses it with a 400 that names what is supported (a well-formed id
+    that names no file of the caller's is a 404)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    input_file_id: str = Field(max_length=64)
-    endpoint: str = Field(max_length=200)
-    completion_window: str = Field(max_length=20)
+    input_file_id: str = Field(max_length=64, json_schema_extra={"pattern": FILE_ID_RE.pattern})
+    endpoint: str = Field(max_length=200, json_schema_extra={"enum": [CHAT_ENDPOINT]})
+    completion_window: str = Field(max_length=20, json_schema_extra={"enum": [COMPLETION_WINDOW]})
     metadata: dict[MetadataKey, MetadataValue] | None = Field(None, max_length=16)
 
 

@@ -5,12 +5,19 @@ owner index: a sorted set whose members, ids that begin with their creation time
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import redis
 
 T = TypeVar("T")
+AFTER_DESCRIPTION = "`last_id` of the previous page; empty or absent: the first page"
+
+
+def after_pattern(id_re: re.Pattern[str]) -> str:
+    """What an `after` query parameter may be: an id that `id_re` matches, or empty."""
+    return f"^({id_re.pattern.strip('^$')})?$"
 
 
 def page(

@@ -21,15 +21,17 @@ from service.batches.models import (
     BatchList,
     BatchStatus,
 )
+from service.batches.paging import AFTER_DESCRIPTION, after_pattern
 from service.batches.store import BatchRecord
 from service.deps import AppState, Owner, State
-from service.errors import PROBLEM_JSON, BadRequest, Conflict, NotFound, RateLimited
-from service.schemas import Problem
+from service.errors import BadRequest, Conflict, NotFound, RateLimited, problem_responses
 
 router = APIRouter(prefix="/v1", tags=["batches"])
-_ERRORS = {
-    code: {"model": Problem, "content": {PROBLEM_JSON: {}}} for code in (400, 401, 404, 409, 429)
-}
+_ERRORS = problem_responses(401, 422, 503)  # any route: no key, a bad parameter, Redis down
+_BATCH_ERRORS = _ERRORS | problem_responses(404)
+_CREATE_ERRORS = _BATCH_ERRORS | problem_responses(400, 429)
+_CANCEL_ERRORS = _BATCH_ERRORS | problem_responses(409)
+_AFTER = Query(pattern=after_pattern(BATCH_ID_RE), description=AFTER_DESCRIPTION)
 _CANCELLABLE = (BatchStatus.validating, BatchStatus.in_progress)
 
 
@@ -67,7 +69,7 @@ def _create(state: AppState, owner: str, body: BatchCreate) -> BatchRecord:
     return rec
 
 
-@router.post("/batches", response_model=Batch, responses=_ERRORS)
+@router.post("/batches", response_model=Batch, responses=_CREATE_ERRORS)
 async def create_batch(body: BatchCreate, state: State, owner: Owner) -> Batch:
     """Start a batch over an uploaded JSONL file (`purpose=batch`). It is `validating` at
     first; poll it until `completed`, `failed`, `expired` or `cancelled`."""
@@ -79,13 +81,13 @@ async def create_batch(body: BatchCreate, state: State, owner: Owner) -> Batch:
 async def list_batches(
     state: State,
     owner: Owner,
-    after: str | None = None,
+    after: Annotated[str | None, _AFTER] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> BatchList:
     """The caller's batches, newest first; pass the last id back as `after` for the next page."""
-    if after is not None and not BATCH_ID_RE.match(after):
-        raise BadRequest("malformed 'after' cursor")
-    page, more = await run_in_threadpool(store.list_batches, state.redis, owner, after, limit)
+    page, more = await run_in_threadpool(
+        store.list_batches, state.redis, owner, after or None, limit
+    )
     data = [rec.public() for rec in page]
     return BatchList(
         data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
@@ -93,7 +95,7 @@ async def list_batches(
     )  # fmt: skip
 
 
-@router.get("/batches/{batch_id}", response_model=Batch, responses=_ERRORS)
+@router.get("/batches/{batch_id}", response_model=Batch, responses=_BATCH_ERRORS)
 async def get_batch_object(batch: OwnedBatch) -> Batch:
     return batch.public()
 
@@ -109,7 +111,7 @@ def _cancel(state: AppState, rec: BatchRecord) -> BatchRecord:
     return rec
 
 
-@router.post("/batches/{batch_id}/cancel", response_model=Batch, responses=_ERRORS)
+@router.post("/batches/{batch_id}/cancel", response_model=Batch, responses=_CANCEL_ERRORS)
 async def cancel_batch(state: State, batch: OwnedBatch) -> Batch:
     """`cancelling` until its running jobs stop at a safe point, then `cancelled`; the lines
     that finished are in its output file."""

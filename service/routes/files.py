@@ -16,23 +16,24 @@ from service.batches import filestore
 from service.batches.filestore import FileRecord
 from service.batches.ids import FILE_ID_RE, FILE_PREFIX, new_id
 from service.batches.models import UPLOAD_PURPOSES, FileDeleted, FileList, FileObject
+from service.batches.paging import AFTER_DESCRIPTION, after_pattern
 from service.deps import AppState, Owner, State
 from service.errors import (
-    PROBLEM_JSON,
     BadRequest,
     NotFound,
     PayloadTooLarge,
     RateLimited,
     UnsupportedMediaType,
+    problem_responses,
 )
-from service.schemas import Problem
 from service.submit import MULTIPART_OVERHEAD
 from service.upload import Form, idle_timeout, read_form_parts
 
 router = APIRouter(prefix="/v1", tags=["files"])
-_ERRORS = {
-    code: {"model": Problem, "content": {PROBLEM_JSON: {}}} for code in (400, 401, 404, 413, 415)
-}
+_ERRORS = problem_responses(401, 422, 503)  # any route: no key, a bad parameter, Redis down
+_UPLOAD_ERRORS = _ERRORS | problem_responses(400, 408, 413, 415, 429)
+_FILE_ERRORS = _ERRORS | problem_responses(404)
+_AFTER = Query(pattern=after_pattern(FILE_ID_RE), description=AFTER_DESCRIPTION)
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -42,9 +43,10 @@ _UPLOAD_BODY = {
                     "type": "object",
                     "required": ["file", "purpose"],
                     "properties": {
-                        "file": {"type": "string", "format": "binary"},
+                        "file": {"type": "string", "format": "binary", "minLength": 1},
                         "purpose": {"type": "string", "enum": list(UPLOAD_PURPOSES)},
                     },
+                    "additionalProperties": False,
                 }
             }
         },
@@ -102,7 +104,9 @@ def _register(state: AppState, owner: str, file_id: str, form: Form) -> FileReco
     return rec
 
 
-@router.post("/files", response_model=FileObject, responses=_ERRORS, openapi_extra=_UPLOAD_BODY)
+@router.post(
+    "/files", response_model=FileObject, responses=_UPLOAD_ERRORS, openapi_extra=_UPLOAD_BODY
+)
 async def upload_file(request: Request, state: State, owner: Owner) -> FileObject:
     """Upload a file (multipart `file` + `purpose`): a batch's JSONL input (`batch`), or media
     that batch lines name by `file_id` (`user_data`)."""
@@ -131,15 +135,13 @@ async def list_files(
     state: State,
     owner: Owner,
     purpose: str | None = None,
-    after: str | None = None,
+    after: Annotated[str | None, _AFTER] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     order: Literal["asc", "desc"] = "desc",
 ) -> FileList:
     """The caller's files by creation time; pass the last id back as `after` for the next page."""
-    if after is not None and not FILE_ID_RE.match(after):
-        raise BadRequest("malformed 'after' cursor")
     page, more = await run_in_threadpool(
-        filestore.list_files, state.redis, owner, purpose, after, limit, order == "desc"
+        filestore.list_files, state.redis, owner, purpose, after or None, limit, order == "desc"
     )
     data = [rec.public() for rec in page]
     return FileList(
@@ -148,7 +150,7 @@ async def list_files(
     )  # fmt: skip
 
 
-@router.get("/files/{file_id}", response_model=FileObject, responses=_ERRORS)
+@router.get("/files/{file_id}", response_model=FileObject, responses=_FILE_ERRORS)
 async def get_file_object(file: OwnedFile) -> FileObject:
     return file.public()
 
@@ -156,7 +158,10 @@ async def get_file_object(file: OwnedFile) -> FileObject:
 @router.get(
     "/files/{file_id}/content",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, **_ERRORS},
+    responses={
+        200: {"content": {"application/octet-stream": {}, "application/jsonl": {}}},
+        **_FILE_ERRORS,
+    },
 )
 async def get_file_content(state: State, file: OwnedFile) -> FileResponse:
     """The file's bytes; a batch's output and error files are JSONL."""
@@ -168,7 +173,7 @@ async def get_file_content(state: State, file: OwnedFile) -> FileResponse:
     return FileResponse(path, media_type=media_type)
 
 
-@router.delete("/files/{file_id}", response_model=FileDeleted, responses=_ERRORS)
+@router.delete("/files/{file_id}", response_model=FileDeleted, responses=_FILE_ERRORS)
 async def delete_file(state: State, file: OwnedFile) -> FileDeleted:
     await run_in_threadpool(filestore.delete, state.redis, state.storage.root, file)
     return FileDeleted(id=file.id)

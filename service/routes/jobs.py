@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from service import joblist, jobstore, submit, webhooks
 from service.deps import AppState, OwnedJob, Owner, State
-from service.errors import PROBLEM_JSON, Conflict, UnsupportedMediaType
+from service.errors import Conflict, UnsupportedMediaType, problem_responses
 from service.jobstore import JobRecord
 from service.schemas import (
     JOB_ID_RE,
@@ -22,19 +22,14 @@ from service.schemas import (
     JobStatus,
     JobSubmitted,
     Links,
-    Problem,
 )
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 POLL_INTERVAL_S = 0.2
 
 
-def _problems(*codes: int) -> dict:
-    return {code: {"model": Problem, "content": {PROBLEM_JSON: {}}} for code in codes}
-
-
-_ERRORS = _problems(401, 404, 409, 413, 415, 422, 429, 503)
-_SUBMIT_ERRORS = _ERRORS | _problems(400, 408)  # a malformed form; a body that stalled
+_ERRORS = problem_responses(401, 404, 409, 413, 415, 422, 429, 503)
+_SUBMIT_ERRORS = _ERRORS | problem_responses(400, 408)  # a malformed form; a body that stalled
 # The two doors' request schemas are built from JobCreate in service/main.py.
 _SUBMIT_BODY = {
     "requestBody": {

@@ -1,4 +1,4 @@
-"""schemathesis hooks for tests/service/test_openapi_contract.py (loaded by SCHEMATHESIS_HOOKS).
+"""schemathesis hooks for tests/service/test_openapi_schemathesis.py (loaded by SCHEMATHESIS_HOOKS).
 
 They supply, per request, what no OpenAPI document can promise and the contract refuses by
 design, so that a refusal left over is a real mismatch. Only schema-valid (positive) cases
@@ -11,16 +11,31 @@ are touched: a negative one is refused for its own flaw.
 - `video.end_s` must be greater than `video.start_s`, a rule between two fields that JSON
   Schema cannot state (VideoOptions' description does): an `end_s` at or before `start_s`
   is dropped.
+- A batch input file (`POST /v1/files`, purpose `batch`) must be JSONL, which the document
+  cannot say of a file: its bytes become one request line about the receiver's PNG.
+- `input_file_id` (`POST /v1/batches`) must name a batch file of the caller's: it is pointed
+  at the newest one the run uploaded and has not deleted (none yet: left as generated, 404),
+  so that batches are created, read and cancelled.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 
 import schemathesis
 
 RECEIVER = os.environ.get("OMNIBATCH_TEST_RECEIVER", "")
+_IMAGE = {"type": "image_url", "image_url": {"url": f"{RECEIVER}/input"}}
+_LINE = {
+    "custom_id": "line-1",
+    "method": "POST",
+    "url": "/v1/chat/completions",
+    "body": {"model": "nemotron-omni", "messages": [{"role": "user", "content": [_IMAGE]}]},
+}
+BATCH_JSONL = json.dumps(_LINE) + "\n"  # text, so that it stays schema-valid as a string
+batch_files: list[str] = []  # ids of the batch files this run uploaded and has not deleted
 
 
 def _make_valid(request: object) -> None:
@@ -38,14 +53,32 @@ def _make_valid(request: object) -> None:
 
 @schemathesis.hook
 def map_case(context, case):
-    if case.method.upper() != "POST" or case.path != "/v1/jobs":
+    if case.method.upper() != "POST" or case.meta is None:
         return case
-    if case.meta is None or not case.meta.generation.mode.is_positive:
+    if not case.meta.generation.mode.is_positive:
         return case
-    if isinstance(case.body, dict):
-        _make_valid(case.body)
-        _make_valid(case.body.get("request"))
-    for name in list(case.headers or {}):
-        if name.lower() == "idempotency-key":
-            case.headers[name] = uuid.uuid4().hex
+    body = case.body if isinstance(case.body, dict) else {}
+    if case.path == "/v1/files" and body.get("purpose") == "batch":
+        body["file"] = BATCH_JSONL
+    elif case.path == "/v1/batches" and "input_file_id" in body and batch_files:
+        body["input_file_id"] = batch_files[-1]
+    elif case.path == "/v1/jobs":
+        _make_valid(body)
+        _make_valid(body.get("request"))
+        for name in list(case.headers or {}):
+            if name.lower() == "idempotency-key":
+                case.headers[name] = uuid.uuid4().hex
     return case
+
+
+@schemathesis.hook
+def after_call(context, case, response):
+    if response.status_code != 200:
+        return
+    if case.method.upper() == "POST" and case.path == "/v1/files":
+        uploaded = response.json()
+        if uploaded["purpose"] == "batch":
+            batch_files.append(uploaded["id"])
+    elif case.method.upper() == "DELETE" and case.path == "/v1/files/{file_id}":
+        deleted = case.path_parameters.get("file_id")
+        batch_files[:] = [file_id for file_id in batch_files if file_id != deleted]

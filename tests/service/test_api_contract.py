@@ -83,6 +83,9 @@ async def test_openapi_document_states_the_submit_contract(api):
     assert schemas[url_door]["properties"]["input"] == {"$ref": "#/components/schemas/InputSpec"}
     form_part = content["multipart/form-data"]["schema"]["properties"]["request"]["$ref"]
     assert "input" not in schemas[form_part.rsplit("/", 1)[1]]["properties"]
+    formats = schemas[url_door]["properties"]["response_format"]["oneOf"]
+    for ref in formats:  # the discriminator's tag: `{}` is no response_format
+        assert "type" in schemas[ref["$ref"].rsplit("/", 1)[1]]["required"], ref
     wait = next(p for p in doc["paths"]["/v1/jobs/{job_id}"]["get"]["parameters"]
                 if p["name"] == "wait")  # fmt: skip
     assert wait["schema"]["maximum"] == 60

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 import time
 
 import pytest
@@ -71,6 +72,8 @@ async def test_file_upload_read_list_delete(api):
     assert [f["id"] for f in rest["data"]] == [media["id"]]
     only = (await api.get("/v1/files", params={"purpose": "user_data"})).json()
     assert [f["id"] for f in only["data"]] == [media["id"]]
+    assert (await api.get("/v1/files", params={"after": ""})).json() == listed  # first page
+    assert_problem(await api.get("/v1/files", params={"after": "x"}), 422, "invalid_request")
 
     deleted = await api.delete(f"/v1/files/{obj['id']}")
     assert deleted.json() == {"id": obj["id"], "object": "file", "deleted": True}
@@ -132,7 +135,9 @@ async def test_batch_object_list_and_other_keys(settings):
         assert page["first_id"] == ids[2] and page["last_id"] == ids[1]
         rest = (await api.get("/v1/batches", params={"after": page["last_id"]})).json()
         assert [b["id"] for b in rest["data"]] == [ids[0]] and rest["has_more"] is False
-        assert_problem(await api.get("/v1/batches", params={"after": "x"}), 400, "invalid_request")
+        assert_problem(await api.get("/v1/batches", params={"after": "x"}), 422, "invalid_request")
+        first_page = (await api.get("/v1/batches", params={"after": "", "limit": 2})).json()
+        assert [b["id"] for b in first_page["data"]] == ids[:0:-1]  # empty cursor: first page
 
         other = {"headers": AUTH_B}
         for method, path in [
@@ -157,6 +162,20 @@ async def test_openapi_shows_the_batch_and_file_schemas(api):
     assert set(schemas["Batch"]["properties"]["status"]["$ref"].split("/")[-1:]) == {"BatchStatus"}
     assert "multipart/form-data" in spec["paths"]["/v1/files"]["post"]["requestBody"]["content"]
     assert {"/v1/batches/{batch_id}/cancel", "/v1/files/{file_id}/content"} <= set(spec["paths"])
+    create = schemas["BatchCreate"]["properties"]
+    assert create["endpoint"]["enum"] == [ENDPOINT]
+    assert create["completion_window"]["enum"] == ["24h"]
+    assert re.fullmatch(create["input_file_id"]["pattern"], "file-" + "0" * 28)
+    for path, methods in spec["paths"].items():
+        if path.startswith(("/v1/files", "/v1/batches")):
+            for op in methods.values():  # every refusal, validation's 422 too, is problem+json
+                refusals = {code: r for code, r in op["responses"].items() if code >= "400"}
+                assert {"401", "422", "503"} <= set(refusals), path
+                assert all("application/problem+json" in r["content"] for r in refusals.values())
+    for path, prefix in [("/v1/files", "file-"), ("/v1/batches", "batch_")]:
+        after = next(p for p in spec["paths"][path]["get"]["parameters"] if p["name"] == "after")
+        pattern = after["schema"]["anyOf"][0]["pattern"]
+        assert re.fullmatch(pattern, "") and re.fullmatch(pattern, prefix + "0" * 28), path
 
 
 async def test_files_go_when_their_time_has_passed(settings, redis_client):

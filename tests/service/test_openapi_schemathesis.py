@@ -3,8 +3,9 @@ no 5xx, every status, header and body documented, valid requests accepted, inval
 refused, OPTIONS and 405 `Allow` right) over a real uvicorn gateway on a real redis-server.
 
 What a document cannot promise is supplied in schemathesis_hooks.py (URLs that exist, fresh
-idempotency keys, end after start) and schemathesis.toml (content sniffing's 415, /readyz's
-503 without a worker); anything else schemathesis reports fails the test, with its report.
+idempotency keys, end after start, batch files that are JSONL, an input file that exists) and
+schemathesis.toml (content sniffing's 415, /readyz's 503 without a worker); anything else
+schemathesis reports fails the test, with its report.
 """
 
 from __future__ import annotations

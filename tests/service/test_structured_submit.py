@@ -65,6 +65,8 @@ async def test_default_is_text(api, redis_client):
         (json_schema(PERSON) | {"json_schema": {"schema": PERSON}}, "name"),
         ({"type": "json_schema"}, "json_schema"),
         ({"type": "xml"}, "response_format"),
+        ({}, "discriminator 'type'"),  # the tag is required, as the document says
+        (json_schema(PERSON, strict=0), "strict"),  # a boolean, not a number
         ({"type": "json_object", "schema": PERSON}, "schema"),
     ],
 )

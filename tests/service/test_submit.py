@@ -10,7 +10,7 @@ import pytest
 from rq import Queue
 from rq.job import Job
 
-from service import ratelimit
+from service import jobstore, ratelimit
 from service.schemas import JOB_FUNCTION
 from tests.service.conftest import AUTH_B, png_bytes, serve_app, wav_bytes
 
@@ -96,13 +96,27 @@ async def test_missing_or_wrong_key_is_unauthorized(api):
         (form(png_bytes(), {"video": {"fps": 9}}), 422, "invalid_request"),  # out of bounds
         (form(png_bytes(), {"task": "ask"}), 422, "invalid_request"),  # ask without prompt
         (form(png_bytes(), {"input": {"url": "http://x.org/a"}}), 422, "invalid_request"),
+        (form(png_bytes(), {"generation": {"seed": False}}), 422, "invalid_request"),
+        (form(png_bytes(), {"generation": {"max_tokens": "5"}}), 422, "invalid_request"),
+        (form(png_bytes(), {"video": {"use_audio": 0}}), 422, "invalid_request"),
     ],
-    ids=["no-file", "empty", "random", "bad-json", "unknown-field", "bounds", "ask", "url+file"],
+    ids=["no-file", "empty", "random", "bad-json", "unknown-field", "bounds", "ask", "url+file",
+         "bool-for-int", "text-for-int", "int-for-bool"],  # fmt: skip
 )
 async def test_bad_uploads(api, files, status, code):
     assert_problem(await api.post("/v1/jobs", files=files), status, code)
     assert not any((api.app_state.storage.root / "inputs").glob("*/*"))
     assert (await api.get("/healthz")).status_code == 200
+
+
+async def test_integers_may_be_written_as_integral_numbers(api, redis_client):
+    """JSON Schema's `integer` includes 8.0, which strict parsing would refuse."""
+    request = {"generation": {"max_tokens": 8.0, "seed": 3.0}, "video": {"max_frames": 16.0}}
+    resp = await api.post("/v1/jobs", files=form(png_bytes(), request))
+    assert resp.status_code == 202, resp.text
+    rec = jobstore.load(redis_client, resp.json()["id"])
+    assert (rec.request.generation.max_tokens, rec.request.generation.seed) == (8, 3)
+    assert rec.request.video.max_frames == 16
 
 
 async def test_wrong_content_type_and_bad_json_body(api):
