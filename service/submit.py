@@ -13,7 +13,14 @@ from collections.abc import AsyncIterator
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from service import idempotency, joblist, jobstore, ratelimit, webhooks
+from contract import jobstore
+from contract.jobstore import JobRecord
+from contract.json_grammar import check_grammar
+from contract.schemas import JobCreate, JobStatus, WebhookState
+from media.errors import MediaError, MediaTooLarge
+from media.limits import MediaLimits
+from media.probe import kind_of
+from service import idempotency, joblist, ratelimit, webhooks
 from service.deps import AppState
 from service.errors import (
     InvalidRequest,
@@ -25,9 +32,6 @@ from service.errors import (
     describe_validation,
 )
 from service.fetch import fetch_to_sink
-from service.jobstore import JobRecord
-from service.json_grammar import check_grammar
-from service.schemas import JobCreate, JobStatus, WebhookState
 from service.upload import (
     JSON_BODY_MAX,
     JSON_BODY_TOO_LARGE,
@@ -35,9 +39,6 @@ from service.upload import (
     read_form,
     read_small_body,
 )
-from workers.media.errors import MediaError, MediaTooLarge
-from workers.media.limits import MediaLimits
-from workers.media.probe import kind_of
 
 MULTIPART_OVERHEAD = 1 << 20  # form boundaries and the request part, beyond the file itself
 

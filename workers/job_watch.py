@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from redis import Redis
 
-from service import jobstore
-from service.schemas import cancel_key
+from contract import jobstore
+from contract.schemas import cancel_key
 from workers.tasks import Attempt
 
 WATCH_INTERVAL_S = 0.25  # how stale a cancel flag read at a safe point may be

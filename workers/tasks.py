@@ -26,9 +26,9 @@ from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from service import jobstore
-from service.schemas import JobError, JobErrorCode, JobStatus, ModelInfo
-from service.storage import Storage
+from contract import jobstore
+from contract.schemas import JobError, JobErrorCode, JobStatus, ModelInfo
+from contract.storage import Storage
 from workers.engine.engine import EngineDead
 from workers.leases import Lease, LeaseTable
 from workers.outcome import error_of, output_of, usage_of

@@ -19,7 +19,13 @@ import asyncio
 import time
 from collections.abc import Iterator
 
-from service import joblist, jobstore
+from contract import jobstore
+from contract.jobstore import JobRecord
+from contract.schemas import JobStatus, Usage, job_key
+from media.errors import MediaError
+from media.limits import MediaLimits
+from media.probe import kind_of
+from service import joblist
 from service.batches import store
 from service.batches.context import BatchContext
 from service.batches.models import BatchError
@@ -27,11 +33,6 @@ from service.batches.store import BatchRecord, batch_dir, feed_errors_key, infli
 from service.batches.validate import PLAN, PlanEntry
 from service.errors import OmnibatchError
 from service.fetch import fetch_to_sink
-from service.jobstore import JobRecord
-from service.schemas import JobStatus, Usage, job_key
-from workers.media.errors import MediaError
-from workers.media.limits import MediaLimits
-from workers.media.probe import kind_of
 
 FETCH_CONCURRENCY = 8
 

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.schemas import MetadataKey, MetadataValue
+from contract.schemas import MetadataKey, MetadataValue
 
 CHAT_ENDPOINT = "/v1/chat/completions"  # the one endpoint a batch can target
 COMPLETION_WINDOW = "24h"  # the one window OpenAI offers

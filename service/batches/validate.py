@@ -21,16 +21,16 @@ from typing import BinaryIO
 import redis
 from pydantic import BaseModel
 
-from service import jobstore
+from contract import jobstore
+from contract.schemas import JobCreate
+from contract.settings import GatewaySettings
+from media.errors import MediaError
+from media.limits import MediaLimits
+from media.probe import kind_of
 from service.batches import filestore, output
 from service.batches.lines import LineError, MediaRef, convert, parse_line
 from service.batches.models import BatchError
 from service.batches.store import BatchRecord, batch_dir
-from service.schemas import JobCreate
-from service.settings import GatewaySettings
-from workers.media.errors import MediaError
-from workers.media.limits import MediaLimits
-from workers.media.probe import kind_of
 
 MAX_LISTED = 100  # line errors kept on a batch that fails validation
 RENEW_EVERY = 500  # lines between renewals of the runner's hold on the batch

@@ -10,6 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.concurrency import run_in_threadpool
 
+from contract.schemas import Problem
 from service import ratelimit
 from service.batches import filestore, store
 from service.batches.ids import BATCH_ID_RE, BATCH_PREFIX, new_id
@@ -24,7 +25,6 @@ from service.batches.models import (
 from service.batches.store import BatchRecord
 from service.deps import AppState, Owner, State
 from service.errors import PROBLEM_JSON, BadRequest, Conflict, NotFound, RateLimited
-from service.schemas import Problem
 
 router = APIRouter(prefix="/v1", tags=["batches"])
 _ERRORS = {

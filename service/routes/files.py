@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
+from contract.schemas import Problem
 from service import ratelimit
 from service.batches import filestore
 from service.batches.filestore import FileRecord
@@ -25,7 +26,6 @@ from service.errors import (
     RateLimited,
     UnsupportedMediaType,
 )
-from service.schemas import Problem
 from service.submit import MULTIPART_OVERHEAD
 from service.upload import Form, idle_timeout, read_form_parts
 

@@ -124,7 +124,7 @@ def test_a_refused_webhook_is_retried_until_delivered(live, media):
 
 def test_worker_health_check_sees_the_loaded_model(live):
     def check(device: str) -> int:
-        cmd = [sys.executable, "-m", "service.cli", "worker", "--check", "--device", device]
+        cmd = [sys.executable, "-m", "cli.main", "worker", "--check", "--device", device]
         return subprocess.run(cmd, env=live.env, timeout=60).returncode
 
     assert check("cpu") == 0

@@ -10,8 +10,8 @@ import pytest
 from rq import Queue
 from rq.job import Job
 
+from contract.schemas import JOB_FUNCTION
 from service import ratelimit
-from service.schemas import JOB_FUNCTION
 from tests.service.conftest import AUTH_B, png_bytes, serve_app, wav_bytes
 
 pytestmark = pytest.mark.anyio

@@ -39,8 +39,8 @@ from redis.commands.core import Script
 from rq import Queue
 from rq.job import Job
 
-from service import events, metrics, retention
-from service.schemas import (
+from contract import events, metrics, retention
+from contract.schemas import (
     JOB_FUNCTION,
     JobCreate,
     JobError,
@@ -57,7 +57,7 @@ from service.schemas import (
     job_key,
     owner_index_key,
 )
-from service.storage import Storage
+from contract.storage import Storage
 
 CANCEL_FLAG_TTL_S = 7 * 24 * 3600
 # A caller waits this long for a free connection before it gets a ConnectionError: the

@@ -5,7 +5,7 @@ Layout:
     {data_dir}/results/{job_id}.json     the JobResult JSON
 
 Lifetimes: an input is removed as soon as its job is finished (nothing reads it again, and
-inputs are the large files); a result stays for the job's retention (service/retention.py).
+inputs are the large files); a result stays for the job's retention (contract/retention.py).
 Paths are built from job ids only, never from client-supplied names. Writers go through a
 temporary name and an atomic rename, so a reader never sees half a file.
 """
@@ -18,8 +18,8 @@ import secrets
 import shutil
 from pathlib import Path
 
+from contract.schemas import JOB_ID_RE, JobResult
 from service.errors import PayloadTooLarge
-from service.schemas import JOB_ID_RE, JobResult
 
 HEAD_BYTES = 4096  # kept in memory for content sniffing
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import av
 
-from workers.media.errors import MediaTooLarge, MediaUnreadable, MediaUnsupported
-from workers.media.limits import MediaLimits
+from media.errors import MediaTooLarge, MediaUnreadable, MediaUnsupported
+from media.limits import MediaLimits
 
 IMAGE, VIDEO, AUDIO, DOCUMENT = "image", "video", "audio", "document"
 DEMUXERS = ("mov", "matroska", "avi", "ogg", "wav", "flac", "mp3", "aac", "mpegts", "mpeg")
