@@ -16,8 +16,8 @@ import asyncio
 
 import httpx
 
-from contract.storage import InputSink
 from service.errors import PayloadTooLarge, UrlFetchFailed
+from service.input_sink import InputSink
 from service.urlguard import UrlGuard
 
 CHUNK = 1 << 16

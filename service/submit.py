@@ -32,6 +32,7 @@ from service.errors import (
     describe_validation,
 )
 from service.fetch import fetch_to_sink
+from service.input_sink import InputSink
 from service.upload import (
     JSON_BODY_MAX,
     JSON_BODY_TOO_LARGE,
@@ -92,7 +93,7 @@ async def receive_upload(
     state: AppState, job_id: str, stream: AsyncIterator[bytes], content_type: str
 ) -> tuple[JobCreate, str]:
     """Multipart form → (request, sha256 of the file). The file is stored under DATA_DIR."""
-    open_sink = lambda: state.storage.open_input(job_id, state.settings.max_upload_bytes)
+    open_sink = lambda: InputSink(state.storage.input_path(job_id), state.settings.max_upload_bytes)
     raw, sink = await read_form(stream, content_type, open_sink)
     if sink is None:
         raise InvalidRequest("the form has no 'file' part")
@@ -108,7 +109,7 @@ async def receive_url(state: AppState, job_id: str, stream: AsyncIterator[bytes]
     if req.input is None:
         raise InvalidRequest("a JSON body needs input.url (or upload the file as multipart)")
     s = state.settings
-    with state.storage.open_input(job_id, s.max_upload_bytes) as sink:
+    with InputSink(state.storage.input_path(job_id), s.max_upload_bytes) as sink:
         await fetch_to_sink(
             req.input.url, sink, state.guard, s.url_connect_timeout_s, s.url_fetch_timeout_s
         )

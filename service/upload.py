@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from contract.storage import InputSink
 from service.errors import BadRequest, PayloadTooLarge, RequestTimeout
+from service.input_sink import InputSink
 
 REQUEST_PART_MAX = 256 * 1024
 JSON_BODY_MAX = REQUEST_PART_MAX  # the JSON door carries the same request, with input.url

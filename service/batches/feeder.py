@@ -33,6 +33,7 @@ from service.batches.store import BatchRecord, batch_dir, feed_errors_key, infli
 from service.batches.validate import PLAN, PlanEntry
 from service.errors import OmnibatchError
 from service.fetch import fetch_to_sink
+from service.input_sink import InputSink
 
 FETCH_CONCURRENCY = 8
 
@@ -137,7 +138,7 @@ async def _download(ctx: BatchContext, entries: list[PlanEntry]) -> dict[str, Ba
     async def one(entry: PlanEntry) -> tuple[str, BatchError | None]:
         async with gate:
             try:
-                with ctx.storage.open_input(entry.job_id, s.max_upload_bytes) as sink:
+                with InputSink(ctx.storage.input_path(entry.job_id), s.max_upload_bytes) as sink:
                     await fetch_to_sink(
                         entry.url, sink, ctx.guard, s.url_connect_timeout_s, s.url_fetch_timeout_s
                     )

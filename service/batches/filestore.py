@@ -16,10 +16,10 @@ import redis
 from pydantic import BaseModel
 
 from contract.schemas import KEY_PREFIX
-from contract.storage import InputSink
 from service.batches.ids import FILE_ID_RE
 from service.batches.models import FileObject
 from service.batches.paging import page
+from service.input_sink import InputSink
 
 EXPIRY_KEY = f"{KEY_PREFIX}files:expiry"
 SWEEP_BATCH = 500
