@@ -12,7 +12,8 @@ from media.image import process_image
 from media.items import MediaItem
 from media.limits import DEFAULT_LIMITS, MediaLimits
 from media.options import DEFAULT_OPTIONS, MediaOptions
-from media.probe import AUDIO, DOCUMENT, IMAGE, VIDEO, kind_of
+from media.probe import kind_of
+from media.sniff import AUDIO, DOCUMENT, IMAGE, VIDEO
 from media.video import process_video
 from media.video_decode import DEFAULT_DECODE, DecodeConfig
 

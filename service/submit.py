@@ -19,7 +19,7 @@ from contract.json_grammar import check_grammar
 from contract.schemas import JobCreate, JobStatus, WebhookState
 from media.errors import MediaError, MediaTooLarge
 from media.limits import MediaLimits
-from media.probe import kind_of
+from media.sniff import sniff
 from service import idempotency, joblist, ratelimit, webhooks
 from service.deps import AppState
 from service.errors import (
@@ -116,7 +116,8 @@ async def receive_url(state: AppState, job_id: str, stream: AsyncIterator[bytes]
     return req
 
 
-def sniff(state: AppState, job_id: str, req: JobCreate) -> str:
+def media_type_of(state: AppState, job_id: str, req: JobCreate) -> str | None:
+    """The declared media type, else the sniffed one (None: a container, for the worker)."""
     path = state.storage.input_path(job_id)
     if path.stat().st_size == 0:
         raise InvalidRequest("the file is empty")
@@ -124,7 +125,7 @@ def sniff(state: AppState, job_id: str, req: JobCreate) -> str:
         return req.media_type.value
     limits = MediaLimits(max_file_bytes=state.settings.max_upload_bytes)
     try:
-        return kind_of(str(path), limits).kind
+        return sniff(str(path), limits).media_type
     except MediaTooLarge as exc:
         raise PayloadTooLarge(exc.message) from exc
     except MediaError as exc:
@@ -149,7 +150,7 @@ def enqueue(
     owner: str,
     job_id: str,
     req: JobCreate,
-    media_type: str,
+    media_type: str | None,
     base_url: str,
     idem: tuple[str, str] | None,
 ) -> tuple[JobRecord, bool]:
@@ -194,7 +195,7 @@ async def submit(
         else:
             req, content_sha = await receive_url(state, job_id, stream), ""
         await run_in_threadpool(check_webhook, state, req)
-        media_type = await run_in_threadpool(sniff, state, job_id, req)
+        media_type = await run_in_threadpool(media_type_of, state, job_id, req)
         idem = (idempotency_key, fingerprint(req, content_sha)) if idempotency_key else None
         return await run_in_threadpool(
             enqueue, state, owner, job_id, req, media_type, base_url, idem

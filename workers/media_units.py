@@ -26,7 +26,7 @@ from media.items import (
 )
 from media.options import MediaOptions
 from media.pool import MediaPool
-from media.probe import AUDIO, DOCUMENT, IMAGE, VIDEO
+from media.sniff import AUDIO, DOCUMENT, IMAGE, VIDEO
 from workers.media_budget import MediaBudget
 
 CLIPS_PER_UNIT = 10  # 5 minutes of audio per model call

@@ -319,7 +319,7 @@ class Pipeline:
         parts = decode(str(input_path), self._media_options(request), self.media, self.media_budget)
         try:
             for part in parts:
-                kind = part.kind
+                kind = job.media_type = part.kind
                 text = task_text(request.task.value, request.prompt, kind)
                 for k, v in part.usage.items():
                     usage[k] = usage.get(k, 0) + v

@@ -24,7 +24,7 @@ from contract.jobstore import JobRecord
 from contract.schemas import JobStatus, Usage, job_key
 from media.errors import MediaError
 from media.limits import MediaLimits
-from media.probe import kind_of
+from media.sniff import sniff
 from service import joblist
 from service.batches import store
 from service.batches.context import BatchContext
@@ -115,7 +115,7 @@ def _feed_line(
         source = str(path.relative_to(storage.root))
         try:
             limits = MediaLimits(max_file_bytes=ctx.settings.max_upload_bytes)
-            media_type = kind_of(str(path), limits).kind
+            media_type = sniff(str(path), limits).media_type
         except MediaError as exc:
             error = BatchError(code=exc.code, message=exc.message)
     if error is not None:

@@ -26,6 +26,7 @@ def corpus(tmp_path_factory):
     [
         "truncated_mp4",
         "missing_moov",
+        "no_av_streams",
         "random_bytes",
         "empty",
         "png_100000x100000",
