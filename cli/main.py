@@ -156,7 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as exc:  # the gateway's install: the commands import lazily
+        raise SystemExit(
+            f"omnibatch {args.command}: {exc.name} is not installed; the worker, `run` and "
+            "`serve` need the package's `worker` extra (pip install '.[worker]')"
+        ) from exc
 
 
 if __name__ == "__main__":
