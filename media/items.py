@@ -1,6 +1,6 @@
 """What the media pipeline hands to the model: preprocessed, model-ready items.
 
-These are the contract between `workers/media` (which builds them on CPU, in a process
+These are the contract between `media/` (which builds them on CPU, in a process
 pool) and `workers/model` (which encodes them). Tensors are CPU float32 unless noted.
 """
 
