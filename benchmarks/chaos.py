@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from benchmarks.load import ROOT, TERMINAL, Client, drain, outcome, png, wait_ready
-from service.embedded_redis import EmbeddedRedis, free_port
+from cli.embedded_redis import EmbeddedRedis, free_port
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class Service:
 
     def spawn(self, name: str, *args: str) -> None:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        cmd = [sys.executable, "-m", "service.cli", *args]
+        cmd = [sys.executable, "-m", "cli.main", *args]
         self.procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=log)
 
     def kill(self, name: str) -> None:

@@ -58,11 +58,11 @@ import torch
 
 from benchmarks.common import BF16_TFLOPS, LLM_FLOP_PER_TOKEN
 from benchmarks.e2e_inputs import AUDIO_S, PAGE_H, PAGE_W, SMALL_AUDIO_S, workload_files
-from service.schemas import JobCreate
+from contract.schemas import JobCreate
+from media.resize import PATCH
 from workers.engine.engine import EngineConfig, engine_config
 from workers.engine.stats import StageStats
 from workers.local_run import result_line, run_all
-from workers.media.resize import PATCH
 from workers.media_units import CLIPS_PER_UNIT
 from workers.model.checkpoint_info import read_checkpoint_info
 from workers.model.prompt import PromptBuilder

@@ -19,9 +19,9 @@ import statistics
 import torch
 
 from benchmarks.common import BF16_TFLOPS, LLM_FLOP_PER_TOKEN
-from workers.engine.cache import ForwardBatch, HybridCache
 from workers.engine.decode_graphs import DecodeGraphs
 from workers.model import ops
+from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.fullsize import build_fullsize, parameter_counts
 
 

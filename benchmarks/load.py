@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from service.embedded_redis import free_port
+from cli.embedded_redis import free_port
 
 TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def start_serve(data_dir: Path, port: int, workers: int) -> subprocess.Popen:
     if "OMNIBATCH_MODEL" in os.environ:
         env["OMNIBATCH_MODEL"] = os.environ["OMNIBATCH_MODEL"]
     log = open(data_dir / "serve.log", "ab")  # noqa: SIM115 - the child owns it
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli.main", "serve", "--port", str(port)]
     return subprocess.Popen(
         [*cmd, "--workers", str(workers)], cwd=ROOT, env=env, stdout=log, stderr=log
     )

@@ -14,7 +14,7 @@ Reports sampled frames/s and video-hours per hour (video seconds per wall second
 
 The pipeline's video items are the frames as decoded (uint8 RGB): the resize to the patch
 grid and the CLIP normalisation happen on the GPU in the vision encoder
-(`workers.media.resize.video_pixels`), so they are not in these CPU numbers; the per-clip
+(`media.resize.video_pixels`), so they are not in these CPU numbers; the per-clip
 breakdown still times them on one CPU core, to show what moving them saved.
 """
 
@@ -33,15 +33,15 @@ import av
 import numpy as np
 import torch
 
-from workers.media.audio import audio_item, decode_audio
-from workers.media.items import frame_buffers
-from workers.media.limits import DEFAULT_LIMITS
-from workers.media.options import MediaOptions
-from workers.media.pipeline import process
-from workers.media.pool import MediaPool, run_all
-from workers.media.resize import resize_normalize, video_grid, video_pixels
-from workers.media.video import video_stream
-from workers.media.video_decode import DecodeConfig, configure, decode_frames
+from media.audio import audio_item, decode_audio
+from media.items import frame_buffers
+from media.limits import DEFAULT_LIMITS
+from media.options import MediaOptions
+from media.pipeline import process
+from media.pool import MediaPool, run_all
+from media.resize import resize_normalize, video_grid, video_pixels
+from media.video import video_stream
+from media.video_decode import DecodeConfig, configure, decode_frames
 
 W, H, FPS, SECONDS, AUDIO_RATE = 1280, 720, 30, 60, 48000
 OPTS = MediaOptions(fps=1.0, max_frames=512, use_audio=True)

@@ -31,7 +31,7 @@ import av
 import torch
 
 from benchmarks.memory_mix_inputs import SMALL, MixSizes, mix_files
-from service.schemas import JobCreate
+from contract.schemas import JobCreate
 from workers.engine.memory_plan import GiB
 from workers.model.checkpoint_info import read_checkpoint_info
 from workers.model.prompt import PromptBuilder

@@ -25,9 +25,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.llm import decode_inputs, timed
-from workers.media.items import AudioItem, VideoItem
-from workers.media.mel import N_MELS
-from workers.media.resize import video_grid
+from media.items import AudioItem, VideoItem
+from media.mel import N_MELS
+from media.resize import video_grid
 from workers.model.fullsize import build_fullsize, build_fullsize_omni
 
 REPEATS = 3

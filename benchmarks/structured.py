@@ -35,13 +35,13 @@ import jsonschema
 import torch
 from tokenizers import Tokenizer
 
-from service.json_grammar import json_grammar
+from contract.json_grammar import json_grammar
 from tests.engine.structured_schemas import SCHEMAS
-from workers.engine.cache import HybridCache
 from workers.engine.grammar import GrammarCompiler
 from workers.engine.request import Request, RequestState, SamplingParams
 from workers.engine.runner import ModelRunner
 from workers.engine.scheduler import StepPlan
+from workers.model.cache import HybridCache
 from workers.model.config import LLMConfig
 from workers.model.demo import VOCAB_SIZE, demo_config_dict
 from workers.model.demo_tokenizer import build_tokenizer

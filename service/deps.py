@@ -10,13 +10,13 @@ from fastapi import Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service import jobstore
+from contract import jobstore
+from contract.jobstore import JobRecord
+from contract.schemas import JOB_ID_RE
+from contract.settings import GatewaySettings
+from contract.storage import Storage
 from service.auth import KeyRing
 from service.errors import NotFound
-from service.jobstore import JobRecord
-from service.schemas import JOB_ID_RE
-from service.settings import GatewaySettings
-from service.storage import Storage
 from service.urlguard import UrlGuard
 
 _bearer = HTTPBearer(auto_error=False, description="API key")

@@ -1,9 +1,8 @@
 """Domain exceptions and their RFC 9457 problem+json rendering.
 
-Each exception carries the HTTP status and the stable `code` of docs/api.md §1. The module
-imports no web framework at import time: `workers/` raises these too. Clients never see a
-traceback or a server path: unexpected exceptions answer a fixed message (the exception
-text only with `debug` on).
+Each exception carries the HTTP status and the stable `code` of docs/api.md §1. Clients
+never see a traceback or a server path: unexpected exceptions answer a fixed message (the
+exception text only with `debug` on).
 """
 
 from __future__ import annotations
@@ -108,7 +107,7 @@ class NotReady(OmnibatchError):
 def problem_responses(*statuses: int) -> dict[int, dict[str, Any]]:
     """A route's `responses=` for the refusals it can answer: problem+json bodies (FastAPI
     documents a route's validation 422 as plain JSON unless it is listed here)."""
-    from service.schemas import Problem
+    from contract.schemas import Problem
 
     return {status: {"model": Problem, "content": {PROBLEM_JSON: {}}} for status in statuses}
 

@@ -19,10 +19,10 @@ import time
 
 import redis
 
-from service import jobstore
+from contract import jobstore
+from contract.schemas import JOB_QUEUES, JobError, JobErrorCode, JobStatus
+from contract.storage import Storage
 from service.joblist import queue_key
-from service.schemas import JOB_QUEUES, JobError, JobErrorCode, JobStatus
-from service.storage import Storage
 
 PAGE = 1000
 

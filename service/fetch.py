@@ -17,7 +17,7 @@ import asyncio
 import httpx
 
 from service.errors import PayloadTooLarge, UrlFetchFailed
-from service.storage import InputSink
+from service.input_sink import InputSink
 from service.urlguard import UrlGuard
 
 CHUNK = 1 << 16

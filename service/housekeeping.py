@@ -1,6 +1,6 @@
 """The gateway's periodic chores, in a background thread for the app's lifetime: expire jobs
 queued too long (service/expiry.py), remove finished jobs whose retention has passed
-(service/retention.py) and files whose time has passed (service/batches/filestore.py). The
+(contract/retention.py) and files whose time has passed (service/batches/filestore.py). The
 batch runner (service/batches/runner.py), a chore of its own pace, starts and stops with it.
 
 Every gateway runs them; both are idempotent compare-and-sets and deletes, so several
@@ -16,12 +16,13 @@ import threading
 
 import redis
 
-from service import expiry, retention
+from contract import retention
+from contract.settings import GatewaySettings
+from contract.storage import Storage
+from service import expiry
 from service.batches import filestore
 from service.batches.context import BatchContext
 from service.batches.runner import BatchRunner
-from service.settings import GatewaySettings
-from service.storage import Storage
 from service.urlguard import UrlGuard
 
 log = logging.getLogger("omnibatch.housekeeping")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import redis
 
-from service.schemas import KEY_PREFIX, job_key
+from contract.schemas import KEY_PREFIX, job_key
 
 
 def claim(

@@ -10,8 +10,8 @@ from __future__ import annotations
 import redis
 from rq import Queue
 
-from service.jobstore import JobRecord, from_hash
-from service.schemas import JOB_QUEUES, JobStatus, job_key, owner_index_key
+from contract.jobstore import JobRecord, from_hash
+from contract.schemas import JOB_QUEUES, JobStatus, job_key, owner_index_key
 
 
 def queue_key(name: str) -> str:

@@ -10,15 +10,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service import jobstore
+from contract import jobstore
+from contract.schemas import JobCreate
+from contract.settings import GatewaySettings
+from contract.storage import Storage
 from service.auth import KeyRing
 from service.deps import AppState
 from service.errors import register_handlers
 from service.housekeeping import Housekeeper
 from service.routes import batches, files, health, jobs
-from service.schemas import JobCreate
-from service.settings import GatewaySettings
-from service.storage import Storage
 from service.urlguard import UrlGuard
 
 log = logging.getLogger("omnibatch.gateway")

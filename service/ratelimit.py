@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import redis
 
-from service.schemas import KEY_PREFIX
+from contract.schemas import KEY_PREFIX
 
 # KEYS[1]: the bucket. ARGV: capacity, refill per second. Returns the seconds until a token
 # is free, as text (a Lua number would reach Redis truncated to an integer); "0": taken.

@@ -13,7 +13,14 @@ from collections.abc import AsyncIterator
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
-from service import idempotency, joblist, jobstore, ratelimit, webhooks
+from contract import jobstore
+from contract.jobstore import JobRecord
+from contract.json_grammar import check_grammar
+from contract.schemas import JobCreate, JobStatus, WebhookState
+from media.errors import MediaError, MediaTooLarge
+from media.limits import MediaLimits
+from media.sniff import sniff
+from service import idempotency, joblist, ratelimit, webhooks
 from service.deps import AppState
 from service.errors import (
     InvalidRequest,
@@ -25,9 +32,7 @@ from service.errors import (
     describe_validation,
 )
 from service.fetch import fetch_to_sink
-from service.jobstore import JobRecord
-from service.json_grammar import check_grammar
-from service.schemas import JobCreate, JobStatus, WebhookState
+from service.input_sink import InputSink
 from service.upload import (
     JSON_BODY_MAX,
     JSON_BODY_TOO_LARGE,
@@ -35,9 +40,6 @@ from service.upload import (
     read_form,
     read_small_body,
 )
-from workers.media.errors import MediaError, MediaTooLarge
-from workers.media.limits import MediaLimits
-from workers.media.probe import kind_of
 
 MULTIPART_OVERHEAD = 1 << 20  # form boundaries and the request part, beyond the file itself
 
@@ -93,7 +95,7 @@ async def receive_upload(
     state: AppState, job_id: str, stream: AsyncIterator[bytes], content_type: str
 ) -> tuple[JobCreate, str]:
     """Multipart form → (request, sha256 of the file). The file is stored under DATA_DIR."""
-    open_sink = lambda: state.storage.open_input(job_id, state.settings.max_upload_bytes)
+    open_sink = lambda: InputSink(state.storage.input_path(job_id), state.settings.max_upload_bytes)
     raw, sink = await read_form(stream, content_type, open_sink)
     if sink is None:
         raise InvalidRequest("the form has no 'file' part")
@@ -109,14 +111,15 @@ async def receive_url(state: AppState, job_id: str, stream: AsyncIterator[bytes]
     if req.input is None:
         raise InvalidRequest("a JSON body needs input.url (or upload the file as multipart)")
     s = state.settings
-    with state.storage.open_input(job_id, s.max_upload_bytes) as sink:
+    with InputSink(state.storage.input_path(job_id), s.max_upload_bytes) as sink:
         await fetch_to_sink(
             req.input.url, sink, state.guard, s.url_connect_timeout_s, s.url_fetch_timeout_s
         )
     return req
 
 
-def sniff(state: AppState, job_id: str, req: JobCreate) -> str:
+def media_type_of(state: AppState, job_id: str, req: JobCreate) -> str | None:
+    """The declared media type, else the sniffed one (None: a container, for the worker)."""
     path = state.storage.input_path(job_id)
     if path.stat().st_size == 0:
         raise InvalidRequest("the file is empty")
@@ -124,7 +127,7 @@ def sniff(state: AppState, job_id: str, req: JobCreate) -> str:
         return req.media_type.value
     limits = MediaLimits(max_file_bytes=state.settings.max_upload_bytes)
     try:
-        return kind_of(str(path), limits).kind
+        return sniff(str(path), limits).media_type
     except MediaTooLarge as exc:
         raise PayloadTooLarge(exc.message) from exc
     except MediaError as exc:
@@ -149,7 +152,7 @@ def enqueue(
     owner: str,
     job_id: str,
     req: JobCreate,
-    media_type: str,
+    media_type: str | None,
     base_url: str,
     idem: tuple[str, str] | None,
 ) -> tuple[JobRecord, bool]:
@@ -194,7 +197,7 @@ async def submit(
         else:
             req, content_sha = await receive_url(state, job_id, stream), ""
         await run_in_threadpool(check_webhook, state, req)
-        media_type = await run_in_threadpool(sniff, state, job_id, req)
+        media_type = await run_in_threadpool(media_type_of, state, job_id, req)
         idem = (idempotency_key, fingerprint(req, content_sha)) if idempotency_key else None
         return await run_in_threadpool(
             enqueue, state, owner, job_id, req, media_type, base_url, idem

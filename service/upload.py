@@ -16,7 +16,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.errors import BadRequest, PayloadTooLarge, RequestTimeout
-from service.storage import InputSink
+from service.input_sink import InputSink
 
 REQUEST_PART_MAX = 256 * 1024
 JSON_BODY_MAX = REQUEST_PART_MAX  # the JSON door carries the same request, with input.url

@@ -1,6 +1,6 @@
 """Webhook signing (Standard Webhooks) and delivery with retries.
 
-Events are written by `jobstore.finish` (service/events.py) and delivered by
+Events are written by `jobstore.finish` (contract/events.py) and delivered by
 `deliver(event_id)`, an RQ job on the `webhooks` queue. `run_delivery_worker(settings)` runs
 that queue, and RQ's scheduler (which releases the delayed retries) in a thread beside it:
 both outlive a Redis outage and resume within seconds of its end. One attempt: SSRF check,
@@ -36,10 +36,10 @@ import redis
 from rq import Queue, SimpleWorker, get_current_job
 from rq.scheduler import RQScheduler
 
-from service import events, jobstore, metrics
+from contract import events, jobstore, metrics
+from contract.schemas import WEBHOOK_QUEUE, WebhookState
+from contract.settings import DeliverySettings
 from service.errors import OmnibatchError
-from service.schemas import WEBHOOK_QUEUE, WebhookState
-from service.settings import DeliverySettings
 from service.urlguard import Target, UrlGuard
 
 log = logging.getLogger("omnibatch.webhooks")

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real `redis-server` (`service.embedded_redis.EmbeddedRedis`) for every
+"""Shared fixtures: a real `redis-server` (`cli.embedded_redis.EmbeddedRedis`) for every
 test that needs Redis.
 
 - `redis_server` (session): one redis-server on a free loopback port in a temp dir, no
@@ -36,7 +36,7 @@ if not torch.cuda.is_available():
 import pytest
 import redis
 
-from service.embedded_redis import EmbeddedRedis
+from cli.embedded_redis import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from workers.media.items import AudioItem, ImageItem, VideoItem
+from media.items import AudioItem, ImageItem, VideoItem
 from workers.model.config import LLMConfig
 
 # The smallest LLM config with a Mamba, an attention and an MoE layer: for cache and

@@ -65,10 +65,10 @@ def test_cli_runner_keeps_decode_ahead_in_the_media_budget(tmp_path):
     one job per worker to start, then only as the engine takes their media, and every job
     gets its line."""
     from benchmarks.e2e_inputs import workload_files
-    from workers.media.items import media_bytes
-    from workers.media.limits import MediaLimits
-    from workers.media.options import MediaOptions
-    from workers.media.pipeline import process
+    from media.items import media_bytes
+    from media.limits import MediaLimits
+    from media.options import MediaOptions
+    from media.pipeline import process
     from workers.media_units import to_units
 
     args = ["--model", "demo", "--small", "--workload", "doc", "--jobs", str(JOBS), "--via-cli"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.cli import build_parser
+from cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
@@ -129,7 +129,12 @@ def test_dockerfiles_build_the_right_images():
     worker = (ROOT / "docker" / "Dockerfile.worker").read_text()
     assert re.search(r"^FROM python:3\.1[1-9]-slim", gateway, re.M)
     assert re.search(r"^FROM nvidia/cuda:[\d.]+-\S*runtime", worker, re.M)
-    assert "whl/cu" in worker and "whl/cpu" in gateway
+    assert "whl/cu" in worker
+    # the gateway's image: base dependencies only, no torch (pyproject; tests/test_layout.py)
+    steps = "\n".join(line for line in gateway.splitlines() if not line.startswith("#"))
+    assert re.search(r"pip install \.( |$)", steps, re.M) and "torch" not in steps
+    assert re.search(r"""pip install ["']?\.\[worker\]""", worker)
+    assert not re.search(r"^COPY (workers|kernels) ", gateway, re.M)
     for name, image in [("gateway", "omnibatch-gateway"), ("worker-0", "omnibatch-worker")]:
         assert SERVICES[name]["image"] == image
 

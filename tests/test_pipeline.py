@@ -12,11 +12,11 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from service.schemas import JobCreate
+from contract.schemas import JobCreate
+from media.errors import MediaError
+from media.items import AudioItem
 from tests.media.corpus import write_video
 from workers.job import Job, JobThreads
-from workers.media.errors import MediaError
-from workers.media.items import AudioItem
 from workers.media_units import audio_units
 from workers.pipeline import DEMO_WARNING, Pipeline
 

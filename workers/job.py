@@ -32,6 +32,8 @@ class Job:
     def __init__(self, engine: Engine, name: str):
         self.name = name
         self.future: Future[JobOutput] = Future()
+        # video | audio | image | document, once decoding has opened the input
+        self.media_type: str | None = None
         self._engine = engine
         self._lock = threading.Lock()
         self._cancelled = False

@@ -11,7 +11,7 @@ lease per job, taken in the same atomic step that pops the id and marks the job 
 The holder renews its leases with every heartbeat. A lease that expires means the worker
 died (SIGKILL, OOM, lost host): any worker's sweep puts the job back to the head of the
 queue it came from. Every step is one Lua script that changes the lease and the job record
-together (service/jobstore.py: a record is `running` exactly while a lease on it exists), so
+together (contract/jobstore.py: a record is `running` exactly while a lease on it exists), so
 two sweepers cannot requeue a job twice, a pop can never leave a job in neither the queue
 nor the lease set, and no job is left `running` without a lease.
 """
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from redis import Redis
 from rq import Queue
 
-from service import jobstore
-from service.metrics import METRICS_KEY
-from service.schemas import KEY_PREFIX
+from contract import jobstore
+from contract.metrics import METRICS_KEY
+from contract.schemas import KEY_PREFIX
 
 LEASES_KEY = f"{KEY_PREFIX}leases"
 

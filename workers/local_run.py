@@ -22,9 +22,9 @@ from typing import TextIO
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from service.json_grammar import check_grammar
-from service.schemas import JobCreate, JobStatus
-from service.settings import WorkerSettings
+from contract.json_grammar import check_grammar
+from contract.schemas import JobCreate, JobStatus
+from contract.settings import WorkerSettings
 from workers.job import Job
 from workers.outcome import error_of, output_of, usage_of
 from workers.pipeline import Pipeline, PipelineConfig, Progress

@@ -1,6 +1,6 @@
 """One input file -> the model calls it needs ("units") and the media part of the usage.
 
-The media pipeline (`workers.media.pipeline.process`) gives the items: one image, one image
+The media pipeline (`media.pipeline.process`) gives the items: one image, one image
 per document page, one VideoItem per chunk (with its soundtrack when `use_audio`), or one
 AudioItem, cut into units of whole 30 s clips (the encoder sees the same clips either way).
 The units become the segments of the result, so time-based units carry their time range.
@@ -14,9 +14,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-from workers.media.document import PAGE_BYTES_PER_PATCH
-from workers.media.frame_buffers import BufferId
-from workers.media.items import (
+from media.document import PAGE_BYTES_PER_PATCH
+from media.frame_buffers import BufferId
+from media.items import (
     AudioItem,
     ImageItem,
     MediaItem,
@@ -24,9 +24,9 @@ from workers.media.items import (
     frame_buffers,
     media_bytes,
 )
-from workers.media.options import MediaOptions
-from workers.media.pool import MediaPool
-from workers.media.probe import AUDIO, DOCUMENT, IMAGE, VIDEO
+from media.options import MediaOptions
+from media.pool import MediaPool
+from media.sniff import AUDIO, DOCUMENT, IMAGE, VIDEO
 from workers.media_budget import MediaBudget
 
 CLIPS_PER_UNIT = 10  # 5 minutes of audio per model call

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from service.schemas import JobError, JobErrorCode, Output, Segment, Usage
+from contract.schemas import JobError, JobErrorCode, Output, Segment, Usage
+from media.errors import MediaError
 from workers.engine.recovery import OutOfMemory, ResourcesExhausted
-from workers.media.errors import MediaError
 
 if TYPE_CHECKING:
     from workers.job import JobOutput

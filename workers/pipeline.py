@@ -31,16 +31,16 @@ from concurrent.futures import as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from service.schemas import JobCreate
+from contract.schemas import JobCreate
+from media.errors import MediaTooLong
+from media.image import DEFAULT_BUDGET
+from media.limits import DEFAULT_LIMITS, MediaLimits
+from media.options import MediaOptions
+from media.pool import MediaPool
 from workers.engine.engine import Engine, EngineConfig, Prepared, engine_config
 from workers.engine.grammar import GrammarCompiler
 from workers.engine.request import SamplingParams
 from workers.job import Job, JobOutput, JobThreads
-from workers.media.errors import MediaTooLong
-from workers.media.image import DEFAULT_BUDGET
-from workers.media.limits import DEFAULT_LIMITS, MediaLimits
-from workers.media.options import MediaOptions
-from workers.media.pool import MediaPool
 from workers.media_budget import MediaBudget, shm_budget
 from workers.media_units import Unit, decode, host_release
 from workers.model.checkpoint_info import CheckpointInfo
@@ -319,7 +319,7 @@ class Pipeline:
         parts = decode(str(input_path), self._media_options(request), self.media, self.media_budget)
         try:
             for part in parts:
-                kind = part.kind
+                kind = job.media_type = part.kind
                 text = task_text(request.task.value, request.prompt, kind)
                 for k, v in part.usage.items():
                     usage[k] = usage.get(k, 0) + v

@@ -26,9 +26,9 @@ from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from service import jobstore
-from service.schemas import JobError, JobErrorCode, JobStatus, ModelInfo
-from service.storage import Storage
+from contract import jobstore
+from contract.schemas import JobError, JobErrorCode, JobStatus, ModelInfo
+from contract.storage import Storage
 from workers.engine.engine import EngineDead
 from workers.leases import Lease, LeaseTable
 from workers.outcome import error_of, output_of, usage_of
@@ -64,8 +64,10 @@ class Attempt:
     abandon: threading.Event = field(default_factory=threading.Event)
     # Set by the worker's JobWatch once the job's cancel flag is seen.
     cancel: threading.Event = field(default_factory=threading.Event)
-    # The latest (stage, done, total) reported; JobWatch writes it when it changed.
+    # The latest (stage, done, total) reported, and the media type the pipeline found on
+    # opening the input; JobWatch writes them when they changed.
     progress: tuple[str, int, int] | None = None
+    media_type: str | None = None
     recorded: bool = False  # its end is recorded: the lease is about to end, not lost
 
 
@@ -138,6 +140,7 @@ def run_job(job_id: str, ctx: JobContext, attempt: Attempt) -> JobStatus | None:
     result, error = None, None
     job = ctx.pipeline.submit(rec.request, ctx.storage.root / rec.input, watch.progress)
     while not job.wait(STOP_POLL_S):
+        attempt.media_type = job.media_type
         if not job.cancelled and watch.should_stop():
             job.cancel()  # it stops at its next safe point and keeps what finished
     try:
@@ -157,11 +160,10 @@ def run_job(job_id: str, ctx: JobContext, attempt: Attempt) -> JobStatus | None:
         error = JobError(code=JobErrorCode.cancelled, message="cancelled while running")
     else:
         status = JobStatus.failed if error else JobStatus.succeeded
-    if result is None:
-        return _record(ctx, attempt, status, error=error)
-    return _record(
-        ctx, attempt, status, error=error, output=output_of(result), usage=usage_of(result)
-    )
+    outcome = {"error": error, "media_type": job.media_type}
+    if result is not None:
+        outcome |= {"output": output_of(result), "usage": usage_of(result)}
+    return _record(ctx, attempt, status, **outcome)
 
 
 def _record(ctx: JobContext, attempt: Attempt, status: JobStatus, **outcome) -> JobStatus | None:

@@ -31,16 +31,16 @@ from typing import TYPE_CHECKING
 import redis
 from rq import Queue
 
-from service import jobstore
-from service.schemas import (
+from contract import jobstore
+from contract.schemas import (
     JOB_QUEUES,
     WORKER_HEARTBEAT_PREFIX,
     WORKER_HEARTBEAT_TTL_S,
     ModelInfo,
     worker_heartbeat_key,
 )
-from service.settings import WorkerSettings
-from service.storage import Storage
+from contract.settings import WorkerSettings
+from contract.storage import Storage
 from workers.job_watch import WATCH_INTERVAL_S, JobWatch
 from workers.leases import LeaseTable
 from workers.tasks import Attempt, JobContext, job_timeout_s, run_job

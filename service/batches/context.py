@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import redis
 
-from service.settings import GatewaySettings
-from service.storage import Storage
+from contract.settings import GatewaySettings
+from contract.storage import Storage
 from service.urlguard import UrlGuard
 
 

@@ -19,7 +19,13 @@ import asyncio
 import time
 from collections.abc import Iterator
 
-from service import joblist, jobstore
+from contract import jobstore
+from contract.jobstore import JobRecord
+from contract.schemas import JobStatus, Usage, job_key
+from media.errors import MediaError
+from media.limits import MediaLimits
+from media.sniff import sniff
+from service import joblist
 from service.batches import store
 from service.batches.context import BatchContext
 from service.batches.models import BatchError
@@ -27,11 +33,7 @@ from service.batches.store import BatchRecord, batch_dir, feed_errors_key, infli
 from service.batches.validate import PLAN, PlanEntry
 from service.errors import OmnibatchError
 from service.fetch import fetch_to_sink
-from service.jobstore import JobRecord
-from service.schemas import JobStatus, Usage, job_key
-from workers.media.errors import MediaError
-from workers.media.limits import MediaLimits
-from workers.media.probe import kind_of
+from service.input_sink import InputSink
 
 FETCH_CONCURRENCY = 8
 
@@ -113,7 +115,7 @@ def _feed_line(
         source = str(path.relative_to(storage.root))
         try:
             limits = MediaLimits(max_file_bytes=ctx.settings.max_upload_bytes)
-            media_type = kind_of(str(path), limits).kind
+            media_type = sniff(str(path), limits).media_type
         except MediaError as exc:
             error = BatchError(code=exc.code, message=exc.message)
     if error is not None:
@@ -136,7 +138,7 @@ async def _download(ctx: BatchContext, entries: list[PlanEntry]) -> dict[str, Ba
     async def one(entry: PlanEntry) -> tuple[str, BatchError | None]:
         async with gate:
             try:
-                with ctx.storage.open_input(entry.job_id, s.max_upload_bytes) as sink:
+                with InputSink(ctx.storage.input_path(entry.job_id), s.max_upload_bytes) as sink:
                     await fetch_to_sink(
                         entry.url, sink, ctx.guard, s.url_connect_timeout_s, s.url_fetch_timeout_s
                     )

@@ -15,11 +15,11 @@ from pathlib import Path
 import redis
 from pydantic import BaseModel
 
+from contract.schemas import KEY_PREFIX
 from service.batches.ids import FILE_ID_RE
 from service.batches.models import FileObject
 from service.batches.paging import page
-from service.schemas import KEY_PREFIX
-from service.storage import InputSink
+from service.input_sink import InputSink
 
 EXPIRY_KEY = f"{KEY_PREFIX}files:expiry"
 SWEEP_BATCH = 500

@@ -17,6 +17,8 @@ import shutil
 import time
 from typing import TextIO
 
+from contract.jobstore import from_hash
+from contract.schemas import JobStatus, job_key
 from service.batches import filestore, output, store
 from service.batches.context import BatchContext
 from service.batches.feeder import read_plan
@@ -24,8 +26,6 @@ from service.batches.ids import FILE_PREFIX, new_id
 from service.batches.models import OUTPUT_PURPOSE, BatchError, BatchStatus
 from service.batches.store import BatchRecord, batch_dir, feed_errors_key
 from service.batches.validate import INVALID, PlanEntry
-from service.jobstore import from_hash
-from service.schemas import JobStatus, job_key
 
 CHUNK = 256  # job records read per Redis round trip
 

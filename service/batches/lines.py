@@ -25,9 +25,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contract.json_grammar import check_grammar
+from contract.schemas import JobCreate, VideoOptions
 from service.errors import describe_validation
-from service.json_grammar import check_grammar
-from service.schemas import JobCreate, VideoOptions
 
 MAX_CUSTOM_ID = 512  # it travels in the job's metadata, whose values hold 512 characters
 MAX_URL = 4096

@@ -9,8 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from contract.schemas import MetadataKey, MetadataValue
 from service.batches.ids import FILE_ID_RE
-from service.schemas import MetadataKey, MetadataValue
 
 CHAT_ENDPOINT = "/v1/chat/completions"  # the one endpoint a batch can target
 COMPLETION_WINDOW = "24h"  # the one window OpenAI offers

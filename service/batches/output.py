@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import secrets
 
-from service.jobstore import JobRecord
-from service.schemas import JobErrorCode, JobResult
+from contract.jobstore import JobRecord
+from contract.schemas import JobErrorCode, JobResult
 
 _STATUS = {
     JobErrorCode.media_too_large: 413,

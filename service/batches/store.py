@@ -16,6 +16,7 @@ from pathlib import Path
 import redis
 from pydantic import BaseModel
 
+from contract.schemas import KEY_PREFIX
 from service.batches.ids import BATCH_ID_RE
 from service.batches.models import (
     Batch,
@@ -26,7 +27,6 @@ from service.batches.models import (
     RequestCounts,
 )
 from service.batches.paging import page
-from service.schemas import KEY_PREFIX
 
 ACTIVE_KEY = f"{KEY_PREFIX}batches:active"
 COMPLETION_WINDOW_S = 24 * 3600

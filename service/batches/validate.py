@@ -21,16 +21,16 @@ from typing import BinaryIO
 import redis
 from pydantic import BaseModel
 
-from service import jobstore
+from contract import jobstore
+from contract.schemas import JobCreate
+from contract.settings import GatewaySettings
+from media.errors import MediaError
+from media.limits import MediaLimits
+from media.sniff import sniff
 from service.batches import filestore, output
 from service.batches.lines import LineError, MediaRef, convert, parse_line
 from service.batches.models import BatchError
 from service.batches.store import BatchRecord, batch_dir
-from service.schemas import JobCreate
-from service.settings import GatewaySettings
-from workers.media.errors import MediaError
-from workers.media.limits import MediaLimits
-from workers.media.probe import kind_of
 
 MAX_LISTED = 100  # line errors kept on a batch that fails validation
 RENEW_EVERY = 500  # lines between renewals of the runner's hold on the batch
@@ -45,7 +45,7 @@ class PlanEntry(BaseModel):
     job_id: str
     request: JobCreate
     input: str | None = None  # path under DATA_DIR of media already local
-    media_type: str | None = None  # sniffed, with `input`
+    media_type: str | None = None  # sniffed, with `input` (None: a container)
     url: str | None = None  # media to download when the line is fed
 
 
@@ -131,9 +131,9 @@ class _Checker:
             self.files[media.file_id] = (self._relative(path), self._sniff(path))
         entry.input, entry.media_type = self.files[media.file_id]
 
-    def _sniff(self, path: Path) -> str:
+    def _sniff(self, path: Path) -> str | None:
         try:
-            return kind_of(str(path), self.limits).kind
+            return sniff(str(path), self.limits).media_type
         except MediaError as exc:
             raise LineError("invalid_media", exc.message) from exc
 

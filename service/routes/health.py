@@ -7,10 +7,10 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 
-from service import metrics
+from contract import metrics
+from contract.schemas import WORKER_HEARTBEAT_PREFIX, Problem
 from service.deps import State
 from service.errors import PROBLEM_JSON, NotReady
-from service.schemas import WORKER_HEARTBEAT_PREFIX, Problem
 
 router = APIRouter(tags=["health"])
 

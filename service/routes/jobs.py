@@ -10,11 +10,9 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service import joblist, jobstore, submit, webhooks
-from service.deps import AppState, OwnedJob, Owner, State
-from service.errors import Conflict, UnsupportedMediaType, problem_responses
-from service.jobstore import JobRecord
-from service.schemas import (
+from contract import jobstore
+from contract.jobstore import JobRecord
+from contract.schemas import (
     JOB_ID_RE,
     JobList,
     JobPublic,
@@ -23,6 +21,9 @@ from service.schemas import (
     JobSubmitted,
     Links,
 )
+from service import joblist, submit, webhooks
+from service.deps import AppState, OwnedJob, Owner, State
+from service.errors import Conflict, UnsupportedMediaType, problem_responses
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 POLL_INTERVAL_S = 0.2

@@ -1,5 +1,5 @@
 """End-to-end stack: real redis-server, the gateway under uvicorn, worker and webhook
-delivery processes (`python -m service.cli ...`), and an HTTP webhook receiver in-process.
+delivery processes (`python -m cli.main ...`), and an HTTP webhook receiver in-process.
 
 The worker runs the real pipeline with no model configured, so on the demo checkpoint
 (written once per session into the cache the pipeline looks in).
@@ -23,9 +23,9 @@ import httpx
 import pytest
 import redis
 
+from cli.embedded_redis import EmbeddedRedis, free_port
+from contract.schemas import worker_heartbeat_key
 from scripts.make_samples import write_pdf, write_png, write_video, write_wav
-from service.embedded_redis import EmbeddedRedis, free_port
-from service.schemas import worker_heartbeat_key
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"alice": "alice-" + "a" * 24, "bob": "bob-" + "b" * 26}
@@ -98,7 +98,7 @@ class Stack:
     def spawn(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *args],
+            [sys.executable, "-m", "cli.main", *args],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.procs[name] = proc

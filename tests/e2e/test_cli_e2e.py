@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.embedded_redis import free_port
+from cli.embedded_redis import free_port
 from tests.e2e.conftest import ROOT
 
 SAMPLES = sorted((ROOT / "samples").iterdir())
@@ -27,7 +27,7 @@ def _env(demo_cache, **extra) -> dict[str, str]:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "service.cli", *args]
+    return [sys.executable, "-m", "cli.main", *args]
 
 
 def test_run_batches_across_files_and_writes_a_line_as_each_finishes(tmp_path, demo_cache):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from service.webhooks import verify
 from tests.e2e.conftest import WEBHOOK_SECRET, WebhookReceiver, make_stack
+from tests.media.corpus import subtitles_only
 
 SMALL = {"generation": {"max_tokens": 4}, "webhook": {"url": "", "secret": WEBHOOK_SECRET}}
 
@@ -92,7 +94,7 @@ def test_cancel_a_running_job_keeps_it_cancelled(live, media):
 
 
 def test_undecodable_media_fails_with_its_code(live, media, tmp_path):
-    # Container intact (the gateway's probe accepts it), every frame's bytes scrambled.
+    # Container intact (the gateway's sniffing accepts it), every frame's bytes scrambled.
     corrupt = bytearray(media["video"].read_bytes())
     corrupt[100:-2000] = b"\x55" * (len(corrupt) - 2100)
     path = tmp_path / "corrupt.mp4"
@@ -104,6 +106,12 @@ def test_undecodable_media_fails_with_its_code(live, media, tmp_path):
     assert (
         "Traceback" not in job["error"]["message"] and str(live.root) not in job["error"]["message"]
     )
+    # A container with neither video nor audio: accepted unopened (the gateway has no PyAV),
+    # failed by the worker when it opens the file; its media type stays unknown.
+    subs = subtitles_only(str(tmp_path / "subs.mkv"))
+    job = live.finished(live.submit(Path(subs), generation={"max_tokens": 2}))
+    assert job["status"] == "failed" and job["media_type"] is None
+    assert job["error"]["code"] == "media_unreadable" and "neither" in job["error"]["message"]
     assert live.finished(live.submit(media["image"], generation={"max_tokens": 2}))["status"] == (
         "succeeded"
     ), "the worker keeps serving"
@@ -124,7 +132,7 @@ def test_a_refused_webhook_is_retried_until_delivered(live, media):
 
 def test_worker_health_check_sees_the_loaded_model(live):
     def check(device: str) -> int:
-        cmd = [sys.executable, "-m", "service.cli", "worker", "--check", "--device", device]
+        cmd = [sys.executable, "-m", "cli.main", "worker", "--check", "--device", device]
         return subprocess.run(cmd, env=live.env, timeout=60).returncode
 
     assert check("cpu") == 0

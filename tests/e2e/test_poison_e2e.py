@@ -17,7 +17,7 @@ import time
 import httpx
 import redis
 
-from service.schemas import job_key
+from contract.schemas import job_key
 from tests.e2e.conftest import ROOT
 from tests.e2e.test_recovery_e2e import SLOW, _generating
 
@@ -26,7 +26,7 @@ WORKER_WITH_A_FUSE = """
 import os, sys, threading, time
 from pathlib import Path
 import logging
-from service.settings import WorkerSettings
+from contract.settings import WorkerSettings
 from workers.engine.engine import Prepared
 from workers.engine.request import SamplingParams
 from workers.worker import Worker

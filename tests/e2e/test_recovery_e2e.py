@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from service.schemas import WORKER_HEARTBEAT_TTL_S
+from contract.schemas import WORKER_HEARTBEAT_TTL_S
 from service.webhooks import verify
 from tests.e2e.conftest import WEBHOOK_SECRET
 

@@ -11,8 +11,8 @@ import time
 
 import redis
 
-from service import jobstore
-from service.schemas import worker_heartbeat_key
+from contract import jobstore
+from contract.schemas import worker_heartbeat_key
 from tests.e2e.conftest import WEBHOOK_SECRET
 
 SMALL = {"generation": {"max_tokens": 2}}

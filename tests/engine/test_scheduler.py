@@ -5,9 +5,9 @@ import itertools
 import torch
 
 from tests.factories import TINY_LLM
-from workers.engine.cache import HybridCache
 from workers.engine.request import Request, RequestState, SamplingParams
 from workers.engine.scheduler import Scheduler, SchedulerConfig
+from workers.model.cache import HybridCache
 
 _ids = itertools.count()
 

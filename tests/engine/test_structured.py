@@ -12,7 +12,7 @@ import time
 import jsonschema
 import pytest
 
-from service.json_grammar import json_grammar
+from contract.json_grammar import json_grammar
 from tests.engine.structured_schemas import SCHEMAS, UNBOUNDED
 from workers.engine.engine import Engine, EngineConfig, Prepared
 from workers.engine.grammar import GrammarCompiler

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.cli import build_parser
-from service.schemas import JobCreate
+from cli.main import build_parser
+from contract.schemas import JobCreate
 from tests.engine.structured_schemas import SCHEMAS, UNBOUNDED
 from tests.media.corpus import write_video
 from workers.local_run import request_from_flags, run_all

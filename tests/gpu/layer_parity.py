@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from workers.engine.cache import ForwardBatch, HybridCache
 from workers.model import ops
+from workers.model.cache import ForwardBatch, HybridCache
 
 NAMES = {"n": "rmsnorm", "M": "mamba", "*": "attention", "E": "moe"}
 

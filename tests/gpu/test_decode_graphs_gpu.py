@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.engine.cache import ForwardBatch, HybridCache
 from workers.engine.decode_graphs import DecodeGraphs
+from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.demo import write_demo_checkpoint
 from workers.model.loader import load_model
 

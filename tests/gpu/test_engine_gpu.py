@@ -8,11 +8,11 @@ from functools import partial
 import pytest
 import torch
 
+from media.items import media_bytes
 from tests.engine.test_engine import EVS, GREEDY, mixed_requests
 from tests.factories import make_audio, make_video
 from workers.engine.engine import Engine, EngineConfig, Prepared
 from workers.engine.upload import MediaUploader
-from workers.media.items import media_bytes
 from workers.model.demo import write_demo_checkpoint
 from workers.model.loader import load_model
 from workers.model.prompt import PromptBuilder

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tests.gpu.layer_parity import assert_layers_match, compare_layers, token_cos
-from workers.engine.cache import ForwardBatch, HybridCache
 from workers.model import ops
+from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.fullsize import build_fullsize, parameter_counts
 
 pytestmark = pytest.mark.gpu

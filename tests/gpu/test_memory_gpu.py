@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from kernels import moe_experts
-from workers.engine.cache import HybridCache
+from media.items import AudioItem, ImageItem, VideoItem
+from media.resize import video_pixels
 from workers.engine.memory_plan import (
     RUNTIME_BYTES,
     SLACK_BYTES,
@@ -30,10 +31,9 @@ from workers.engine.request import Request, SamplingParams
 from workers.engine.runner import ModelRunner
 from workers.engine.scheduler import PrefillChunk
 from workers.engine.workspace import StageCosts
-from workers.media.items import AudioItem, ImageItem, VideoItem
-from workers.media.resize import video_pixels
 from workers.model import ops
 from workers.model.audio import encode_audios
+from workers.model.cache import HybridCache
 from workers.model.fullsize import build_fullsize_omni
 from workers.model.omni import encode_items
 from workers.model.vision import encode_visual, resize_frame_bytes

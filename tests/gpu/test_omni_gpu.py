@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.engine.cache import ForwardBatch, HybridCache
+from media.items import AudioItem, ImageItem, VideoItem
 from workers.engine.generate import generate
 from workers.engine.request import SamplingParams
-from workers.media.items import AudioItem, ImageItem, VideoItem
 from workers.model import ops
+from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.demo import write_demo_checkpoint
 from workers.model.loader import load_model
 from workers.model.omni import build_prompt_embeds

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from tests.model.quant_twin import compare_to_twins, dequantized_block
-from workers.engine.cache import ForwardBatch, HybridCache
+from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.fullsize import build_fullsize, build_fullsize_omni, random_block
 from workers.model.quant import FP8, NVFP4
 

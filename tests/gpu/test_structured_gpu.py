@@ -10,8 +10,8 @@ import jsonschema
 import pytest
 import torch
 
+from contract.json_grammar import json_grammar
 from kernels.token_bitmask import mask_logits, mask_logits_ref
-from service.json_grammar import json_grammar
 from tests.engine.structured_schemas import SCHEMAS
 from workers.engine.engine import Engine, EngineConfig, Prepared
 from workers.engine.grammar import GrammarCompiler

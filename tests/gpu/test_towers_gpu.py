@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from workers.media.items import AudioItem, ImageItem, VideoItem
-from workers.media.resize import video_pixels
+from media.items import AudioItem, ImageItem, VideoItem
+from media.resize import video_pixels
 from workers.model.audio import AudioEncoder, encode_audios
 from workers.model.config import AudioConfig, OmniConfig, VisionConfig
 from workers.model.fullsize import init_tower_random_

@@ -13,6 +13,7 @@ from tests.media.corpus import (
     faststart_copy,
     pattern_jpeg,
     png_declaring,
+    subtitles_only,
     write_video,
     zip_bomb,
 )
@@ -43,6 +44,7 @@ def build(d: str) -> dict[str, tuple[str, str]]:
     return {
         "truncated_mp4": (put("trunc.mp4", fast[: len(fast) * 6 // 10]), "media_unreadable"),
         "missing_moov": (put("nomoov.mp4", data[: data.find(b"moov") - 4]), "media_unreadable"),
+        "no_av_streams": (subtitles_only(os.path.join(d, "subs.mkv")), "media_unreadable"),
         "random_bytes": (
             put("random.mp4", np.random.default_rng(7).bytes(4096)),
             "media_unsupported",

@@ -174,6 +174,20 @@ def faststart_copy(src: str, dst: str) -> str:
     return dst
 
 
+def subtitles_only(path: str) -> str:
+    """A Matroska file whose one stream is a subtitle: a container with no video or audio."""
+    srt = path + ".srt"
+    with open(srt, "w") as f:
+        f.write("1\n00:00:00,000 --> 00:00:01,000\nhello\n\n")
+    with av.open(srt) as i, av.open(path, "w", format="matroska") as o:
+        s = o.add_stream_from_template(i.streams.subtitles[0])
+        for pk in i.demux(i.streams.subtitles[0]):
+            if pk.dts is not None:
+                pk.stream = s
+                o.mux(pk)
+    return path
+
+
 def pattern_jpeg() -> bytes:
     import io
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from media.audio import audio_item, decode_audio
+from media.limits import MediaLimits
+from media.options import MediaOptions
+from media.pipeline import process
+from media.probe import kind_of
 from tests.media.corpus import write_audio
-from workers.media.audio import audio_item, decode_audio
-from workers.media.limits import MediaLimits
-from workers.media.options import MediaOptions
-from workers.media.pipeline import process
-from workers.media.probe import kind_of
 
 LIMITS = MediaLimits()
 

@@ -7,13 +7,13 @@ import time
 import pypdfium2 as pdfium
 import pytest
 
+from media.errors import MediaError
+from media.limits import MediaLimits
+from media.options import MediaOptions
+from media.pipeline import process
+from media.resize import image_grid
 from tests.media.bad_corpus import build
 from tests.media.corpus import write_video
-from workers.media.errors import MediaError
-from workers.media.limits import MediaLimits
-from workers.media.options import MediaOptions
-from workers.media.pipeline import process
-from workers.media.resize import image_grid
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,7 @@ def corpus(tmp_path_factory):
     [
         "truncated_mp4",
         "missing_moov",
+        "no_av_streams",
         "random_bytes",
         "empty",
         "png_100000x100000",

@@ -6,9 +6,9 @@ import pypdfium2 as pdfium
 import pytest
 import torch
 
-from workers.media.options import MediaOptions
-from workers.media.pipeline import process
-from workers.media.resize import CLIP_MEAN, CLIP_STD
+from media.options import MediaOptions
+from media.pipeline import process
+from media.resize import CLIP_MEAN, CLIP_STD
 
 
 @pytest.mark.parametrize("budget", [1024, 4096])

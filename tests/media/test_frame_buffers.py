@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.media.frame_buffers import FrameBuffers
+from media.frame_buffers import FrameBuffers
 
 
 def _ptr(t) -> int:

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from workers.media.image import image_item, load_image
-from workers.media.limits import MediaLimits
-from workers.media.options import MediaOptions
-from workers.media.pipeline import process
-from workers.media.resize import image_grid, video_grid
+from media.image import image_item, load_image
+from media.limits import MediaLimits
+from media.options import MediaOptions
+from media.pipeline import process
+from media.resize import image_grid, video_grid
 
 LIMITS = MediaLimits()
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import av
 import pytest
 
+from media.errors import MediaError
+from media.limits import MediaLimits
+from media.options import MediaOptions
+from media.pipeline import process
+from media.probe import kind_of
 from tests.media.corpus import write_video
 from tests.media.test_video import identify
-from workers.media.errors import MediaError
-from workers.media.limits import MediaLimits
-from workers.media.options import MediaOptions
-from workers.media.pipeline import process
-from workers.media.probe import kind_of
 
 LIMITS = MediaLimits()
 

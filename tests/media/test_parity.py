@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
+from media.audio import decode_audio, process_audio
+from media.image import process_image
+from media.limits import MediaLimits
+from media.mel import log_mel
+from media.options import MediaOptions
+from media.resize import video_pixels
+from media.video import process_video
 from tests.media.corpus import tone
-from workers.media.audio import decode_audio, process_audio
-from workers.media.image import process_image
-from workers.media.limits import MediaLimits
-from workers.media.mel import log_mel
-from workers.media.options import MediaOptions
-from workers.media.resize import video_pixels
-from workers.media.video import process_video
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 LIMITS = MediaLimits()

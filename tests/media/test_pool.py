@@ -9,13 +9,13 @@ import time
 import pytest
 import torch
 
+from media.errors import MediaError
+from media.items import frame_buffers
+from media.options import MediaOptions
+from media.pipeline import process
+from media.pool import MediaPool, run_all
 from tests.media.bad_corpus import build, good_image
 from tests.media.corpus import write_video
-from workers.media.errors import MediaError
-from workers.media.items import frame_buffers
-from workers.media.options import MediaOptions
-from workers.media.pipeline import process
-from workers.media.pool import MediaPool, run_all
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from media.limits import MediaLimits
+from media.options import MediaOptions
+from media.pipeline import process
+from media.probe import open_container
+from media.resize import resize_normalize, video_pixels
+from media.video import plan_chunks, probe_video
+from media.video_decode import DecodeConfig
 from tests.media.corpus import frame_pattern, write_video
-from workers.media.limits import MediaLimits
-from workers.media.options import MediaOptions
-from workers.media.pipeline import process
-from workers.media.probe import open_container
-from workers.media.resize import resize_normalize, video_pixels
-from workers.media.video import plan_chunks, probe_video
-from workers.media.video_decode import DecodeConfig
 
 LIMITS = MediaLimits()
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from kernels.quant_formats import dequant_fp8, quantize_fp8
-from workers.engine.cache import ForwardBatch, HybridCache
+from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.linear import Linear
 from workers.model.moe import ExpertStack, RoutedExperts
 from workers.model.nemotron_h import Block, NemotronH

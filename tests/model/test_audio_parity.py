@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from media.items import AudioItem
 from tests.model.parity import TINY_TEXT_CONFIG, rel_err
-from workers.media.items import AudioItem
 from workers.model.audio import AudioEncoder, encode_audio, encode_audios
 from workers.model.config import AudioConfig
 from workers.model.projectors import SoundProjector

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.factories import TINY_LLM
-from workers.engine.cache import CacheFullError, ForwardBatch, HybridCache, kv_row_bytes
+from workers.model.cache import CacheFullError, ForwardBatch, HybridCache, kv_row_bytes
 
 CFG = TINY_LLM
 

@@ -11,7 +11,7 @@ from transformers import NemotronHForCausalLM
 
 from benchmarks.e2e_reference import hf_config
 from tests.model.parity import rel_err
-from workers.engine.cache import ForwardBatch, HybridCache
+from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.config import LLMConfig
 from workers.model.fullsize import parameter_counts
 from workers.model.moe import parse_expert_key

@@ -27,13 +27,13 @@ from transformers.models.nemotron_h_omni.modeling_nemotron_h_omni import (  # no
     NemotronH_Omni_Reasoning_V3,
 )
 
+from media.items import AudioItem, ImageItem, VideoItem  # noqa: E402
+from media.resize import video_pixels  # noqa: E402
 from tests.factories import make_audio, make_image, make_video  # noqa: E402
-from workers.engine.cache import HybridCache  # noqa: E402
 from workers.engine.request import Request, SamplingParams  # noqa: E402
 from workers.engine.runner import ModelRunner  # noqa: E402
 from workers.engine.scheduler import Scheduler, SchedulerConfig  # noqa: E402
-from workers.media.items import AudioItem, ImageItem, VideoItem  # noqa: E402
-from workers.media.resize import video_pixels  # noqa: E402
+from workers.model.cache import HybridCache  # noqa: E402
 from workers.model.demo import write_demo_checkpoint  # noqa: E402
 from workers.model.expand import expand_prompt  # noqa: E402
 from workers.model.loader import load_model  # noqa: E402

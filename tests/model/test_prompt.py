@@ -6,7 +6,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models
 
-from workers.media.items import AudioItem, ImageItem, VideoItem
+from media.items import AudioItem, ImageItem, VideoItem
 from workers.model.demo_tokenizer import SPECIAL_TOKENS, write_tokenizer_files
 from workers.model.expand import expand_prompt, tubelet_labels
 from workers.model.prompt import PromptBuilder, task_text

@@ -14,13 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from service.cli import build_parser
-from service.settings import WorkerSettings
+from cli.main import build_parser
+from contract.settings import WorkerSettings
 from tests.factories import make_audio, make_image
 from tests.model.quant_twin import compare_to_twins, dequantized_block
-from workers.engine.cache import ForwardBatch, HybridCache
 from workers.engine.generate import generate
 from workers.engine.request import SamplingParams
+from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.checkpoint_info import parse_quant, read_checkpoint_info
 from workers.model.checkpoint_keys import published_shapes
 from workers.model.demo import write_demo_checkpoint

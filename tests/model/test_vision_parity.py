@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from media.items import ImageItem, VideoItem
+from media.resize import video_pixels
 from tests.model.parity import TINY_TEXT_CONFIG, rel_err
-from workers.media.items import ImageItem, VideoItem
-from workers.media.resize import video_pixels
 from workers.model import vision
 from workers.model.config import VisionConfig
 from workers.model.pixel_shuffle import pixel_shuffle

@@ -28,9 +28,9 @@ import pytest
 from asgi_lifespan import LifespanManager
 from PIL import Image
 
-from service.embedded_redis import free_port
+from cli.embedded_redis import free_port
+from contract.settings import GatewaySettings
 from service.main import create_app
-from service.settings import GatewaySettings
 
 KEY_A = "key-alpha-0123456789abcdef"
 KEY_B = "key-bravo-0123456789abcdef"

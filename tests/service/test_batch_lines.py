@@ -9,8 +9,8 @@ import json
 
 import pytest
 
+from contract.schemas import Priority, Task
 from service.batches.lines import LineError, convert, parse_line
-from service.schemas import Priority, Task
 from tests.service.conftest import png_bytes, wav_bytes
 
 ENDPOINT = "/v1/chat/completions"

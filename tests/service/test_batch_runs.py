@@ -13,10 +13,8 @@ import pytest
 from openai.types.chat import ChatCompletion
 from rq import Queue
 
-from service import jobstore
-from service.batches import store
-from service.joblist import queue_key
-from service.schemas import (
+from contract import jobstore
+from contract.schemas import (
     QUEUE_LOW,
     JobError,
     JobErrorCode,
@@ -26,6 +24,8 @@ from service.schemas import (
     Usage,
     cancel_key,
 )
+from service.batches import store
+from service.joblist import queue_key
 from tests.service.conftest import png_bytes, serve_app, wav_bytes
 from tests.service.test_batch_api import chat_line, create_batch, jsonl, upload
 from workers.leases import Lease, LeaseTable

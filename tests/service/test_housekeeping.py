@@ -9,10 +9,10 @@ import time
 import pytest
 from rq import Queue
 
-from service import expiry, jobstore
-from service.events import event_key
-from service.retention import RETENTION_KEY
-from service.schemas import (
+from contract import jobstore
+from contract.events import event_key
+from contract.retention import RETENTION_KEY
+from contract.schemas import (
     WEBHOOK_QUEUE,
     JobStatus,
     Output,
@@ -21,6 +21,7 @@ from service.schemas import (
     job_key,
     owner_index_key,
 )
+from service import expiry
 from tests.service.conftest import serve_app
 from tests.service.test_lifecycle import submit, take
 from tests.service.test_submit import assert_problem

@@ -9,9 +9,9 @@ import time
 import pytest
 from rq import Queue
 
-from service import jobstore
-from service.retention import RETENTION_KEY
-from service.schemas import (
+from contract import jobstore
+from contract.retention import RETENTION_KEY
+from contract.schemas import (
     JobError,
     JobErrorCode,
     JobStatus,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from contract.settings import GatewaySettings, WorkerSettings
 from service.auth import LOCAL_OWNER, KeyRing
 from service.errors import Unauthorized
-from service.settings import GatewaySettings, WorkerSettings
 
 GOOD = "a-real-random-key-0123456789"
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from rq import Queue
 
-from service import jobstore
+from contract import jobstore
 from tests.service.conftest import png_bytes
 
 pytestmark = pytest.mark.anyio

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 from rq import Queue
 from rq.job import Job
 
-from service import jobstore, ratelimit
-from service.schemas import JOB_FUNCTION
+from contract import jobstore
+from contract.schemas import JOB_FUNCTION
+from service import ratelimit
 from tests.service.conftest import AUTH_B, png_bytes, serve_app, wav_bytes
 
 pytestmark = pytest.mark.anyio
@@ -214,19 +216,33 @@ async def test_idempotency_key_replays_or_rejects(api):
     assert [j["id"] for j in listed] == [first.json()["id"]]
 
 
-async def test_mpeg_transport_and_program_streams_are_accepted(api, tmp_path):
+async def test_containers_are_accepted_unopened_their_kind_left_to_the_worker(api, tmp_path):
+    """The gateway reads the first bytes only (no PyAV): a container's media_type stays null
+    until the worker opens it; one it cannot use fails there (tests/e2e/test_jobs_e2e.py)."""
+    from tests.media.corpus import subtitles_only, write_video
     from tests.media.test_mpeg_streams import program_stream, transport_stream
 
+    good = write_video(str(tmp_path / "good.mp4"), frames=3)
+    data = Path(good).read_bytes()
+    no_moov = tmp_path / "nomoov.mp4"
+    no_moov.write_bytes(data[: data.find(b"moov") - 4])
     for path in (
         transport_stream(str(tmp_path / "a.ts")),
         transport_stream(str(tmp_path / "a.m2ts"), m2ts=True),
         program_stream(str(tmp_path / "a.vob")),
+        good,
+        str(no_moov),  # unreadable: the worker fails it with media_unreadable
+        subtitles_only(str(tmp_path / "subs.mkv")),  # neither video nor audio: likewise
     ):
         with open(path, "rb") as f:
             resp = await api.post("/v1/jobs", files=form(f.read(), name=os.path.basename(path)))
-        assert resp.status_code == 202, resp.text
+        assert resp.status_code == 202, (path, resp.text)
         job = (await api.get(f"/v1/jobs/{resp.json()['id']}")).json()
-        assert job["media_type"] == "video"
+        assert job["media_type"] is None, path
+    resp = await api.post("/v1/jobs", files=form(wav_bytes()))  # plain audio: known from bytes
+    assert (await api.get(f"/v1/jobs/{resp.json()['id']}")).json()["media_type"] == "audio"
+    resp = await api.post("/v1/jobs", files=form(data, {"media_type": "audio"}))  # declared
+    assert (await api.get(f"/v1/jobs/{resp.json()['id']}")).json()["media_type"] == "audio"
     playlist = b"#EXTM3U\n#EXTINF:2,\nhttp://example.com/a.ts\n#EXT-X-ENDLIST\n"
     resp = await api.post("/v1/jobs", files=form(playlist, name="index.ts"))
     assert "playlist" in assert_problem(resp, 415, "unsupported_media_type")["detail"]

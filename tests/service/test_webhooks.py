@@ -17,10 +17,11 @@ import pytest
 from rq import Queue
 from rq.registry import ScheduledJobRegistry
 
-from service import jobstore, webhooks
-from service.events import WEBHOOK_FUNCTION, event_key
-from service.schemas import WEBHOOK_QUEUE, JobStatus, Output, WebhookEvent
-from service.settings import DeliverySettings
+from contract import jobstore
+from contract.events import WEBHOOK_FUNCTION, event_key
+from contract.schemas import WEBHOOK_QUEUE, JobStatus, Output, WebhookEvent
+from contract.settings import DeliverySettings
+from service import webhooks
 from tests.service.conftest import png_bytes, serve_app
 from tests.service.test_lifecycle import take
 from tests.service.test_submit import form
@@ -202,7 +203,7 @@ def start_delivery_process(redis_url: str, backoff_s: float) -> subprocess.Popen
         "OMNIBATCH_ALLOW_PRIVATE_URLS": "127.0.0.1/32",
         "OMNIBATCH_WEBHOOK_BACKOFF_BASE_S": str(backoff_s),
     }
-    cmd = [sys.executable, "-m", "service.cli", "webhooks"]
+    cmd = [sys.executable, "-m", "cli.main", "webhooks"]
     return subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
 
 

@@ -8,10 +8,10 @@ import time
 import pytest
 from rq import Queue
 
-from service import jobstore
-from service.metrics import METRICS_KEY
-from service.schemas import JOB_QUEUES, JobCreate, JobStatus, cancel_key, job_key
-from service.storage import Storage
+from contract import jobstore
+from contract.metrics import METRICS_KEY
+from contract.schemas import JOB_QUEUES, JobCreate, JobStatus, cancel_key, job_key
+from contract.storage import Storage
 from workers.leases import LEASES_KEY, LeaseTable, attempts_key, lease_key
 
 

@@ -6,12 +6,12 @@ import pypdfium2 as pdfium
 import pytest
 import torch
 
+from media.document import PAGE_BYTES_PER_PATCH
+from media.items import media_bytes
+from media.options import MediaOptions
+from media.pipeline import process
+from media.pool import MediaPool
 from tests.media.corpus import write_video
-from workers.media.document import PAGE_BYTES_PER_PATCH
-from workers.media.items import media_bytes
-from workers.media.options import MediaOptions
-from workers.media.pipeline import process
-from workers.media.pool import MediaPool
 from workers.media_budget import MediaBudget
 from workers.media_units import decode, to_units
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from media.errors import MediaTooLong, MediaUnreadable, MediaUnsupported
 from workers.engine.recovery import ResourcesExhausted
-from workers.media.errors import MediaTooLong, MediaUnreadable, MediaUnsupported
 from workers.outcome import error_of
 
 

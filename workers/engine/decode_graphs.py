@@ -12,7 +12,7 @@ import bisect
 
 import torch
 
-from workers.engine.cache import ForwardBatch, HybridCache
+from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.nemotron_h import NemotronH
 
 

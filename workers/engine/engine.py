@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workers.engine.cache import HybridCache
+from media.items import AudioItem, ImageItem, VideoItem
 from workers.engine.grammar import RequestGrammar
 from workers.engine.memory_plan import (
     PREFILL_AHEAD_STEPS,
@@ -60,7 +60,7 @@ from workers.engine.scheduler import Scheduler, SchedulerConfig
 from workers.engine.stats import StageStats
 from workers.engine.upload import MediaUploader
 from workers.engine.workspace import StageCosts
-from workers.media.items import AudioItem, ImageItem, VideoItem
+from workers.model.cache import HybridCache
 from workers.model.omni import (
     EncodePieces,
     OmniModel,

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from workers.engine.cache import HybridCache
 from workers.engine.request import Request, SamplingParams
 from workers.engine.runner import ModelRunner
 from workers.engine.sampler import make_generator
 from workers.engine.scheduler import Scheduler, SchedulerConfig
+from workers.model.cache import HybridCache
 from workers.model.nemotron_h import NemotronH
 
 

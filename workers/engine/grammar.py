@@ -1,7 +1,7 @@
 """Constrained decoding with llguidance: the engine's only contact with the library.
 
 Four calls, so another library (xgrammar, say) could stand in:
-- compile (`GrammarCompiler.compile`, on the job thread): grammar text (service/json_grammar.py)
+- compile (`GrammarCompiler.compile`, on the job thread): grammar text (contract/json_grammar.py)
   → a per-request matcher. Compiled matchers are cached by the grammar's hash and copied, so
   the thousand items of one batch with one schema compile it once.
 - fill rows + consume (`TokenMasks.fill`, on the engine thread while the GPU runs the decode

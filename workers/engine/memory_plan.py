@@ -26,8 +26,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from media.image import DEFAULT_BUDGET as MAX_IMAGE_PATCHES
 from workers.engine.workspace import CLIP_FRAMES, StageCosts
-from workers.media.image import DEFAULT_BUDGET as MAX_IMAGE_PATCHES
 from workers.model.audio import MAX_AUDIO_FRAMES
 from workers.model.config import OmniConfig
 from workers.model.omni import EncodePieces

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from workers.engine.cache import ForwardBatch, HybridCache
 from workers.engine.decode_graphs import DecodeGraphs
 from workers.engine.grammar import StepMasks, TokenMasks
 from workers.engine.request import Request
@@ -26,6 +25,7 @@ from workers.engine.scheduler import PrefillChunk, StepPlan
 from workers.engine.stats import StageStats
 from workers.engine.workspace import StageCosts
 from workers.model import ops
+from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.nemotron_h import NemotronH
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workers.media.items import AudioItem, ImageItem, VideoItem
+from media.items import AudioItem, ImageItem, VideoItem
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import torch
 
-from workers.media.items import AudioItem, ImageItem, MediaItem, media_bytes
+from media.items import AudioItem, ImageItem, MediaItem, media_bytes
 
 
 class MediaUploader:

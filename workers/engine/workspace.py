@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kernels import moe_experts
-from workers.engine.cache import kv_row_bytes
+from workers.model.cache import kv_row_bytes
 from workers.model.config import LLMConfig, OmniConfig
 from workers.model.vision import POS_BLOCK_VALUES, PROJECTOR_SHARE
 

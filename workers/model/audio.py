@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.media.items import AudioItem
+from media.items import AudioItem
 from workers.model.config import AudioConfig
 
 HOP_SAMPLES = 160  # 10 ms mel hop at 16 kHz

@@ -25,8 +25,8 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from kernels.quant_formats import E2M1_MAX, E4M3_MAX
-from workers.engine.cache import ForwardBatch, HybridCache
 from workers.model.attention import Attention
+from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.linear import Linear
 from workers.model.moe import RoutedExperts
 from workers.model.nemotron_h import NemotronH

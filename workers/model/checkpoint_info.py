@@ -133,7 +133,7 @@ def quant_config_dict(formats: Mapping[str, str], kv_fp8: bool) -> dict:
 
 
 def parse_preprocess(d: dict) -> PreprocessConfig:
-    """The file's values, which must be the ones workers/media implements (the defaults):
+    """The file's values, which must be the ones media/ implements (the defaults):
     a checkpoint asking for another budget or normalisation is refused, not half-honoured."""
     p = PreprocessConfig()
     got = PreprocessConfig(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from workers.media.items import AudioItem, ImageItem, VideoItem
+from media.items import AudioItem, ImageItem, VideoItem
 
 IMAGE_MARKER, VIDEO_MARKER, AUDIO_MARKER = "<image>", "<video>", "<so_embedding>"
 _MARKERS = re.compile("|".join(map(re.escape, (IMAGE_MARKER, VIDEO_MARKER, AUDIO_MARKER))))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workers.engine.cache import ForwardBatch, HybridCache
 from workers.model import ops
+from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.config import LLMConfig
 from workers.model.linear import Linear
 from workers.model.quant import QuantPlan

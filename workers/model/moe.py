@@ -27,8 +27,8 @@ from kernels.quant_formats import (
     quantize_fp8,
     quantize_nvfp4,
 )
-from workers.engine.cache import ForwardBatch, HybridCache
 from workers.model import ops
+from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.config import LLMConfig
 from workers.model.linear import Linear, frozen
 from workers.model.quant import BF16, FP8, NVFP4, QuantPlan

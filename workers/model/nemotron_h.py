@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workers.engine.cache import ForwardBatch, HybridCache
 from workers.model import ops
 from workers.model.attention import Attention
+from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.config import LLMConfig
 from workers.model.linear import Linear
 from workers.model.mamba2_mixer import Mamba2Mixer

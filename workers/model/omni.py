@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from workers.media.items import AudioItem, ImageItem, VideoItem
+from media.items import AudioItem, ImageItem, VideoItem
 from workers.model import ops
 from workers.model.audio import MAX_AUDIO_FRAMES, AudioEncoder, encode_audios
 from workers.model.config import OmniConfig

@@ -16,7 +16,7 @@ from pathlib import Path
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from workers.media.items import AudioItem, ImageItem, VideoItem
+from media.items import AudioItem, ImageItem, VideoItem
 from workers.model.expand import MEDIA_TOKENS, VIDEO_MARKER
 
 TASKS = ("caption", "summarize", "transcribe", "extract", "ask")

@@ -10,7 +10,7 @@ API (the omni model calls these; `vit` is mounted as `vision_model.radio_model`,
     encode_images(vit, mlp1, images), encode_video(vit, mlp1, video): the same for one kind.
 
 A video's uint8 tubelets are resized and normalised here, on the ViT's device
-(`workers.media.resize.video_pixels`), so the CPU media pool only decodes.
+(`media.resize.video_pixels`), so the CPU media pool only decodes.
 
 Sequences of equal length (same patch count, whatever the kind or aspect) share one batched
 forward with no mask, so a video's tubelets and equal-sized images cost one SDPA call per block;
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.media.items import ImageItem, VideoItem
-from workers.media.resize import PATCH, video_pixels
+from media.items import ImageItem, VideoItem
+from media.resize import PATCH, video_pixels
 from workers.model.config import VisionConfig
 from workers.model.pixel_shuffle import pixel_shuffle
 

@@ -8,11 +8,11 @@ import av
 import numpy as np
 import torch
 
-from workers.media.errors import MediaTooLong, MediaUnreadable
-from workers.media.items import AudioItem
-from workers.media.limits import MediaLimits
-from workers.media.mel import SAMPLE_RATE, log_mel, split_clips
-from workers.media.probe import open_container
+from media.errors import MediaTooLong, MediaUnreadable
+from media.items import AudioItem
+from media.limits import MediaLimits
+from media.mel import SAMPLE_RATE, log_mel, split_clips
+from media.probe import open_container
 
 
 def _stream_start(stream: av.audio.stream.AudioStream) -> float:

@@ -20,8 +20,8 @@ import time
 
 import uvicorn
 
-from service.embedded_redis import EmbeddedRedis
-from service.settings import CommonSettings, GatewaySettings, WorkerSettings
+from cli.embedded_redis import EmbeddedRedis
+from contract.settings import CommonSettings, GatewaySettings, WorkerSettings
 
 log = logging.getLogger("omnibatch.serve")
 STOP_MARGIN_S = 30.0  # on top of the workers' grace: the delivery process, the exits
@@ -123,7 +123,7 @@ def serve(host: str, port: int, workers: int) -> int:
         env = dict(os.environ)
         # The workers of one host share its cores for decoding (MEDIA_WORKERS).
         env.setdefault("OMNIBATCH_MEDIA_WORKERS", str(max(1, (os.cpu_count() or 1) // workers)))
-        cli = [sys.executable, "-m", "service.cli"]
+        cli = [sys.executable, "-m", "cli.main"]
         commands = [[*cli, "worker", "--device", d] for d in _worker_devices(workers)]
         children = Children([*commands, [*cli, "webhooks"]], env)
         return run_gateway(host, port)

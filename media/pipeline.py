@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import av
 
-from workers.media.audio import process_audio
-from workers.media.document import process_document
-from workers.media.errors import MediaError, MediaUnreadable, MediaUnsupported
-from workers.media.frame_buffers import FrameBuffers
-from workers.media.image import process_image
-from workers.media.items import MediaItem
-from workers.media.limits import DEFAULT_LIMITS, MediaLimits
-from workers.media.options import DEFAULT_OPTIONS, MediaOptions
-from workers.media.probe import AUDIO, DOCUMENT, IMAGE, VIDEO, kind_of
-from workers.media.video import process_video
-from workers.media.video_decode import DEFAULT_DECODE, DecodeConfig
+from media.audio import process_audio
+from media.document import process_document
+from media.errors import MediaError, MediaUnreadable, MediaUnsupported
+from media.frame_buffers import FrameBuffers
+from media.image import process_image
+from media.items import MediaItem
+from media.limits import DEFAULT_LIMITS, MediaLimits
+from media.options import DEFAULT_OPTIONS, MediaOptions
+from media.probe import kind_of
+from media.sniff import AUDIO, DOCUMENT, IMAGE, VIDEO
+from media.video import process_video
+from media.video_decode import DEFAULT_DECODE, DecodeConfig
 
 
 def process(

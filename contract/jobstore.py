@@ -12,10 +12,12 @@ Worker-facing API (all take the Redis client first, all are safe to call from an
     load(r, job_id, strict=True) -> JobRecord | None
         raises pydantic.ValidationError when the stored request no longer validates (a record
         written by an older gateway).
-    set_progress(r, job_id, attempt, stage, done, total)
-        `r` may be a pipeline; written only while that attempt runs the job.
+    set_progress(r, job_id, attempt, stage, done, total, media_type=None)
+        `r` may be a pipeline; written only while that attempt runs the job. `media_type`:
+        the kind the worker found when it opened the input (the gateway leaves it None for
+        audio/video containers), written with the progress once known.
     finish(r, storage, job_id, status, *, attempt=None, output=None, usage=None, error=None,
-           model=None) -> bool
+           model=None, media_type=None) -> bool
         running|queued → succeeded|failed|cancelled, exactly once (False if already terminal,
         deleted, or run by another attempt than `attempt`). The record, its retention, the
         metrics and the webhook event change in one MULTI/EXEC transaction; then the result
@@ -39,8 +41,8 @@ from redis.commands.core import Script
 from rq import Queue
 from rq.job import Job
 
-from service import events, metrics, retention
-from service.schemas import (
+from contract import events, metrics, retention
+from contract.schemas import (
     JOB_FUNCTION,
     JobCreate,
     JobError,
@@ -57,7 +59,7 @@ from service.schemas import (
     job_key,
     owner_index_key,
 )
-from service.storage import Storage
+from contract.storage import Storage
 
 CANCEL_FLAG_TTL_S = 7 * 24 * 3600
 # A caller waits this long for a free connection before it gets a ConnectionError: the
@@ -218,9 +220,12 @@ def create(r: redis.Redis, rec: JobRecord, job_timeout_s: int, rq_result_ttl_s: 
         pipe.execute()
 
 
-def set_progress(r, job_id: str, attempt: str, stage: str, done: int, total: int) -> None:
+def set_progress(
+    r, job_id: str, attempt: str, stage: str, done: int, total: int, media_type: str | None = None
+) -> None:
     progress = Progress(stage=stage, done=done, total=total)
-    _transition(r, job_id, (JobStatus.running,), attempt, progress=progress)
+    known = {"media_type": media_type} if media_type is not None else {}
+    _transition(r, job_id, (JobStatus.running,), attempt, progress=progress, **known)
 
 
 def finish(
@@ -234,10 +239,11 @@ def finish(
     usage: Usage | None = None,
     error: JobError | None = None,
     model: ModelInfo | None = None,
+    media_type: str | None = None,
 ) -> bool:
     return _finish(
         r, storage, job_id, status, (JobStatus.queued, JobStatus.running), attempt=attempt,
-        output=output, usage=usage, error=error, model=model,
+        output=output, usage=usage, error=error, model=model, media_type=media_type,
     )  # fmt: skip
 
 
@@ -253,6 +259,7 @@ def _finish(
     usage: Usage | None = None,
     error: JobError | None = None,
     model: ModelInfo | None = None,
+    media_type: str | None = None,
 ) -> bool:
     """`finish` out of the `allowed` statuses only: the gateway ends queued jobs only, so that
     a job a worker has just started is never ended under it."""
@@ -270,7 +277,9 @@ def _finish(
         )  # fmt: skip
         staged = storage.stage_result(result)
     try:
-        won = _commit(r, rec, status, allowed, attempt, usage, error, staged is not None, storage)
+        won = _commit(
+            r, rec, status, allowed, attempt, usage, error, media_type, staged is not None, storage
+        )
     except BaseException:
         if staged is not None:
             staged.unlink(missing_ok=True)
@@ -285,7 +294,7 @@ def _finish(
     return True
 
 
-def _commit(r, rec, status, allowed, attempt, usage, error, has_result, storage) -> bool:
+def _commit(r, rec, status, allowed, attempt, usage, error, media_type, has_result, storage):
     """The transition and everything that must happen with it, as one transaction."""
     key = job_key(rec.id)
     now = time.time()
@@ -297,6 +306,8 @@ def _commit(r, rec, status, allowed, attempt, usage, error, has_result, storage)
     }  # fmt: skip
     if rec.request.webhook is not None:
         fields["webhook"] = WebhookState()
+    if media_type is not None:
+        fields["media_type"] = media_type
     with r.pipeline() as pipe:
         while True:
             try:

@@ -6,8 +6,8 @@ Everything here is plain pydantic: `workers/` imports it without pulling in Fast
 Redis names every process agrees on (documented once, here):
 - RQ queues: `jobs:high`, `jobs:normal`, `jobs:low` (taken in that order) and `webhooks`.
   The RQ job id equals our job id; the job function is `workers.tasks.run_job(job_id)`.
-- Job record: hash `omnibatch:job:{job_id}` (fields: service/jobstore.py), in the sorted sets
-  `omnibatch:owner:{owner}:jobs` and, once finished, `omnibatch:retention` (service/retention.py).
+- Job record: hash `omnibatch:job:{job_id}` (fields: contract/jobstore.py), in the sorted sets
+  `omnibatch:owner:{owner}:jobs` and, once finished, `omnibatch:retention` (contract/retention.py).
 - Cancel flag: string `omnibatch:job:{job_id}:cancel`, set while a running job should stop.
 - Worker heartbeat: hash `omnibatch:workers:{worker_id}` with field `model_loaded` ("1"/"0"),
   refreshed with an expiry of WORKER_HEARTBEAT_TTL_S; `/readyz` needs one with "1".
@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from service.json_grammar import JSON_OBJECT_SCHEMA, json_grammar
+from contract.json_grammar import JSON_OBJECT_SCHEMA, json_grammar
 
 QUEUE_HIGH = "jobs:high"
 QUEUE_NORMAL = "jobs:normal"
@@ -38,7 +38,7 @@ JOB_QUEUES = (QUEUE_HIGH, QUEUE_NORMAL, QUEUE_LOW)  # the order a worker takes t
 WEBHOOK_QUEUE = "webhooks"
 JOB_FUNCTION = "workers.tasks.run_job"
 
-# `job_` + 12 hex digits of creation milliseconds + 16 random (service.jobstore.new_job_id)
+# `job_` + 12 hex digits of creation milliseconds + 16 random (contract.jobstore.new_job_id)
 JOB_ID_RE = re.compile(r"^job_[0-9a-f]{28}$")
 
 KEY_PREFIX = "omnibatch:"

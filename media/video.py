@@ -16,16 +16,16 @@ from dataclasses import dataclass
 import av
 import torch
 
-from workers.media.audio import AudioTrack, audio_item
-from workers.media.errors import MediaTooLarge, MediaTooLong, MediaUnreadable
-from workers.media.frame_buffers import BufferId, FrameBuffers
-from workers.media.items import AudioItem, VideoItem
-from workers.media.limits import MediaLimits, check_decoded_bytes
-from workers.media.mel import SAMPLE_RATE
-from workers.media.options import MediaOptions
-from workers.media.probe import open_container
-from workers.media.resize import video_grid
-from workers.media.video_decode import DEFAULT_DECODE, DecodeConfig, configure, decode_frames
+from media.audio import AudioTrack, audio_item
+from media.errors import MediaTooLarge, MediaTooLong, MediaUnreadable
+from media.frame_buffers import BufferId, FrameBuffers
+from media.items import AudioItem, VideoItem
+from media.limits import MediaLimits, check_decoded_bytes
+from media.mel import SAMPLE_RATE
+from media.options import MediaOptions
+from media.probe import open_container
+from media.resize import video_grid
+from media.video_decode import DEFAULT_DECODE, DecodeConfig, configure, decode_frames
 
 AUDIO_MARGIN_S = 1.0
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from service.progress_bar import ProgressBar
+from cli.progress_bar import ProgressBar
 
 WAIT_S = 30  # long-poll slice; the server caps it at 60
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workers.media.errors import MediaTooLarge
+from media.errors import MediaTooLarge
 
 
 @dataclass(frozen=True)

@@ -5,23 +5,20 @@ Layout:
     {data_dir}/results/{job_id}.json     the JobResult JSON
 
 Lifetimes: an input is removed as soon as its job is finished (nothing reads it again, and
-inputs are the large files); a result stays for the job's retention (service/retention.py).
+inputs are the large files); a result stays for the job's retention (contract/retention.py).
 Paths are built from job ids only, never from client-supplied names. Writers go through a
-temporary name and an atomic rename, so a reader never sees half a file.
+temporary name and an atomic rename, so a reader never sees half a file. The gateway
+streams inputs in through service/input_sink.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import shutil
 from pathlib import Path
 
-from service.errors import PayloadTooLarge
-from service.schemas import JOB_ID_RE, JobResult
-
-HEAD_BYTES = 4096  # kept in memory for content sniffing
+from contract.schemas import JOB_ID_RE, JobResult
 
 
 def _checked(job_id: str) -> str:
@@ -39,9 +36,6 @@ class Storage:
 
     def result_path(self, job_id: str) -> Path:
         return self.root / "results" / f"{_checked(job_id)}.json"
-
-    def open_input(self, job_id: str, max_bytes: int) -> InputSink:
-        return InputSink(self.input_path(job_id), max_bytes)
 
     def stage_result(self, result: JobResult) -> Path:
         """Write the result under a private temporary name; `commit_result` publishes it."""
@@ -68,44 +62,3 @@ class Storage:
     def delete(self, job_id: str) -> None:
         self.delete_input(job_id)
         self.result_path(job_id).unlink(missing_ok=True)
-
-
-class InputSink:
-    """Streams one input to disk: enforces the byte cap as chunks arrive, hashes, keeps the head.
-
-    Use as a context manager; leaving it with an exception removes the partial file.
-    """
-
-    def __init__(self, path: Path, max_bytes: int):
-        self.path = path
-        self.max_bytes = max_bytes
-        self.size = 0
-        self.head = b""
-        self._sha = hashlib.sha256()
-        self._tmp = path.with_name(path.name + ".part")
-        self._file = None
-
-    def __enter__(self) -> InputSink:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in __exit__
-        return self
-
-    def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size > self.max_bytes:
-            raise PayloadTooLarge(f"the input is larger than {self.max_bytes} bytes")
-        if len(self.head) < HEAD_BYTES:
-            self.head += chunk[: HEAD_BYTES - len(self.head)]
-        self._sha.update(chunk)
-        self._file.write(chunk)
-
-    @property
-    def sha256(self) -> str:
-        return self._sha.hexdigest()
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._file.close()
-        if exc_type is None:
-            os.replace(self._tmp, self.path)
-        else:
-            shutil.rmtree(self.path.parent, ignore_errors=True)

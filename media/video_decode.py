@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import av
 import torch
 
-from workers.media.audio import AudioTrack
-from workers.media.errors import MediaUnreadable
+from media.audio import AudioTrack
+from media.errors import MediaUnreadable
 
 MAX_GOP_PACKETS = 1024  # a stream without keyframe flags is decoded in slices this long
 

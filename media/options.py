@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from workers.media.image import DEFAULT_BUDGET
+from media.image import DEFAULT_BUDGET
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,13 @@
-"""What a file is, from its bytes (never its name), and the only way we open containers.
+"""What a file is, from its bytes (never its name): the gateway's check, without PyAV.
 
-`sniff` maps magic numbers to (kind, demuxer). Containers are then opened with that exact
-demuxer, a demuxer allow-list and `protocol_whitelist=file`, so a playlist (HLS), a concat
-script or any format that can reference other files or URLs is never even probed. MPEG
-transport streams (`.ts`, `.m2ts`: camcorders, broadcast, HLS segments) and program streams
-(`.mpg`, `.vob`) are single self-contained files and are allowed; an HLS playlist that
-names `.ts` segments is still a playlist, and refused.
+`sniff` maps magic numbers to (kind, demuxer). Images, PDF documents and plain audio
+streams (WAV, FLAC, MP3, ADTS AAC) are known from their bytes alone; a container that may
+hold video or audio (MP4/MOV, Matroska/WebM, AVI, Ogg, MPEG transport and program streams)
+is "av" until media/probe.py opens it and looks at its streams, which only the worker does.
+Playlists (HLS), concat scripts and archives are refused here, before anything opens them.
+MPEG transport streams (`.ts`, `.m2ts`: camcorders, broadcast, HLS segments) and program
+streams (`.mpg`, `.vob`) are single self-contained files and are allowed; an HLS playlist
+that names `.ts` segments is still a playlist, and refused.
 """
 
 from __future__ import annotations
@@ -13,13 +15,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import av
-
-from workers.media.errors import MediaTooLarge, MediaUnreadable, MediaUnsupported
-from workers.media.limits import MediaLimits
+from media.errors import MediaTooLarge, MediaUnreadable, MediaUnsupported
+from media.limits import MediaLimits
 
 IMAGE, VIDEO, AUDIO, DOCUMENT = "image", "video", "audio", "document"
-DEMUXERS = ("mov", "matroska", "avi", "ogg", "wav", "flac", "mp3", "aac", "mpegts", "mpeg")
+AV = "av"  # a container: video, or audio only, once its streams are seen
 HEAD_BYTES = 1024  # what sniffing reads: five transport-stream packets
 # MPEG-TS packet layouts: (packet size, offset of the 0x47 sync byte): plain 188-byte packets,
 # Blu-ray/AVCHD .m2ts with a 4-byte timestamp before each, DVB's 204 with Reed-Solomon bytes
@@ -39,8 +39,14 @@ _REJECT = (
 
 @dataclass(frozen=True)
 class Sniffed:
-    kind: str  # image | video | audio | document; "av" until the streams are known
+    kind: str  # image | video | audio | document, or AV until the streams are known
     demuxer: str | None  # ffmpeg demuxer name for audio/video, None for images/documents
+
+    @property
+    def media_type(self) -> str | None:
+        """A job's `media_type` as far as the bytes tell: None for a container, whose kind the
+        worker records once it has opened it."""
+        return None if self.kind == AV else self.kind
 
 
 def _is_transport_stream(head: bytes) -> bool:
@@ -63,19 +69,19 @@ def _sniff_bytes(head: bytes) -> Sniffed:
     if head.startswith((b"II*\x00", b"MM\x00*")):
         return Sniffed(IMAGE, None)
     if head[:4] == b"RIFF":
-        sub = {b"WEBP": (IMAGE, None), b"WAVE": (AUDIO, "wav"), b"AVI ": ("av", "avi")}
+        sub = {b"WEBP": (IMAGE, None), b"WAVE": (AUDIO, "wav"), b"AVI ": (AV, "avi")}
         if head[8:12] in sub:
             return Sniffed(*sub[head[8:12]])
     if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
-        return Sniffed("av", "mov")
+        return Sniffed(AV, "mov")
     if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return Sniffed("av", "matroska")
+        return Sniffed(AV, "matroska")
     if head.startswith(b"OggS"):
-        return Sniffed("av", "ogg")
+        return Sniffed(AV, "ogg")
     if _is_transport_stream(head):
-        return Sniffed("av", "mpegts")
+        return Sniffed(AV, "mpegts")
     if head.startswith(b"\x00\x00\x01\xba"):  # an MPEG program stream's pack header
-        return Sniffed("av", "mpeg")
+        return Sniffed(AV, "mpeg")
     if head.startswith(b"fLaC"):
         return Sniffed(AUDIO, "flac")
     if head.startswith(b"ID3") or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE6 == 0xE2):
@@ -93,31 +99,3 @@ def sniff(path: str, limits: MediaLimits) -> Sniffed:
         raise MediaTooLarge("the file is larger than the size limit")
     with open(path, "rb") as f:
         return _sniff_bytes(f.read(HEAD_BYTES))
-
-
-def open_container(path: str, demuxer: str, limits: MediaLimits) -> av.container.InputContainer:
-    """Open with exactly `demuxer`; refuse anything that would read beyond this one file."""
-    if demuxer not in DEMUXERS:
-        raise MediaUnsupported("the container format is not supported")
-    options = {"protocol_whitelist": "file", "format_whitelist": ",".join(DEMUXERS)}
-    try:
-        container = av.open(path, format=demuxer, options=options, timeout=30.0)
-    except av.error.FFmpegError as e:
-        raise MediaUnreadable("the media container could not be read") from e
-    if len(container.streams) > limits.max_streams:
-        container.close()
-        raise MediaTooLarge("the file has more streams than allowed")
-    return container
-
-
-def kind_of(path: str, limits: MediaLimits) -> Sniffed:
-    """Resolve "av" containers to video (a real video stream) or audio."""
-    s = sniff(path, limits)
-    if s.kind != "av":
-        return s
-    with open_container(path, s.demuxer, limits) as c:
-        if any(v.disposition & av.stream.Disposition.attached_pic == 0 for v in c.streams.video):
-            return Sniffed(VIDEO, s.demuxer)
-        if c.streams.audio:
-            return Sniffed(AUDIO, s.demuxer)
-    raise MediaUnreadable("the file has neither a video nor an audio stream")

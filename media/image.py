@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from workers.media.errors import MediaTooLarge, MediaUnreadable, MediaUnsupported
-from workers.media.items import ImageItem
-from workers.media.limits import MediaLimits
-from workers.media.resize import image_grid, resize_normalize
+from media.errors import MediaTooLarge, MediaUnreadable, MediaUnsupported
+from media.items import ImageItem
+from media.limits import MediaLimits
+from media.resize import image_grid, resize_normalize
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "TIFF", "BMP")
 # Spec §9.6: every image gets min(max((16384 - 4)·4, 1024·n), 13312) patches: the cap.

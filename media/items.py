@@ -1,6 +1,6 @@
 """What the media pipeline hands to the model: preprocessed, model-ready items.
 
-These are the contract between `workers/media` (which builds them on CPU, in a process
+These are the contract between `media/` (which builds them on CPU, in a process
 pool) and `workers/model` (which encodes them). Tensors are CPU float32 unless noted.
 """
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from workers.media.frame_buffers import BufferId
+from media.frame_buffers import BufferId
 
 
 @dataclass
@@ -61,7 +61,7 @@ class VideoItem:
     (H, W: the upright size after rotation; from the decoder a channels-last view, so the
     pool copies no transposed frames); an odd last frame is repeated. The resize to
     `grid` and the CLIP normalisation happen on the vision encoder's device
-    (`workers.media.resize.video_pixels` -> float [n_tubelets, 2, 3, 16·ph, 16·pw]).
+    (`media.resize.video_pixels` -> float [n_tubelets, 2, 3, 16·ph, 16·pw]).
     timestamps: seconds of each sampled frame (len = frames sampled, before the repeat),
     used for the per-tubelet prompt labels (docs/model.md §3.4).
     """

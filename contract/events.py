@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 import redis
 from rq import Queue
 
-from service.schemas import KEY_PREFIX, WEBHOOK_QUEUE, JobStatus, WebhookEvent, WebhookEventData
+from contract.schemas import KEY_PREFIX, WEBHOOK_QUEUE, JobStatus, WebhookEvent, WebhookEventData
 
 if TYPE_CHECKING:
-    from service.jobstore import JobRecord
+    from contract.jobstore import JobRecord
 
 WEBHOOK_FUNCTION = "service.webhooks.deliver"
 

@@ -8,11 +8,11 @@ from dataclasses import replace
 
 import pypdfium2 as pdfium
 
-from workers.media.errors import MediaTooLarge, MediaUnreadable, MediaUnsupported
-from workers.media.image import DEFAULT_BUDGET, image_item
-from workers.media.items import ImageItem
-from workers.media.limits import MediaLimits, check_decoded_bytes
-from workers.media.resize import PATCH
+from media.errors import MediaTooLarge, MediaUnreadable, MediaUnsupported
+from media.image import DEFAULT_BUDGET, image_item
+from media.items import ImageItem
+from media.limits import MediaLimits, check_decoded_bytes
+from media.resize import PATCH
 
 _PASSWORD = 4  # FPDF_ERR_PASSWORD
 PAGE_BYTES_PER_PATCH = 3 * PATCH * PATCH * 4  # float32 CLIP-normalised pixels

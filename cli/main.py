@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from service.schemas import Task
+from contract.schemas import Task
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -33,13 +33,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.serve import serve
+    from cli.serve import serve
 
     return serve(args.host, args.port, args.workers)
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from service.serve import run_gateway
+    from cli.serve import run_gateway
 
     return run_gateway(args.host, args.port)
 
@@ -53,7 +53,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _webhooks(args: argparse.Namespace) -> int:
-    from service.settings import DeliverySettings
+    from contract.settings import DeliverySettings
     from service.webhooks import run_delivery_worker
 
     run_delivery_worker(DeliverySettings())
@@ -61,7 +61,7 @@ def _webhooks(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from service.client import submit
+    from cli.client import submit
 
     return submit(args.path, args.server, args.key, args.request, args.wait)
 
@@ -156,7 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as exc:  # the gateway's install: the commands import lazily
+        raise SystemExit(
+            f"omnibatch {args.command}: {exc.name} is not installed; the worker, `run` and "
+            "`serve` need the package's `worker` extra (pip install '.[worker]')"
+        ) from exc
 
 
 if __name__ == "__main__":

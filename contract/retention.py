@@ -14,8 +14,8 @@ import time
 
 import redis
 
-from service.schemas import KEY_PREFIX, job_key, owner_index_key
-from service.storage import Storage
+from contract.schemas import KEY_PREFIX, job_key, owner_index_key
+from contract.storage import Storage
 
 RETENTION_KEY = f"{KEY_PREFIX}retention"
 SWEEP_BATCH = 500

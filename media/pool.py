@@ -24,13 +24,13 @@ from multiprocessing.connection import Connection, wait
 import torch
 import torch.multiprocessing  # noqa: F401  (registers the shared-memory tensor reducers)
 
-from workers.media.errors import MediaError, MediaTimeout, MediaUnreadable
-from workers.media.frame_buffers import BufferId, FrameBuffers
-from workers.media.items import MediaItem
-from workers.media.limits import DEFAULT_LIMITS, MediaLimits
-from workers.media.options import DEFAULT_OPTIONS, MediaOptions
-from workers.media.pipeline import process
-from workers.media.video_decode import DEFAULT_DECODE, DecodeConfig
+from media.errors import MediaError, MediaTimeout, MediaUnreadable
+from media.frame_buffers import BufferId, FrameBuffers
+from media.items import MediaItem
+from media.limits import DEFAULT_LIMITS, MediaLimits
+from media.options import DEFAULT_OPTIONS, MediaOptions
+from media.pipeline import process
+from media.video_decode import DEFAULT_DECODE, DecodeConfig
 
 
 def decode_job(

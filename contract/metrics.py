@@ -12,7 +12,7 @@ from __future__ import annotations
 import redis
 from rq import Queue
 
-from service.schemas import JOB_QUEUES, WEBHOOK_QUEUE, JobStatus, Usage
+from contract.schemas import JOB_QUEUES, WEBHOOK_QUEUE, JobStatus, Usage
 
 METRICS_KEY = "omnibatch:metrics"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
