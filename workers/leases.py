@@ -99,16 +99,22 @@ return 1
 """
 )
 
-# ARGV: key prefix, job id, token, then jobstore.requeued_fields. Ends a lease only if the
-# caller holds it; a job not finished goes back to its queue. Returns 0 (not held), 1 (ended),
-# 2 (ended, job requeued).
+# ARGV: key prefix, job id, token, forgive (1/0), then jobstore.requeued_fields. Ends a lease
+# only if the caller holds it; a job not finished goes back to its queue, and with `forgive`
+# its attempt is not counted (a graceful hand-back lost nothing). Returns 0 (not held),
+# 1 (ended), 2 (ended, job requeued).
 _RELEASE = (
     _GIVE_BACK
     + """
 local lease = ARGV[1] .. 'lease:' .. ARGV[2]
 if redis.call('HGET', lease, 'token') ~= ARGV[3] then return 0 end
-local pushed = give_back(ARGV[1], ARGV[2], redis.call('HGET', lease, 'queue'), 4)
-if pushed == 0 then redis.call('DEL', ARGV[1] .. 'job:' .. ARGV[2] .. ':attempts') end
+local pushed = give_back(ARGV[1], ARGV[2], redis.call('HGET', lease, 'queue'), 5)
+local attempts = ARGV[1] .. 'job:' .. ARGV[2] .. ':attempts'
+if pushed == 0 then
+  redis.call('DEL', attempts)
+elseif ARGV[4] == '1' then
+  redis.call('DECR', attempts)
+end
 redis.call('DEL', lease)
 redis.call('ZREM', ARGV[1] .. 'leases', ARGV[2])
 return 1 + pushed
@@ -179,10 +185,12 @@ class LeaseTable:
                 self._renew(args=[KEY_PREFIX, lease.job_id, lease.token, self.ttl_s], client=pipe)
             return [bool(r) for r in pipe.execute()]
 
-    def release(self, lease: Lease) -> bool:
+    def release(self, lease: Lease, forgive: bool = False) -> bool:
         """End the lease; a job it leaves unfinished goes back to the head of its queue
-        (graceful shutdown, a dead engine). True when the job was requeued."""
-        args = [KEY_PREFIX, lease.job_id, lease.token, *jobstore.requeued_fields()]
+        (graceful shutdown, a dead engine). `forgive`: this attempt does not count towards
+        the job's MAX_ATTEMPTS (a shutdown handed it back; a dead engine may have been this
+        job's doing, so it counts). True when the job was requeued."""
+        args = [KEY_PREFIX, lease.job_id, lease.token, int(forgive), *jobstore.requeued_fields()]
         return self._release(args=args) == 2
 
     def sweep(self) -> list[str]:

@@ -185,7 +185,8 @@ class Worker:
             attempt.abandon.set()
         for attempt in left:
             try:
-                if self.leases.release(attempt.lease):
+                # a shutdown loses nothing: the hand-back is not one of the job's attempts
+                if self.leases.release(attempt.lease, forgive=not self.engine_died):
                     log.info("job %s: handed back to its queue", attempt.lease.job_id)
             except redis.RedisError as exc:  # its lease expires; a sweep requeues it
                 log.warning("job %s: not handed back: %s", attempt.lease.job_id, exc)

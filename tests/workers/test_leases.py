@@ -120,3 +120,16 @@ def test_a_running_record_left_without_a_lease_is_cancellable(r, tmp_path):
     r.hset(job_key(rec.id), "status", "running")
     ended = jobstore.cancel(r, Storage(tmp_path), jobstore.load(r, rec.id))
     assert ended.status is JobStatus.cancelled and ended.error.code == "cancelled"
+
+
+def test_a_graceful_hand_back_is_not_an_attempt_a_dead_engines_is(r):
+    _push(r, "jobs:normal", "j")
+    table = LeaseTable(r, "w", ttl_s=30, attempts_ttl_s=60)
+    for n in range(5):  # five shutdowns in a row: the job is still on its first attempt
+        lease = table.claim(_queues(r), f"shutdown-{n}")
+        assert lease.attempts == 1
+        assert table.release(lease, forgive=True)
+        assert _record(r, "j")["status"] == "queued"
+    lease = table.claim(_queues(r), "engine-died")
+    assert table.release(lease)  # a dead engine may have been this job's doing: it counts
+    assert table.claim(_queues(r), "next").attempts == 2
