@@ -270,35 +270,29 @@ def _finish(
         return False
     usage = usage or Usage()
     staged = None
-    if output is not None:  # staged first, published only by the call that wins the transition
+    if output is not None:  # written first, published by the record of the call that wins
         result = JobResult(
             id=job_id, status=status, model=model or ModelInfo(name="unknown"),
             output=output, usage=usage, metadata=rec.request.metadata,
         )  # fmt: skip
-        staged = storage.stage_result(result)
-    try:
-        won = _commit(
-            r, rec, status, allowed, attempt, usage, error, media_type, staged is not None, storage
-        )
-    except BaseException:
-        if staged is not None:
-            staged.unlink(missing_ok=True)
-        raise
+        staged = storage.stage_result(result, attempt or "")
+    # On an error the transaction may still have committed (a lost reply): the file stays,
+    # the same attempt's retry writes it again, and retention removes it either way.
+    won = _commit(r, rec, status, allowed, attempt, usage, error, media_type, staged, storage)
     if not won:
         if staged is not None:
             staged.unlink(missing_ok=True)
         return False
-    if staged is not None:
-        storage.commit_result(staged, job_id)
     storage.delete_input(job_id)
     return True
 
 
-def _commit(r, rec, status, allowed, attempt, usage, error, media_type, has_result, storage):
-    """The transition and everything that must happen with it, as one transaction."""
+def _commit(r, rec, status, allowed, attempt, usage, error, media_type, staged, storage):
+    """The transition and everything that must happen with it, as one transaction; the
+    record names the `staged` result file (already whole on disk), if any."""
     key = job_key(rec.id)
     now = time.time()
-    result = storage.result_path(rec.id).relative_to(storage.root) if has_result else ""
+    result = staged.relative_to(storage.root) if staged is not None else ""
     fields = {
         "status": status.value, "finished_at": now, "usage": usage, "error": error,
         "attempt": attempt or "", "result": str(result),

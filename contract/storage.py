@@ -2,7 +2,8 @@
 
 Layout:
     {data_dir}/inputs/{job_id}/input     the media, exactly as uploaded or downloaded
-    {data_dir}/results/{job_id}.json     the JobResult JSON
+    {data_dir}/results/{job_id}.{a}.json the JobResult JSON of the attempt that finished the
+                                         job (its record's `result` names the file)
 
 Lifetimes: an input is removed as soon as its job is finished (nothing reads it again, and
 inputs are the large files); a result stays for the job's retention (contract/retention.py).
@@ -13,8 +14,7 @@ streams inputs in through service/input_sink.py.
 
 from __future__ import annotations
 
-import os
-import secrets
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -34,25 +34,25 @@ class Storage:
     def input_path(self, job_id: str) -> Path:
         return self.root / "inputs" / _checked(job_id) / "input"
 
-    def result_path(self, job_id: str) -> Path:
-        return self.root / "results" / f"{_checked(job_id)}.json"
+    def results_of(self, job_id: str) -> list[Path]:
+        """Every result file of the job (the published one, and any left by an attempt that
+        died between writing its file and its record)."""
+        return list((self.root / "results").glob(f"{_checked(job_id)}.*json"))
 
-    def stage_result(self, result: JobResult) -> Path:
-        """Write the result under a private temporary name; `commit_result` publishes it."""
-        path = self.result_path(result.id)
+    def stage_result(self, result: JobResult, attempt: str) -> Path:
+        """Write the result, whole, under this attempt's own name (the same again when the
+        attempt retries): the record that names it (jobstore.finish) publishes it; an
+        attempt that loses deletes it."""
+        tag = hashlib.sha256(attempt.encode()).hexdigest()[:16]
+        path = self.root / "results" / f"{_checked(result.id)}.{tag}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
-        tmp.write_text(result.model_dump_json())
-        return tmp
-
-    def commit_result(self, staged: Path, job_id: str) -> Path:
-        path = self.result_path(job_id)
-        os.replace(staged, path)
+        path.write_text(result.model_dump_json())
         return path
 
-    def read_result(self, job_id: str) -> JobResult | None:
+    def read_result(self, path: str) -> JobResult | None:
+        """`path`: the record's `result`, relative to DATA_DIR."""
         try:
-            return JobResult.model_validate_json(self.result_path(job_id).read_bytes())
+            return JobResult.model_validate_json((self.root / path).read_bytes())
         except FileNotFoundError:
             return None
 
@@ -61,4 +61,5 @@ class Storage:
 
     def delete(self, job_id: str) -> None:
         self.delete_input(job_id)
-        self.result_path(job_id).unlink(missing_ok=True)
+        for path in self.results_of(job_id):
+            path.unlink(missing_ok=True)

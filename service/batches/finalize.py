@@ -130,7 +130,8 @@ def _write_jobs(ctx, entries: list[PlanEntry], feed_errors, stop_code, put) -> N
             put("error", output.error_line(cid, "not_found", "the line's job was deleted", job_id))
             continue
         job = from_hash(raw)
-        result = ctx.storage.read_result(job_id) if job.status is JobStatus.succeeded else None
+        done = job.status is JobStatus.succeeded and job.result
+        result = ctx.storage.read_result(job.result) if done else None
         if result is not None:
             put("output", output.success_line(cid, job, result))
         elif job.status is JobStatus.cancelled and stop_code is not None:

@@ -149,7 +149,7 @@ async def get_job(
 async def get_result(state: State, job: OwnedJob) -> JobResult:
     if not job.status.terminal:
         raise Conflict(f"the job is {job.status.value}; the result is ready when it succeeds")
-    result = await run_in_threadpool(state.storage.read_result, job.id) if job.result else None
+    result = await run_in_threadpool(state.storage.read_result, job.result) if job.result else None
     if result is None:
         raise Conflict(f"the job {job.status.value} without a result")
     return result

@@ -69,11 +69,11 @@ async def test_finished_jobs_go_when_their_retention_ends(settings, redis_client
         assert jobstore.finish(
             redis_client, storage, done, JobStatus.succeeded, output=Output(text="x")
         )
-        assert not storage.input_path(done).exists() and storage.result_path(done).exists()
+        assert not storage.input_path(done).exists() and storage.results_of(done)
         assert 0 < redis_client.pttl(job_key(done)) <= 1000
         assert redis_client.ttl(job_key(waiting)) == -1  # only finished jobs expire
         deadline = time.monotonic() + 10
-        while storage.result_path(done).exists():
+        while storage.results_of(done):
             assert time.monotonic() < deadline, "the result outlived its retention"
             await asyncio.sleep(0.05)
         assert_problem(await api.get(f"/v1/jobs/{done}"), 404, "not_found")

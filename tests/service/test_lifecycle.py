@@ -131,15 +131,39 @@ async def test_delete_removes_record_input_and_result(api, redis_client):
         redis_client, storage, job_id, JobStatus.succeeded, output=Output(text="x"), model=MODEL
     )
     assert not storage.input_path(job_id).exists()  # the input goes when the job ends
-    assert storage.result_path(job_id).exists() and storage.input_path(queued).exists()
+    assert storage.results_of(job_id) and storage.input_path(queued).exists()
     assert (await api.delete(f"/v1/jobs/{job_id}")).status_code == 204
-    assert not storage.result_path(job_id).exists()
+    assert not storage.results_of(job_id)
     assert (await api.delete(f"/v1/jobs/{queued}")).status_code == 204
     assert not storage.input_path(queued).exists()
     assert queued not in Queue("jobs:normal", connection=redis_client).job_ids
     assert_problem(await api.get(f"/v1/jobs/{job_id}"), 404, "not_found")
     assert (await api.get("/v1/jobs")).json()["data"] == []
     assert redis_client.zcard(RETENTION_KEY) == 0
+
+
+async def test_the_result_is_whole_on_disk_before_the_record_names_it(api, redis_client):
+    """A worker that dies right after its finish committed leaves a job with its result;
+    a second attempt that loses the race leaves no file behind; a retry writes the same."""
+    storage = api.app_state.storage
+    job_id = await submit(api)
+    lease = take(redis_client, job_id, "w1")
+    out = Output(text="first")
+    finish = jobstore.finish
+    assert finish(redis_client, storage, job_id, JobStatus.succeeded, attempt=lease.token,
+                  output=out, model=MODEL)  # fmt: skip
+    rec = jobstore.load(redis_client, job_id)
+    assert storage.results_of(job_id) == [storage.root / rec.result]
+    assert storage.read_result(rec.result).output.text == "first"
+    # the same attempt again (its reply lost): "done", and still one file, the same one
+    assert finish(redis_client, storage, job_id, JobStatus.succeeded, attempt=lease.token,
+                  output=out, model=MODEL)  # fmt: skip
+    assert storage.results_of(job_id) == [storage.root / rec.result]
+    # another attempt (its lease swept meanwhile) loses and leaves nothing
+    assert not finish(redis_client, storage, job_id, JobStatus.succeeded, attempt="other",
+                      output=Output(text="second"), model=MODEL)  # fmt: skip
+    assert storage.results_of(job_id) == [storage.root / rec.result]
+    assert (await api.get(f"/v1/jobs/{job_id}/result")).json()["output"]["text"] == "first"
 
 
 async def test_list_newest_first_with_cursor_and_status(api, redis_client):
