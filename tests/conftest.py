@@ -76,3 +76,16 @@ def make_redis_server(tmp_path):
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """(OmniModel, PromptBuilder) of a freshly written demo checkpoint, on the CPU."""
+    from workers.model.demo import write_demo_checkpoint
+    from workers.model.loader import load_model
+    from workers.model.prompt import PromptBuilder
+
+    d = tmp_path_factory.mktemp("demo")
+    write_demo_checkpoint(d)
+    model, _ = load_model(d, "cpu")
+    return model, PromptBuilder.from_dir(d)

@@ -12,21 +12,11 @@ from tests.factories import make_audio, make_image, make_video
 from workers.engine.engine import Engine, EngineConfig, Prepared
 from workers.engine.generate import generate
 from workers.engine.request import SamplingParams
-from workers.model.demo import write_demo_checkpoint
-from workers.model.loader import load_model
 from workers.model.omni import build_prompt_embeds
 from workers.model.prompt import PromptBuilder
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0)
 EVS = 0.5
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    d = tmp_path_factory.mktemp("demo")
-    write_demo_checkpoint(d)
-    model, _ = load_model(d, "cpu")
-    return model, PromptBuilder.from_dir(d)
 
 
 def mixed_requests(pb: PromptBuilder, n: int) -> list[tuple[str, list]]:

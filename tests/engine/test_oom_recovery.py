@@ -12,22 +12,12 @@ from tests.factories import make_audio, make_image, make_video
 from workers.engine.engine import Engine, EngineConfig, Prepared
 from workers.engine.recovery import OutOfMemory, ResourcesExhausted
 from workers.engine.request import SamplingParams
-from workers.model.demo import write_demo_checkpoint
-from workers.model.loader import load_model
 from workers.model.prompt import PromptBuilder
 from workers.outcome import error_of
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0.0)
 SEEDED = SamplingParams(max_tokens=6, temperature=0.9, top_p=0.9, seed=7)
 EVS = 0.5
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    d = tmp_path_factory.mktemp("demo")
-    write_demo_checkpoint(d)
-    model, _ = load_model(d, "cpu")
-    return model, PromptBuilder.from_dir(d)
 
 
 def requests(pb: PromptBuilder) -> list[tuple[str, list, SamplingParams]]:

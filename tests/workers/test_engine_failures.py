@@ -10,19 +10,8 @@ import pytest
 
 from workers.engine.engine import Engine, EngineConfig, EngineDead, Prepared
 from workers.engine.request import SamplingParams
-from workers.model.demo import write_demo_checkpoint
-from workers.model.loader import load_model
-from workers.model.prompt import PromptBuilder
 
 SAMPLED = SamplingParams(max_tokens=4, temperature=1.0, seed=7)
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    d = tmp_path_factory.mktemp("demo")
-    write_demo_checkpoint(d)
-    model, _ = load_model(d, "cpu")
-    return model, PromptBuilder.from_dir(d)
 
 
 @pytest.fixture
