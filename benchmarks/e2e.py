@@ -144,20 +144,15 @@ def load(kind: str, precision: str = "bf16") -> tuple:
     return model, prompts, "demo checkpoint (tiny, random)"
 
 
-def bench_pipeline(model, prompts: PromptBuilder, engine: EngineConfig, note: str, args):
-    """The pipeline the worker runs, around `model`: every job of a run in flight at once,
-    pages at the workload's size, every model call to its max_tokens."""
+def bench_pipeline(
+    model, prompts: PromptBuilder, engine: EngineConfig, note: str, config: PipelineConfig,
+    demo: bool,
+) -> Pipeline:
+    """The pipeline the worker runs, around a model `load` built (no checkpoint on disk)."""
     # the demo checkpoint's files (stop ids, generation defaults) with the model's own config
     info = replace(read_checkpoint_info(demo_checkpoint_dir()), model=model.config)
-    dtype = str(model.llm.embeddings.weight.dtype).removeprefix("torch.")
-    config = PipelineConfig(
-        max_jobs=args.jobs,
-        media_bytes=int(args.media_gb * 1e9),
-        image_budget=SMALL_PAGE_PATCHES if args.small else DOC_PAGE_PATCHES,
-        ignore_eos=True,
-    )
-    model_info = ModelInfo(note, None, dtype)
-    return Pipeline(model, info, prompts, model_info, args.model == "demo", engine, config)
+    model_info = ModelInfo(note, None, model.llm.precision)
+    return Pipeline(model, info, prompts, model_info, demo, engine, config)
 
 
 def _delta(after: StageStats, before: StageStats) -> dict:
@@ -362,7 +357,13 @@ def main(argv: list[str] | None = None) -> dict:
     model, prompts, note = load(args.model, args.precision)
     device = model.device
     engine = replace(engine_config(model, args.gpu_memory_gb), profile=True)
-    pipeline = bench_pipeline(model, prompts, engine, note, args)
+    config = PipelineConfig(  # every job of a run in flight at once, pages at the workload's
+        max_jobs=args.jobs,  # size, every model call to its max_tokens
+        media_bytes=int(args.media_gb * 1e9),
+        image_budget=SMALL_PAGE_PATCHES if args.small else DOC_PAGE_PATCHES,
+        ignore_eos=True,
+    )
+    pipeline = bench_pipeline(model, prompts, engine, note, config, args.model == "demo")
     workers = pipeline.media.num_workers
     report = {
         "model": note,

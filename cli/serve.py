@@ -113,6 +113,8 @@ class Children:
 
 
 def serve(host: str, port: int, workers: int) -> int:
+    from workers.media_budget import shm_budget
+
     _exit_on_signals()
     redis, children = None, None
     try:
@@ -121,8 +123,10 @@ def serve(host: str, port: int, workers: int) -> int:
             os.environ["OMNIBATCH_REDIS_URL"] = redis.start()
             log.info("embedded redis-server at %s (AOF in %s)", redis.url, redis.dir)
         env = dict(os.environ)
-        # The workers of one host share its cores for decoding (MEDIA_WORKERS).
+        # The workers of one host share its cores for decoding (MEDIA_WORKERS) and its
+        # /dev/shm for the decoded media waiting for the GPU (MEDIA_GB).
         env.setdefault("OMNIBATCH_MEDIA_WORKERS", str(max(1, (os.cpu_count() or 1) // workers)))
+        env.setdefault("OMNIBATCH_MEDIA_GB", f"{shm_budget() / workers / 1e9:.3f}")
         cli = [sys.executable, "-m", "cli.main"]
         commands = [[*cli, "worker", "--device", d] for d in _worker_devices(workers)]
         children = Children([*commands, [*cli, "webhooks"]], env)

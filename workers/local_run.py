@@ -102,9 +102,8 @@ def run_files(
 ) -> int:
     """Load the pipeline as a worker would, process `paths`; returns how many failed."""
     s = WorkerSettings()
-    config = PipelineConfig(s.media_limits, s.max_concurrent_jobs, media_workers=s.media_workers)
     pipeline = Pipeline.load(
-        model or s.model, device or default_device(), s.gpu_memory_gb, config,
+        model or s.model, device or default_device(), s.gpu_memory_gb, PipelineConfig.of(s),
         quantize or s.quantize,
     )
     try:

@@ -1,8 +1,9 @@
 """How far media decoding may run ahead of the GPU: a budget of host bytes.
 
 Decoded media waits in shared memory until the engine takes it (copies it to the GPU, or
-encodes it), and /dev/shm is small (32 GB in deploy/, of which the worker takes half;
-the pool workers' free frame buffers, 512 MiB each at most, live in the other):
+encodes it), and /dev/shm is small (32 GB in deploy/, of which the worker takes half, or its
+MEDIA_GB share of that half when several workers use one /dev/shm; the pool workers' free
+frame buffers, 512 MiB each at most, live in the other):
 twenty 20-page documents of float pages at the default budget, or a hundred 720p clips,
 fill that half. A decode may start while the bytes held plus the
 decodes in flight, each estimated at the mean size decoded so far, stay under the budget;

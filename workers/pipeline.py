@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from contract.schemas import JobCreate
+from contract.settings import WorkerSettings
 from media.errors import MediaTooLong
 from media.image import DEFAULT_BUDGET
 from media.limits import DEFAULT_LIMITS, MediaLimits
@@ -72,12 +73,23 @@ class ModelInfo:
 class PipelineConfig:
     limits: MediaLimits = DEFAULT_LIMITS
     max_jobs: int = 256  # jobs running at once (MAX_CONCURRENT_JOBS); later ones wait their turn
-    media_bytes: int | None = None  # decoded media held ahead of the GPU; None: half of /dev/shm
+    # decoded media held ahead of the GPU, and the most one input may decode to (MEDIA_GB);
+    # None: half of /dev/shm
+    media_bytes: int | None = None
     # The standard workloads (benchmarks/e2e.py) render pages at the size docs/performance.md
     # gives, and have every model call generate its `max_tokens` whatever random weights sample.
     image_budget: int = DEFAULT_BUDGET
     ignore_eos: bool = False
     media_workers: int | None = None  # decode processes (MEDIA_WORKERS); None: one per core
+
+    @classmethod
+    def of(cls, s: WorkerSettings, **changes) -> PipelineConfig:
+        """A worker's pipeline: its MAX_CONCURRENT_JOBS, MEDIA_WORKERS, MEDIA_GB and limits."""
+        media_bytes = None if s.media_gb is None else int(s.media_gb * 1e9)
+        return cls(
+            s.media_limits, s.max_concurrent_jobs, media_bytes, media_workers=s.media_workers,
+            **changes,
+        )  # fmt: skip
 
 
 @dataclass
@@ -122,13 +134,13 @@ class Pipeline:
     ):
         self.model, self.info, self.prompts = model, info, prompts
         self.model_info, self.demo, self.config = model_info, demo, config
-        # One file's decoded pixels must fit in shared memory beside the others' (pool.py).
-        limits = config.limits
-        self.limits = replace(limits, max_decoded_bytes=limits.max_decoded_bytes or shm_budget())
+        # One file's decoded pixels must fit in this worker's share of shared memory (pool.py).
+        limits, share = config.limits, shm_budget(config.media_bytes)
+        self.limits = replace(limits, max_decoded_bytes=limits.max_decoded_bytes or share)
         # decoding runs ahead, one process per core unless the host's cores are shared out
         self.media = MediaPool(config.media_workers, limits=self.limits)
         # ... as far as shared memory allows: jobs wait for room before decoding
-        self.media_budget = MediaBudget(shm_budget(config.media_bytes), self.media.num_workers)
+        self.media_budget = MediaBudget(share, self.media.num_workers)
         if engine.plan is not None:
             log.info("%s", engine.plan.table())
         self.engine = Engine(model, prompts.tokenizer, engine).start()

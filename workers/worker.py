@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING
 
 import redis
@@ -55,8 +56,31 @@ REDIS_CONNECTIONS = 32
 DEAD_ENGINE_GRACE_S = 10.0  # for jobs already recording their end when the engine died
 
 
+def claim_gpu(device: str, environ: MutableMapping[str, str] = os.environ) -> str:
+    """The name this process uses for `device`: "cuda:N" → "cuda:0", with GPU N made the only
+    one it sees (CUDA_VISIBLE_DEVICES, before CUDA starts). Side streams, CUDA graph captures
+    and Triton launches go to a thread's current device, 0 in every new thread: with all
+    GPUs visible, a worker of GPU N would launch them on GPU 0. Other devices as they are."""
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not index:
+        return device
+    import torch
+
+    if torch.cuda.is_initialized():
+        raise RuntimeError(f"claim_gpu({device!r}) after CUDA started in this process")
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = visible.split(",") if visible is not None else None
+    if gpus is not None and int(index) >= len(gpus):
+        raise SystemExit(f"--device {device}: CUDA_VISIBLE_DEVICES={visible} names fewer GPUs")
+    environ["CUDA_VISIBLE_DEVICES"] = gpus[int(index)].strip() if gpus is not None else index
+    return "cuda:0"
+
+
 class Worker:
-    def __init__(self, settings: WorkerSettings):
+    """`pipeline`: one built by the caller (the scale-out benchmark's full-size random model,
+    which no checkpoint on disk holds); None: `serve` loads the settings' model."""
+
+    def __init__(self, settings: WorkerSettings, pipeline: Pipeline | None = None):
         self.settings = settings
         self.redis = jobstore.connect(settings.redis_url, REDIS_CONNECTIONS)
         self.id = f"{socket.gethostname()}:{settings.device}:{os.getpid()}"
@@ -66,7 +90,7 @@ class Worker:
         self.queues = [Queue(name, connection=self.redis) for name in JOB_QUEUES]
         self.stopping = threading.Event()
         self._stopped = threading.Event()
-        self.pipeline: Pipeline | None = None  # loaded by serve()
+        self.pipeline = pipeline  # else loaded by serve()
         self.model_loaded = False
         self.engine_died = False
         self.in_flight: dict[str, Attempt] = {}
@@ -202,12 +226,12 @@ class Worker:
         threads[0].start()
         from workers.pipeline import Pipeline, PipelineConfig
 
-        log.info("worker %s loading the model on %s", self.id, self.settings.device)
-        s = self.settings
-        config = PipelineConfig(
-            s.media_limits, s.max_concurrent_jobs, media_workers=s.media_workers
-        )
-        self.pipeline = Pipeline.load(s.model, s.device, s.gpu_memory_gb, config, s.quantize)
+        if self.pipeline is None:
+            log.info("worker %s loading the model on %s", self.id, self.settings.device)
+            s = self.settings
+            device = claim_gpu(s.device)
+            config = PipelineConfig.of(s)
+            self.pipeline = Pipeline.load(s.model, device, s.gpu_memory_gb, config, s.quantize)
         ctx = JobContext(
             self.redis, Storage(self.settings.data_dir), self.leases, self.pipeline,
             ModelInfo.model_validate(self.pipeline.model_info, from_attributes=True), self.id,
@@ -231,9 +255,9 @@ class Worker:
         return 1 if self.engine_died else 0
 
 
-def run_worker(device: str | None) -> int:
+def run_worker(device: str | None, pipeline: Pipeline | None = None) -> int:
     settings = WorkerSettings(**({"device": device} if device else {}))
-    status = Worker(settings).serve()
+    status = Worker(settings, pipeline).serve()
     # Jobs handed back may still be unwinding in their threads, inside torch; a normal
     # interpreter exit would tear torch down under them (abort), so leave without it.
     logging.shutdown()
