@@ -147,9 +147,8 @@ class WorkerSettings(CommonSettings):
     # Media decode processes; None: one per core. N workers on one host share its cores
     # (`omnibatch serve --workers N` gives each cores // N).
     media_workers: int | None = Field(None, gt=0)
-    # GB of decoded media held in /dev/shm ahead of the GPU, and the most one input may
-    # decode to; None: half of /dev/shm. N workers on one /dev/shm share that half
-    # (`omnibatch serve --workers N` gives each half / N).
+    # GB of decoded media held in /dev/shm ahead of the GPU; None: half of /dev/shm. N workers
+    # on one /dev/shm share that half (`omnibatch serve --workers N` gives each half / N).
     media_gb: float | None = Field(None, gt=0)
 
     @property

@@ -73,8 +73,7 @@ class ModelInfo:
 class PipelineConfig:
     limits: MediaLimits = DEFAULT_LIMITS
     max_jobs: int = 256  # jobs running at once (MAX_CONCURRENT_JOBS); later ones wait their turn
-    # decoded media held ahead of the GPU, and the most one input may decode to (MEDIA_GB);
-    # None: half of /dev/shm
+    # decoded media held ahead of the GPU (MEDIA_GB); None: half of /dev/shm
     media_bytes: int | None = None
     # The standard workloads (benchmarks/e2e.py) render pages at the size docs/performance.md
     # gives, and have every model call generate its `max_tokens` whatever random weights sample.
@@ -134,13 +133,13 @@ class Pipeline:
     ):
         self.model, self.info, self.prompts = model, info, prompts
         self.model_info, self.demo, self.config = model_info, demo, config
-        # One file's decoded pixels must fit in this worker's share of shared memory (pool.py).
-        limits, share = config.limits, shm_budget(config.media_bytes)
-        self.limits = replace(limits, max_decoded_bytes=limits.max_decoded_bytes or share)
+        # One file's decoded pixels must fit in shared memory beside the others' (pool.py).
+        limits = config.limits
+        self.limits = replace(limits, max_decoded_bytes=limits.max_decoded_bytes or shm_budget())
         # decoding runs ahead, one process per core unless the host's cores are shared out
         self.media = MediaPool(config.media_workers, limits=self.limits)
         # ... as far as shared memory allows: jobs wait for room before decoding
-        self.media_budget = MediaBudget(share, self.media.num_workers)
+        self.media_budget = MediaBudget(shm_budget(config.media_bytes), self.media.num_workers)
         if engine.plan is not None:
             log.info("%s", engine.plan.table())
         self.engine = Engine(model, prompts.tokenizer, engine).start()
