@@ -55,14 +55,18 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.e2e import WORKLOADS
+from benchmarks.e2e import WORKLOADS, bench_pipeline, load, warm_up
 from benchmarks.e2e_inputs import workload_files
 from benchmarks.load import ROOT, Client, drain
 from cli.embedded_redis import EmbeddedRedis, free_port
 from contract import jobstore
+from contract.settings import WorkerSettings
 from service.joblist import queue_depth
+from workers.engine.engine import engine_config
 from workers.leases import LEASES_KEY, lease_key
 from workers.media_budget import shm_budget
+from workers.pipeline import PipelineConfig, demo_checkpoint_dir
+from workers.worker import claim_gpu, run_worker
 
 VIDEO = WORKLOADS["video"]
 BAR = 0.9
@@ -334,6 +338,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not on PATH (apt-get install redis-server)")
+    try:  # the gateway's imports, before any input is made or GPU time spent
+        import service.main  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise SystemExit(f"the gateway needs {exc.name}: pip install . (its dependencies)") from exc
     devices = _devices(args)
     n = len(devices)
     jobs = args.jobs or JOBS_PER_GPU * n
@@ -343,8 +351,6 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"/dev/shm holds {share.media_gb:.2f} GB a worker: too little to "
                          "decode ahead (give the host a larger /dev/shm)")  # fmt: skip
     files = workload_files("video", ROOT / ".cache" / "bench", args.small)
-    from workers.pipeline import demo_checkpoint_dir
-
     demo_checkpoint_dir()  # written once here, not raced by the workers
     report = {
         "device": _device_name(devices[0]),
@@ -374,12 +380,6 @@ def worker_main(argv: list[str]) -> int:
     ap.add_argument("files", nargs="+", help="warm-up inputs")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from benchmarks.e2e import bench_pipeline, load, warm_up
-    from contract.settings import WorkerSettings
-    from workers.engine.engine import engine_config
-    from workers.pipeline import PipelineConfig
-    from workers.worker import claim_gpu, run_worker
-
     settings = WorkerSettings(device=args.device)
     claim_gpu(args.device)  # before CUDA starts: from here "cuda" is this worker's GPU alone
     model, prompts, note = load(args.model, args.precision)
