@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from contract import jobstore
 from contract.jobstore import JobRecord
-from contract.json_grammar import check_grammar
+from contract.json_grammar import grammar_problem
 from contract.schemas import JobCreate, JobStatus, WebhookState
 from media.errors import MediaError, MediaTooLarge
 from media.limits import MediaLimits
@@ -65,12 +65,9 @@ def parse_request(raw: bytes | None) -> JobCreate:
 def _check_response_format(req: JobCreate) -> JobCreate:
     """The response_format's schema compiled, without a tokenizer: tens of µs to, for huge
     schemas, a second — callers keep it off the event loop."""
-    grammar = req.response_format.grammar()
-    if grammar is not None:
-        try:
-            check_grammar(grammar)
-        except ValueError as exc:
-            raise InvalidRequest(f"response_format: the schema cannot be compiled: {exc}") from exc
+    problem = grammar_problem(req.response_format.grammar())
+    if problem is not None:
+        raise InvalidRequest(f"response_format: the schema cannot be compiled: {problem}")
     return req
 
 

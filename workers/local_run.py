@@ -22,7 +22,7 @@ from typing import TextIO
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from contract.json_grammar import check_grammar
+from contract.json_grammar import grammar_problem
 from contract.schemas import JobCreate, JobStatus
 from contract.settings import WorkerSettings
 from workers.job import Job
@@ -68,12 +68,8 @@ def request_from_flags(
             f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in exc.errors()
         )
         raise SystemExit(f"omnibatch run: invalid options: {problems}") from None
-    grammar = request.response_format.grammar()
-    if grammar is not None:
-        try:
-            check_grammar(grammar)
-        except ValueError as exc:
-            raise SystemExit(f"omnibatch run: --schema {schema}: {exc}") from None
+    if (problem := grammar_problem(request.response_format.grammar())) is not None:
+        raise SystemExit(f"omnibatch run: --schema {schema}: {problem}")
     return request
 
 

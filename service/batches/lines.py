@@ -20,12 +20,11 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from contract.json_grammar import check_grammar
+from contract.json_grammar import grammar_problem
 from contract.schemas import JobCreate, VideoOptions
 from service.errors import describe_validation
 
@@ -207,22 +206,10 @@ def convert(body: dict, metadata: dict[str, str]) -> LineJob:
         request = JobCreate.model_validate(_job_fields(chat, prompt, metadata))
     except ValidationError as exc:
         raise LineError("invalid_request", describe_validation(exc.errors())) from exc
-    grammar = request.response_format.grammar()
-    if grammar is not None and (problem := _grammar_problem(grammar)) is not None:
+    if (problem := grammar_problem(request.response_format.grammar())) is not None:
         message = f"response_format: the schema cannot be compiled: {problem}"
         raise LineError("invalid_request", message, "body.response_format")
     return LineJob(request=request, media=_media_ref(media[0]), model=chat.model)
-
-
-@lru_cache(maxsize=64)
-def _grammar_problem(grammar: str) -> str | None:
-    """What /v1/jobs checks at submit (submit.parse_request), once per distinct schema:
-    the lines of one batch mostly share theirs, and a big one takes up to a second."""
-    try:
-        check_grammar(grammar)
-    except ValueError as exc:
-        return str(exc)
-    return None
 
 
 def _job_fields(chat: _ChatBody, prompt: str, metadata: dict[str, str]) -> dict:
