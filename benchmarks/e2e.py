@@ -29,7 +29,7 @@ FP8 or NVFP4 checkpoint (the full model built so, the demo quantized at load); t
 renders pages near 1 K patches.
 `--reference` adds, after our model is freed, transformers' NemotronH `generate` floor.
 `--gpu-memory-gb N` plans the engine's memory under N GiB, as the worker's GPU_MEMORY_GB
-(default: 90 % of the card), so workloads compare before and after on one card.
+(default: 95 % of the card), so workloads compare before and after on one card.
 
 Counting (spec "Counting"): 5.75 GFLOP per LLM token fed (prefill or decode), + 0.7 GFLOP LM
 head per sampled token, 1.43 GFLOP per ViT patch position (a 2-frame tubelet shares one);

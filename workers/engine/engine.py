@@ -119,7 +119,7 @@ class EngineConfig:
 
 
 def engine_config(model: OmniModel, gpu_memory_gb: float | None) -> EngineConfig:
-    """The worker's engine: its memory plan under GPU_MEMORY_GB (or 90 % of the card) on CUDA,
+    """The worker's engine: its memory plan under GPU_MEMORY_GB (or 95 % of the card) on CUDA,
     with CUDA graphs for decode; a small eager engine on the CPU (demo checkpoint, tests)."""
     if model.device.type != "cuda":
         return EngineConfig(max_running=16, kv_capacity_tokens=1 << 16, max_seq_len=1 << 16)

@@ -1,0 +1,102 @@
+"""The standard workloads of an older tree beside this one: same card, same inputs, one call.
+
+    python -m benchmarks.before_after --old DIR [--video 64] [--doc 16] [--audio 32]
+                                      [--via-cli] [--cache DIR] [--model full|demo] [--small]
+
+DIR holds an older commit's files (`git archive C | tar -x -C DIR`, an ignored folder carried to
+the device). For each workload the old tree's `benchmarks.e2e` runs, then this tree's, each in
+a process of its own so only one of them holds the GPU, both at their default settings on the
+same input files (`--cache`, made once by whichever runs first). `--via-cli` adds, after
+W-video, this tree's W-video through `omnibatch run`'s runner (`benchmarks.e2e --via-cli`).
+Prints each workload's two rates and their ratio, and how long each process took from start
+to exit (model build, warm-up and run); JSON to $OUT/before_after.json, each run's own report
+under $OUT/<tree>-<workload>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_e2e(tree: Path, workload: str, jobs: int, args, out: Path, *extra: str) -> dict:
+    """One `benchmarks.e2e` process in `tree`; its report, with the process's seconds."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "benchmarks.e2e", "--workload", workload, "--jobs", str(jobs),
+           "--model", args.model, "--cache", str(args.cache), "--results", str(out / "results"),
+           *(["--small"] if args.small else []), *extra]  # fmt: skip
+    # the tree's packages first; the rest of the path (the device's wheels) stays
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = [str(tree)] + [p for p in paths if Path(p).resolve() != ROOT]
+    env = {**os.environ, "OUT": str(out), "PYTHONPATH": os.pathsep.join(paths)}
+    t0 = time.monotonic()
+    with (out / "log.txt").open("w") as log:
+        done = subprocess.run(cmd, cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.monotonic() - t0
+    if done.returncode:
+        tail = (out / "log.txt").read_text()[-3000:]
+        raise RuntimeError(f"{tree} {workload} exited {done.returncode}:\n{tail}")
+    report = json.loads((out / "e2e.json").read_text())
+    return {"row": report["workloads"][workload], "process_s": seconds,
+            "device": report["device"]}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--old", type=Path, required=True, help="the older tree's folder")
+    ap.add_argument("--video", type=int, default=64, help="W-video jobs")
+    ap.add_argument("--doc", type=int, default=16, help="W-doc jobs")
+    ap.add_argument("--audio", type=int, default=32, help="W-audio jobs")
+    ap.add_argument("--via-cli", action="store_true", help="add W-video through omnibatch run")
+    ap.add_argument("--model", choices=["full", "demo"], default="full")
+    ap.add_argument("--small", action="store_true", help="short inputs (CPU smoke run)")
+    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
+    args = ap.parse_args(argv)
+    args.cache = args.cache.resolve()
+    out = Path(os.environ.get("OUT") or ROOT / ".cache" / "before_after")
+    trees = {"before": args.old.resolve(), "after": ROOT}
+    report: dict = {"old": str(args.old), "workloads": {}}
+    for workload in ("video", "doc", "audio"):
+        jobs = getattr(args, workload)
+        if not jobs:
+            continue
+        runs = {name: run_e2e(tree, workload, jobs, args, out / f"{name}-{workload}")
+                for name, tree in trees.items()}  # fmt: skip
+        if workload == "video" and args.via_cli:
+            runs["via_cli"] = run_e2e(ROOT, "video", jobs, args, out / "cli-video", "--via-cli")
+        report["device"] = runs["after"]["device"]
+        report["workloads"][workload] = runs
+        _save(report, out)
+    _table(report)
+    return report
+
+
+def _save(report: dict, out: Path) -> None:
+    """After each run, so a call cut off by its time limit still brings back what ran."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "before_after.json").write_text(json.dumps(report, indent=1, default=str))
+
+
+def _table(report: dict) -> None:
+    print(f"\n{report['device']}; before = {report['old']}, after = this tree")
+    print(f"{'workload':8} {'jobs':>4} {'run':>7} {'metric':>11} {'unit':>12} {'× before':>8} "
+          f"{'wall s':>7} {'process s':>9} {'rsv GiB':>7}")  # fmt: skip
+    for name, runs in report["workloads"].items():
+        before = runs["before"]["row"]["metric"]
+        for run, r in runs.items():
+            row = r["row"]
+            rsv = row.get("peak_reserved_gib") or 0.0
+            print(f"{name:8} {row['jobs']:4d} {run:>7} {row['metric']:11.1f} "
+                  f"{row['metric_name']:>12} {row['metric'] / before:8.3f} {row['wall_s']:7.1f} "
+                  f"{r['process_s']:9.0f} {rsv:7.1f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
