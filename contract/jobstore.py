@@ -160,9 +160,19 @@ def from_hash(raw: dict[bytes, bytes], *, strict: bool = False) -> JobRecord:
     return JobRecord.model_validate(data)
 
 
-def connect(url: str, max_connections: int = 64) -> redis.Redis:
+def connect(
+    url: str, max_connections: int = 64, socket_timeout: float | None = None
+) -> redis.Redis:
+    """A client on a bounded pool. `socket_timeout` bounds each reply (the gateway's: a Redis
+    that stops answering without closing its connections must not hang requests); None
+    waits, as RQ's blocking pops need."""
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=POOL_WAIT_S, health_check_interval=30
+        url,
+        max_connections=max_connections,
+        timeout=POOL_WAIT_S,
+        health_check_interval=30,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=socket_timeout,
     )
     return redis.Redis(connection_pool=pool, decode_responses=False)
 

@@ -22,6 +22,10 @@ from service.routes import batches, files, health, jobs
 from service.urlguard import UrlGuard
 
 log = logging.getLogger("omnibatch.gateway")
+# Every command the gateway sends is answered in milliseconds; a Redis that stops answering
+# with its connections open (stopped, its host stuck) becomes a 503 after redis-py's retries,
+# about 4 × this, instead of a request that hangs.
+REDIS_REPLY_S = 2.0
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -32,7 +36,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        r = jobstore.connect(settings.redis_url)
+        r = jobstore.connect(settings.redis_url, socket_timeout=REDIS_REPLY_S)
         storage = Storage(settings.data_dir)
         app.state.omnibatch = AppState(
             settings=settings,

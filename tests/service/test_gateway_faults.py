@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -57,6 +58,25 @@ def test_redis_outage_answers_503_with_retry_after(gateway, make_redis_server, t
     server.start()
     resp = httpx.get(f"{url}/v1/jobs/{job_id}", headers=AUTH_A)
     assert resp.status_code == 200 and resp.json()["status"] == "queued"
+
+
+def test_a_redis_that_stops_answering_gets_503_not_a_hung_request(gateway, make_redis_server):
+    """SIGSTOP keeps the connections open and answers nothing: only the gateway's reply
+    timeout turns that into a 503 (redis-py's retries included, well under a client's 30 s)."""
+    server = make_redis_server()
+    url = gateway(server.url)
+    assert httpx.get(f"{url}/v1/jobs", headers=AUTH_A).status_code == 200
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        resp = httpx.get(f"{url}/v1/jobs", headers=AUTH_A, timeout=60)
+        took = time.monotonic() - start
+        assert_unavailable(resp)
+        assert took < 20, took
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    resp = httpx.get(f"{url}/v1/jobs", headers=AUTH_A, timeout=30)
+    assert resp.status_code == 200, resp.text
 
 
 def test_redis_loading_after_a_restart_answers_503(gateway, make_redis_server):
