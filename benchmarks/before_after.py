@@ -89,7 +89,8 @@ def _save(report: dict, out: Path) -> None:
 def _table(report: dict) -> None:
     print(f"\n{report['device']}; before = {report['old']}, after = this tree")
     print(f"{'workload':8} {'jobs':>4} {'run':>7} {'metric':>11} {'unit':>12} {'× before':>8} "
-          f"{'wall s':>7} {'process s':>9} {'rsv GiB':>7}")  # fmt: skip
+          f"{'wall s':>7} {'process s':>9} {'rsv GiB':>7} {'encode s':>8} {'prefill/s':>9} "
+          f"{'tok/fwd':>7} {'retries':>7}")  # fmt: skip
     for name, runs in report["workloads"].items():
         before = runs["before"]["row"]["metric"] if "row" in runs["before"] else float("nan")
         for run, r in runs.items():
@@ -98,9 +99,13 @@ def _table(report: dict) -> None:
                 continue
             row = r["row"]
             rsv = row.get("peak_reserved_gib") or 0.0
+            encode = row["engine"]["seconds"].get("encode", 0.0)
+            per_forward = row.get("tokens_per_prefill_forward", float("nan"))  # newer trees
+            retries = row.get("allocator", {}).get("num_alloc_retries", "-")
             print(f"{name:8} {row['jobs']:4d} {run:>7} {row['metric']:11.1f} "
                   f"{row['metric_name']:>12} {row['metric'] / before:8.3f} {row['wall_s']:7.1f} "
-                  f"{r['process_s']:9.0f} {rsv:7.1f}")  # fmt: skip
+                  f"{r['process_s']:9.0f} {rsv:7.1f} {encode:8.1f} "
+                  f"{row['prefill_tok_s'] or 0:9.0f} {per_forward:7.0f} {retries:>7}")  # fmt: skip
 
 
 if __name__ == "__main__":

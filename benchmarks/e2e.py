@@ -236,6 +236,7 @@ def run_workload(w: Workload, pipeline: Pipeline, files: list[str], args) -> dic
     cuda = pipeline.model.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    allocator = allocator_counts(cuda)
     before = copy.deepcopy(pipeline.engine.stats)
     pipeline.media_budget.reset_peak()
     request = w.request(w.max_tokens(args.small))
@@ -257,8 +258,18 @@ def run_workload(w: Workload, pipeline: Pipeline, files: list[str], args) -> dic
         "pool_cpu_s": pool_cpu_s() - cpu,
         "media_exposed_s": exposed,
         "peak_media_gb": pipeline.media_budget.peak / 1e9,
+        "allocator": {k: v - allocator[k] for k, v in allocator_counts(cuda).items()},
     }
     return _measure(w, _delta(pipeline.engine.stats, before), counts, cuda)
+
+
+def allocator_counts(cuda: bool) -> dict[str, int]:
+    """torch's caching-allocator counters: cudaMalloc / cudaFree calls, and the retries after
+    freeing its cache (an allocation that met the cap): a workload near GPU_MEMORY_GB pays
+    for these in synchronisations."""
+    names = ("num_device_alloc", "num_device_free", "num_alloc_retries", "num_ooms")
+    stats = torch.cuda.memory_stats() if cuda else {}
+    return {k: int(stats.get(k, 0)) for k in names}
 
 
 def _measure(w: Workload, s: dict, counts: dict, cuda: bool) -> dict:
@@ -290,6 +301,7 @@ def _measure(w: Workload, s: dict, counts: dict, cuda: bool) -> dict:
         "prefill_tok_s": s["prefill_tokens"] / secs["prefill"] if secs.get("prefill") else None,
         "decode_tok_s": s["decode_tokens"] / decode_s if decode_s else None,
         "output_tok_s_wall": s["sampled_tokens"] / wall,
+        "tokens_per_prefill_forward": s["prefill_tokens"] / max(1, s["prefill_forwards"]),
         # of the pool's worker-seconds, spent on CPU (decoding)
         "pool_cpu_share": counts["pool_cpu_s"] / (wall * counts["pool_workers"]),
         "peak_gpu_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None,

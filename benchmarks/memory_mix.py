@@ -32,6 +32,7 @@ import torch
 
 from benchmarks.memory_mix_inputs import SMALL, MixSizes, mix_files
 from contract.schemas import JobCreate
+from workers.engine.engine import engine_config
 from workers.engine.memory_plan import GiB
 from workers.model.checkpoint_info import read_checkpoint_info
 from workers.model.prompt import PromptBuilder
@@ -76,7 +77,7 @@ def one_job(pipe: Pipeline, kind: str, path: str, max_tokens: int, sizes: MixSiz
     row = {"kind": kind, "file": os.path.basename(path)}
     row["expected"] = expected_usage(kind, path, sizes)
     try:
-        out = pipe.run(request, path, progress=lambda *a: None, cancelled=lambda: False)
+        out = pipe.submit(request, path).result()
         row |= {"status": "succeeded", "usage": out.usage}
         row["usage_ok"] = usage_ok(out.usage, row["expected"])
     except Exception as exc:  # the job boundary: what a worker would record
@@ -94,7 +95,8 @@ def run_cap(model, cap: float | None, jobs: list[tuple[str, str]], args, sizes) 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     pipe = Pipeline(model, read_checkpoint_info(demo), PromptBuilder.from_dir(demo),
-                    ModelInfo("mix", None, "bfloat16"), demo=False, gpu_memory_gb=gib)  # fmt: skip
+                    ModelInfo("mix", None, "bfloat16"), demo=False,
+                    engine=engine_config(model, gib))  # fmt: skip
     plan = pipe.engine.config.plan
     t = time.monotonic()
     try:

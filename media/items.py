@@ -53,6 +53,9 @@ class AudioItem:
         return sum(-(-(n // 160) // 8) for n in self.clip_samples)
 
 
+AUDIO_TOKENS_PER_S = 16000 / 160 / 8  # AudioItem.num_tokens per second of sound, about
+
+
 @dataclass
 class VideoItem:
     """Sampled frames of one video chunk as 2-frame tubelets (docs/model.md §3).

@@ -71,7 +71,10 @@ def image_grid(height: int, width: int, budget: int, min_patches: int = 1024) ->
     return _even(ph, pw, budget)
 
 
-def video_grid(height: int, width: int, target: int = 1024) -> tuple[int, int]:
+VIDEO_PATCHES = 1024  # per frame, at most (docs/model.md §3.1)
+
+
+def video_grid(height: int, width: int, target: int = VIDEO_PATCHES) -> tuple[int, int]:
     """Per-frame patch grid (ph, pw) near `target` patches keeping the aspect (docs/model.md
     §3.1)."""
     a = width / max(height, 1)

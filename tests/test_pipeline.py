@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from contract.schemas import JobCreate
-from media.errors import MediaError
+from media.errors import MediaError, MediaTooLong
 from media.items import AudioItem
 from tests.media.corpus import write_video
+from workers.engine.engine import EngineConfig
 from workers.job import Job, JobThreads
 from workers.media_units import audio_units
 from workers.pipeline import DEMO_WARNING, Pipeline
@@ -264,3 +265,22 @@ def test_a_workers_host_share_bounds_its_decoding_ahead(files, monkeypatch, tmp_
         assert small.media_budget.peak > 10_000 and small.media_budget.held == 0
     finally:
         small.close()
+
+
+def test_default_video_chunks_shrink_to_fit_the_engines_longest_sequence(pipeline, files):
+    """Under a small cache (a small GPU_MEMORY_GB) a default chunk's prompt would not fit:
+    the chunks get shorter instead of the job failing; a chunk the request sets is kept."""
+    p = pipeline
+    small = EngineConfig(max_running=4, kv_capacity_tokens=1024, max_seq_len=1024)
+    tight = Pipeline(p.model, p.info, p.prompts, p.model_info, True, small)
+    try:
+        video = {"fps": 4, "max_frames": 16}  # the default chunk: the whole 4 s clip
+        roomy = run(pipeline, request(task="caption", video=video), files / "a.mp4")
+        assert roomy.usage["input_tokens"] > 1024 and roomy.segments is None
+        out = run(tight, request(task="caption", video=video), files / "a.mp4")
+        assert len(out.segments) >= 3 and out.usage["video_seconds"] == pytest.approx(4.0)
+        assert out.segments[-1]["end_s"] == pytest.approx(4.0)
+        with pytest.raises(MediaTooLong):
+            run(tight, request(task="caption", video=video | {"chunk_s": 4}), files / "a.mp4")
+    finally:
+        tight.close()

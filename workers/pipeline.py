@@ -46,6 +46,7 @@ from workers.media_budget import MediaBudget, shm_budget
 from workers.media_units import Unit, decode, host_release
 from workers.model.checkpoint_info import CheckpointInfo
 from workers.model.demo import DEMO_NAME, DEMO_VERSION, write_demo_checkpoint
+from workers.model.expand import label_tokens, video_tokens_per_s
 from workers.model.loader import load_model
 from workers.model.omni import OmniModel, PromptStats
 from workers.model.prompt import PromptBuilder, task_text
@@ -55,6 +56,8 @@ DEMO_WARNING = "demo-random: a tiny random-weight model; its text is meaningless
 # with a JSON response_format, when an answer did not parse (its `json` is null)
 TRUNCATED_WARNING = "generation.max_tokens was reached before the JSON was complete"
 NO_JSON_WARNING = "the model ended without a JSON answer (in its reasoning)"
+# A video chunk's prompt beside its media: chat template, system and task text, at most.
+PROMPT_TEXT_TOKENS = 512
 Progress = Callable[[str, int, int], None]  # (stage, done, total), from the job's thread
 
 
@@ -150,6 +153,7 @@ class Pipeline:
             prompts.tokenizer.to_str(), model.config.llm.vocab_size, self.stop_ids
         )
         self._threads = JobThreads(self._run, config.max_jobs)
+        self._label_tokens = label_tokens(prompts.encode)
 
     @classmethod
     def load(
@@ -229,10 +233,24 @@ class Pipeline:
             max_frames=v.max_frames,
             start_s=v.start_s,
             end_s=v.end_s,
-            chunk_s=v.chunk_s,
+            chunk_s=self._chunk_s(request),
             use_audio=v.use_audio,
             image_budget=self.config.image_budget,
         )
+
+    def _chunk_s(self, request: JobCreate) -> float | None:
+        """The request's video chunk; unset, the default (max_frames / fps), unless a chunk's
+        prompt and output would not fit the longest sequence the engine holds (a small
+        GPU_MEMORY_GB): then shorter chunks, so a long video runs as more model calls."""
+        v = request.video
+        if v.chunk_s is not None:
+            return v.chunk_s
+        per_s = video_tokens_per_s(v.fps, self._evs_rate(request), v.use_audio, self._label_tokens)
+        text = PROMPT_TEXT_TOKENS + len(self.prompts.encode(request.prompt or ""))
+        fit = (self.engine.longest_sequence - request.generation.max_tokens - text) / per_s
+        if fit >= v.max_frames / v.fps:
+            return None
+        return max(2 / v.fps, fit)  # a tubelet at least: shorter cannot fit anything
 
     def _sampling(self, request: JobCreate) -> SamplingParams:
         g = request.generation

@@ -74,6 +74,22 @@ def test_full_size_plans(full_weights, gib):
     assert plan.total() > plan.cap - (16 << 20)  # what is left goes to the cache
 
 
+def test_caps_just_above_the_smallest_plan_still_hold_a_whole_sequence(full_weights):
+    """Near the minimum the slots' state must not eat the KV rows of the one request the
+    plan promises (on an H100, 64 GiB with 61.75 GiB of weights as the allocator reserved
+    them planned 3 slots and 28 471 rows, under MIN_SEQ_LEN)."""
+    floor = None
+    for step in range(200):
+        cap = int((62.5 + step * 0.025) * GiB)
+        try:
+            plan = plan_memory(FULL, full_weights, cap, 2)
+        except MemoryPlanError:
+            continue
+        floor = floor or cap
+        check(plan, full_weights)
+    assert floor is not None and floor < 64 * GiB
+
+
 def test_more_memory_never_means_smaller_budgets(full_weights):
     plans = [plan_memory(FULL, full_weights, gib * GiB, 2) for gib in (64, 71, 80, 100, 141)]
     for small, big in zip(plans, plans[1:], strict=False):

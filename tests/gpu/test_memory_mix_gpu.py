@@ -23,9 +23,9 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_long_input_mix_under_two_caps():
-    report = main(["--caps", "0.9", "64", "--videos", "2", "--documents", "2", "--audios", "2",
+    report = main(["--caps", "64", "0.9", "--videos", "2", "--documents", "2", "--audios", "2",
                    "--portraits", "3", "--photos", "3"])  # fmt: skip
-    assert [round(c["cap_gib"], 1) for c in report["caps"]][1] == 64.0
+    assert [round(c["cap_gib"], 1) for c in report["caps"]][0] == 64.0
     for cap in report["caps"]:
         bad = [r for r in cap["jobs"] if r["status"] != "succeeded" or not r["usage_ok"]]
         failed = [(r["kind"], r["file"], r.get("error"), r.get("usage")) for r in bad]

@@ -235,6 +235,11 @@ class Engine:
         return prepared.future
 
     @property
+    def longest_sequence(self) -> int:
+        """Prompt + output tokens one request may hold (its KV rows, its slot's row table)."""
+        return min(self.cache.kv_capacity_tokens, self.cache.max_seq_len)
+
+    @property
     def alive(self) -> bool:
         return self._death is None and self._thread is not None and self._thread.is_alive()
 
@@ -326,7 +331,7 @@ class Engine:
         the cache is rejected, both before any encoding."""
         c, budget = self.costs, self.config.prompt_budget
         room = self.config.workspace_bytes + budget * c.prompt_row - min_piece_bytes(c)
-        limit = min(self.cache.kv_capacity_tokens, self.cache.max_seq_len)
+        limit = self.longest_sequence
         held = self._held_tokens()
         group, tokens, staged = [], 0, 0  # the group's prompt tokens and its bytes at splice
         while self._queued:
@@ -369,6 +374,7 @@ class Engine:
     def _encode(self, group: list[Prepared], pieces: EncodePieces) -> None:
         """Encode and admit `group`; after an out-of-memory, its halves one by one, then a
         lone request in smaller pieces, down to the smallest."""
+        self.stats.encode_groups += 1
         try:
             with self.stats.stage("encode", self.model.device):
                 results = self.stages.encode(group, pieces)

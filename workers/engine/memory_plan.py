@@ -213,7 +213,10 @@ def plan_memory(
     cache = rest - prompts * c.prompt_row
     per_slot = c.slot + seq_len * c.seq_row_index + KV_ROWS_PER_SLOT * c.kv_row + c.decode_seq
     slots = _clamp((cache - _cache(c, 0, 0, seq_len)) // per_slot, 1, MAX_SLOTS)
-    kv_rows = (cache - _cache(c, slots, 0, seq_len)) // c.kv_row - 1
+    # fewer slots where their state would leave one request less than its max_seq_len rows
+    while slots > 1 and _cache(c, slots, seq_len, seq_len) > cache:
+        slots -= 1
+    kv_rows = (cache - _cache(c, slots, 0, seq_len)) // c.kv_row  # the scratch row counted there
     sizes = tuple(n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n < slots) + (slots,)
     return MemoryPlan(
         cap=cap,

@@ -104,6 +104,7 @@ class ModelRunner:
             with self.stats.stage("prefill", self.device):
                 d, h = self._prefill(part)
             self.stats.prefill_tokens += sum(c.length for c in part)
+            self.stats.prefill_forwards += 1
             done += d
             rows.append(h)
         return done, torch.cat(rows)

@@ -25,6 +25,8 @@ class StageStats:
     profile: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
     prefill_tokens: int = 0
+    prefill_forwards: int = 0  # prefill_tokens / prefill_forwards: the mean forward
+    encode_groups: int = 0  # groups encoded together (a retry after an out-of-memory too)
     decode_tokens: int = 0  # tokens fed to decode forwards
     decode_steps: int = 0  # decode forwards (decode_tokens / decode_steps: the mean batch)
     sampled_tokens: int = 0

@@ -19,7 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from media.items import AudioItem, ImageItem, VideoItem
+from media.items import AUDIO_TOKENS_PER_S, AudioItem, ImageItem, VideoItem
+from media.resize import VIDEO_PATCHES
 
 IMAGE_MARKER, VIDEO_MARKER, AUDIO_MARKER = "<image>", "<video>", "<so_embedding>"
 _MARKERS = re.compile("|".join(map(re.escape, (IMAGE_MARKER, VIDEO_MARKER, AUDIO_MARKER))))
@@ -53,6 +54,20 @@ def tubelet_labels(timestamps: list[float], num_tubelets: int, t: int = 2) -> li
             parts.append(f"{word} {k + 1} sampled at {timestamps[k]:.2f} seconds")
         labels.append(" and ".join(parts) + ": ")
     return labels
+
+
+def label_tokens(encode) -> int:
+    """Tokens of the longest tubelet label a chunk can have (frame numbers up to 1 024, times
+    past a day), with its newline and image tags: `encode(text) -> ids`."""
+    label = tubelet_labels([99999.5] * 1024, 512)[-1]
+    return len(encode("\n" + label)) + 2
+
+
+def video_tokens_per_s(fps: float, evs_rate: float, use_audio: bool, label: int) -> float:
+    """Prompt tokens a second of video takes, at most: fps / 2 tubelets of VIDEO_PATCHES / 4
+    tokens, 1 - evs_rate of them kept, each with its `label` tokens; its soundtrack's."""
+    tubelet = VIDEO_PATCHES // 4 * (1 - evs_rate) + label
+    return fps / 2 * tubelet + (AUDIO_TOKENS_PER_S if use_audio else 0.0)
 
 
 def image_block(n: int, tok: MediaTokens) -> str:
