@@ -25,6 +25,8 @@ from workers.engine.memory_plan import (
     RUNTIME_BYTES,
     SLACK_BYTES,
     encode_pieces,
+    graph_pool,
+    graph_sizes,
     plan_for,
     weight_bytes,
 )
@@ -70,17 +72,21 @@ def costs(model) -> StageCosts:
 
 
 def peak(fn):
-    """(bytes allocated at fn's peak above what existed before it, fn's result)."""
+    """(bytes allocated at fn's peak above what existed before it, fn's result). Without
+    autograd, as the engine runs every stage: with it, the ViT's and the audio encoder's
+    forwards kept every layer's activations (5.3 GB for four 1 034-token images)."""
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    out = fn()
+    with torch.no_grad():
+        out = fn()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - base, out
 
 
 def check(stage: str, size: str, fn, formula: int, margin: float = MARGIN) -> None:
-    fn()  # compile kernels, create library workspaces
+    with torch.no_grad():
+        fn()  # compile kernels, create library workspaces
     measured, _ = peak(fn)
     RESULTS.append(dict(stage=stage, size=size, measured=measured, formula=formula))
     print(f"{stage:10} {size:28} measured {measured / MiB:9.1f} MiB  formula {formula / MiB:9.1f}"
@@ -137,7 +143,8 @@ def test_audio_per_frame(model, costs, k):
 
 def _prefill_setup(model, tokens: int, seqs: int):
     c = model.config.llm
-    cache = HybridCache(c, seqs, tokens + 16, tokens, "cuda", torch.bfloat16)
+    # room for every sequence's prompt and a decode token or two each
+    cache = HybridCache(c, seqs, tokens + 2 * seqs + 16, tokens + 16, "cuda", torch.bfloat16)
     runner = ModelRunner(model.llm, cache)
     g = torch.Generator("cuda").manual_seed(tokens + seqs)
     each = tokens // seqs
@@ -167,7 +174,8 @@ def test_moe_experts_workspace(model):
     moe = model.llm.layers[1].mixer
     x = torch.randn(16384, 2688, device="cuda", dtype=torch.bfloat16)
     w, ids = ops.moe_route(x, moe.gate.weight, moe.gate.e_score_correction_bias, 6, 2.5)
-    fn = lambda: ops.moe_experts(x, moe.experts_up, moe.experts_down, w, ids)  # noqa: E731
+    up, down = moe.experts.up_proj.weight, moe.experts.down_proj.weight
+    fn = lambda: ops.moe_experts(x, up, down, w, ids)  # noqa: E731
     check("moe", "16384 tokens", fn, moe_experts.workspace_bytes(16384, 6, 128, 1856, 2688, 2))
 
 
@@ -192,20 +200,22 @@ def test_decode_graph_pool(model, costs):
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     before = torch.cuda.memory_reserved()
-    measured, graphs = peak(lambda: DecodeGraphs(model.llm, cache, [1, 2, 4, 8, 16, 32, n]))
+    measured, graphs = peak(lambda: DecodeGraphs(model.llm, cache, list(graph_sizes(n))))
     torch.cuda.empty_cache()
     held = torch.cuda.memory_reserved() - before
+    formula = graph_pool(costs, n)
     RESULTS.append(dict(stage="graphs", size=f"{n} seqs", measured=measured, held=held,
-                        formula=costs.decode(n)))  # fmt: skip
+                        formula=formula))  # fmt: skip
     print(f"graphs: capture peak {measured / MiB:.1f} MiB, pool {held / MiB:.1f} MiB, "
-          f"formula {costs.decode(n) / MiB:.1f} MiB")  # fmt: skip
-    assert measured <= costs.decode(n) + SLOP and held <= costs.decode(n) + SLOP
+          f"formula {formula / MiB:.1f} MiB")  # fmt: skip
+    assert measured <= formula + SLOP and held <= formula + SLOP
     del graphs
 
 
 @pytest.mark.parametrize("n", [32, 128])
 def test_sample_per_row(model, costs, n):
-    runner = ModelRunner(model.llm, None)
+    cache = HybridCache(model.config.llm, n, 64, 16, "cuda", torch.bfloat16)  # the masks' slots
+    runner = ModelRunner(model.llm, cache)
     reqs = [Request(f"r{i}", None, SamplingParams(temperature=0.8, top_p=0.9), prompt_len=1)
             for i in range(n)]  # fmt: skip
     hidden = torch.randn(n, 2688, device="cuda", dtype=torch.bfloat16)

@@ -52,6 +52,11 @@ PREFILL_TOKENS, MIN_PREFILL_TOKENS = 16384, 512
 PREFILL_SEQS = 8
 PREFILL_AHEAD_STEPS = 16  # prefill steps' worth of encoded prompts waiting, at most
 UPLOAD_BYTES = 4 * GiB
+# What each captured decode graph keeps in the graph pool beyond one forward at the largest
+# batch (its static buffers, the allocator's block rounding of its small intermediates):
+# tests/gpu/test_memory_gpu.py measured a 92 MiB pool for 7 sizes up to 64 sequences, where
+# the one-forward formula says 25 MiB.
+GRAPH_BYTES = 12 * MiB
 WORKSPACE_SHARE, UPLOAD_SHARE, PROMPT_SHARE = 0.2, 0.06, 0.15
 # The smallest encoder pieces: one image at the largest patch budget, one 30 s clip, one
 # 4K UHD frame resized (a larger frame needs a workspace that holds it).
@@ -95,7 +100,7 @@ class MemoryPlan:
             ("cache slots", slots * (c.slot + self.max_seq_len * c.seq_row_index),
              f"{self.max_running} slots: conv + SSM state, row table"),
             ("KV rows", (self.kv_rows + 1) * c.kv_row, f"{self.kv_rows} tokens"),
-            ("decode graphs", c.decode(self.max_running),
+            ("decode graphs", graph_pool(c, self.max_running),
              f"batch sizes {self.decode_graph_sizes[0]}..{self.decode_graph_sizes[-1]}"),
             ("uploads", self.upload_bytes, "media copied ahead of the engine"),
             ("prompts", self.prompt_budget * c.prompt_row,
@@ -217,7 +222,7 @@ def plan_memory(
     while slots > 1 and _cache(c, slots, seq_len, seq_len) > cache:
         slots -= 1
     kv_rows = (cache - _cache(c, slots, 0, seq_len)) // c.kv_row  # the scratch row counted there
-    sizes = tuple(n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n < slots) + (slots,)
+    sizes = graph_sizes(slots)
     return MemoryPlan(
         cap=cap,
         runtime=runtime,
@@ -240,7 +245,17 @@ def _cache(c: StageCosts, slots: int, kv_rows: int, seq_len: int) -> int:
     """Slots (+ the scratch one) with their row tables, KV rows (+ the scratch one) and the
     decode graph pool for `slots` sequences."""
     table = (slots + 1) * (c.slot + seq_len * c.seq_row_index)
-    return table + (kv_rows + 1) * c.kv_row + c.decode(slots)
+    return table + (kv_rows + 1) * c.kv_row + graph_pool(c, slots)
+
+
+def graph_sizes(slots: int) -> tuple[int, ...]:
+    """The decode batch sizes captured as CUDA graphs: powers of two below `slots`, and it."""
+    return tuple(n for n in (1, 2, 4, 8, 16, 32, 64, 128, 256) if n < slots) + (slots,)
+
+
+def graph_pool(c: StageCosts, slots: int) -> int:
+    """The CUDA-graph pool of decode: one forward at the largest batch, and each graph's own."""
+    return c.decode(slots) + len(graph_sizes(slots)) * GRAPH_BYTES
 
 
 def _clamp(x: int, lo: int, hi: int) -> int:
