@@ -90,7 +90,7 @@ def _table(report: dict) -> None:
     print(f"\n{report['device']}; before = {report['old']}, after = this tree")
     print(f"{'workload':8} {'jobs':>4} {'run':>7} {'metric':>11} {'unit':>12} {'× before':>8} "
           f"{'wall s':>7} {'process s':>9} {'rsv GiB':>7} {'encode s':>8} {'prefill/s':>9} "
-          f"{'tok/fwd':>7} {'retries':>7}")  # fmt: skip
+          f"{'tok/fwd':>7} {'retries':>7} {'launch/thread % of encode, prefill':>35}")  # fmt: skip
     for name, runs in report["workloads"].items():
         before = runs["before"]["row"]["metric"] if "row" in runs["before"] else float("nan")
         for run, r in runs.items():
@@ -102,10 +102,21 @@ def _table(report: dict) -> None:
             encode = row["engine"]["seconds"].get("encode", 0.0)
             per_forward = row.get("tokens_per_prefill_forward", float("nan"))  # newer trees
             retries = row.get("allocator", {}).get("num_alloc_retries", "-")
+            shares = "  ".join(_cpu_shares(row["engine"], stage) for stage in ("encode", "prefill"))
             print(f"{name:8} {row['jobs']:4d} {run:>7} {row['metric']:11.1f} "
                   f"{row['metric_name']:>12} {row['metric'] / before:8.3f} {row['wall_s']:7.1f} "
                   f"{r['process_s']:9.0f} {rsv:7.1f} {encode:8.1f} "
-                  f"{row['prefill_tok_s'] or 0:9.0f} {per_forward:7.0f} {retries:>7}")  # fmt: skip
+                  f"{row['prefill_tok_s'] or 0:9.0f} {per_forward:7.0f} {retries:>7} "
+                  f"{shares:>35}")  # fmt: skip
+
+
+def _cpu_shares(engine: dict, stage: str) -> str:
+    """'launch% / thread%' of a stage's seconds (newer trees time both; see StageStats)."""
+    total = engine["seconds"].get(stage)
+    if not total or stage not in engine.get("launch_seconds", {}):
+        return "-"
+    launch, thread = engine["launch_seconds"][stage], engine["thread_seconds"][stage]
+    return f"{100 * launch / total:.0f}/{100 * thread / total:.0f}"
 
 
 if __name__ == "__main__":

@@ -157,10 +157,13 @@ def bench_pipeline(
 
 def _delta(after: StageStats, before: StageStats) -> dict:
     peaks = ("peak_unprefilled", "peak_batch")  # high-water marks (warm-up included)
-    counts = [k for k in vars(after) if k not in ("profile", "seconds", *peaks)]
+    timers = ("seconds", "launch_seconds", "thread_seconds")
+    counts = [k for k in vars(after) if k not in ("profile", *timers, *peaks)]
     out = {k: getattr(after, k) - getattr(before, k) for k in counts}
     out |= {k: getattr(after, k) for k in peaks}
-    out["seconds"] = {k: v - before.seconds.get(k, 0.0) for k, v in after.seconds.items()}
+    for t in timers:
+        now, then = getattr(after, t), getattr(before, t)
+        out[t] = {k: v - then.get(k, 0.0) for k, v in now.items()}
     return out
 
 

@@ -24,6 +24,11 @@ class StageStats:
 
     profile: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
+    # Of those seconds, until the stage's last launch returned (the rest: the GPU finishing),
+    # and the engine thread's own CPU time: launch ≈ seconds means the stage is bound by its
+    # launches, and a thread time well under the launch time that the thread waited (the GIL).
+    launch_seconds: dict[str, float] = field(default_factory=dict)
+    thread_seconds: dict[str, float] = field(default_factory=dict)
     prefill_tokens: int = 0
     prefill_forwards: int = 0  # prefill_tokens / prefill_forwards: the mean forward
     encode_groups: int = 0  # groups encoded together (a retry after an out-of-memory too)
@@ -42,12 +47,16 @@ class StageStats:
             return
         sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
         sync()
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.thread_time()
         try:
             yield
         finally:
+            launched, cpu = time.perf_counter(), time.thread_time() - cpu
             sync()
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+            for counter, value in ((self.seconds, time.perf_counter() - t),
+                                   (self.launch_seconds, launched - t),
+                                   (self.thread_seconds, cpu)):  # fmt: skip
+                counter[name] = counter.get(name, 0.0) + value
 
     def count_media(self, items: list[ImageItem | VideoItem | AudioItem]) -> None:
         self.vision_patches += vision_patches(items)
