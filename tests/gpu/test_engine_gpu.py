@@ -1,14 +1,16 @@
 """The engine on the GPU (demo checkpoint, bf16): media copied to the GPU by the submitting
-threads gives the same greedy outputs as media the engine copies itself."""
+threads gives the same greedy outputs as media the engine copies itself, and its memory goes
+back to the cache the engine allocates from."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import pytest
 import torch
 
-from media.items import media_bytes
+from media.items import ImageItem, media_bytes
 from tests.engine.test_engine import EVS, GREEDY, mixed_requests
 from tests.factories import make_audio, make_video
 from workers.engine.engine import Engine, EngineConfig, Prepared
@@ -35,6 +37,24 @@ def test_uploader_copies_within_its_cap():
     assert up.upload([video]) == ([video], 0)  # over the cap: left on the host
     up.release(held)
     assert up.held_bytes == 0
+
+
+def test_uploads_from_many_threads_return_to_the_engines_cache():
+    """Memory the job threads uploaded, once freed, serves the engine's next allocations of
+    that size: no new segments (with each thread's stream owning its blocks, 8 threads left
+    8 caches the default stream could not use)."""
+    n, size = 8, 64 << 20
+    up = MediaUploader(torch.device("cuda"), max_bytes=n * size)
+    images = [ImageItem(torch.full((size // 4,), float(k)), (2, 2)) for k in range(n)]
+    with ThreadPoolExecutor(n) as ex:
+        moved = list(ex.map(lambda item: up.upload([item])[0][0], images))
+    assert [m.pixels[0].item() for m in moved] == [float(k) for k in range(n)]
+    torch.cuda.synchronize()
+    reserved = torch.cuda.memory_reserved()
+    del moved
+    again = [torch.empty(size // 4, device="cuda") for _ in range(n)]  # the engine's stream
+    assert torch.cuda.memory_reserved() == reserved, "the uploads' blocks were not reused"
+    del again
 
 
 def test_uploaded_media_gives_the_same_outputs(tmp_path):

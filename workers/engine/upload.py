@@ -6,6 +6,12 @@ copy when the items reach it on the host, launches nothing. Done here, each job 
 copies its own items on a stream of its own while the engine keeps the GPU busy. The
 bytes on the GPU that the engine has not yet encoded are capped: past the cap, items stay
 on the host and the engine copies them as before.
+
+The copies' memory is allocated on the engine's stream, not the copying one: torch's
+allocator caches freed blocks per stream, so memory allocated on 64 job threads' streams
+would, once the engine freed it, sit in 64 caches the engine cannot draw from; under the
+GPU_MEMORY_GB cap its own allocations would then have to empty every cache and allocate
+afresh (synchronising the device) again and again.
 """
 
 from __future__ import annotations
@@ -37,8 +43,7 @@ class MediaUploader:
             stream = getattr(self._local, "stream", None)
             if stream is None:
                 stream = self._local.stream = torch.cuda.Stream(self.device)
-            with torch.cuda.stream(stream):
-                moved = [self._to_device(i) for i in items]
+            moved = [self._to_device(i, stream) for i in items]
             stream.synchronize()  # the engine may use them as soon as they are queued
         except BaseException:
             self.release(n)
@@ -53,18 +58,21 @@ class MediaUploader:
         with self._lock:
             self._held -= nbytes
 
-    def _to_device(self, item: MediaItem) -> MediaItem:
+    def _to_device(self, item: MediaItem, stream: torch.cuda.Stream) -> MediaItem:
         if isinstance(item, ImageItem):
-            return replace(item, pixels=self._copy(item.pixels))
+            return replace(item, pixels=self._copy(item.pixels, stream))
         if isinstance(item, AudioItem):
-            return replace(item, clips=[self._copy(c) for c in item.clips])
-        audio = self._to_device(item.audio) if item.audio is not None else None
-        return replace(item, tubelets=self._copy(item.tubelets), audio=audio)
+            return replace(item, clips=[self._copy(c, stream) for c in item.clips])
+        audio = self._to_device(item.audio, stream) if item.audio is not None else None
+        return replace(item, tubelets=self._copy(item.tubelets, stream), audio=audio)
 
-    def _copy(self, t: torch.Tensor) -> torch.Tensor:
-        # Strides are kept (a channels-last view stays one dense copy).
-        out = t.to(self.device, non_blocking=True)
-        # Allocated on this thread's stream, used and freed on the engine's (default) stream:
-        # the allocator must not hand the memory back out before the engine's work is done.
-        out.record_stream(torch.cuda.default_stream(self.device))
+    def _copy(self, t: torch.Tensor, stream: torch.cuda.Stream) -> torch.Tensor:
+        # allocated on this thread's current stream, the engine's (the default one); strides
+        # kept, so a channels-last view stays one dense copy
+        out = torch.empty_like(t, device=self.device)
+        # The block came from the engine stream's cache: kernels the engine queued before
+        # freeing it may still read it, so the copy waits for what is queued by now.
+        stream.wait_stream(torch.cuda.default_stream(self.device))
+        with torch.cuda.stream(stream):
+            out.copy_(t, non_blocking=True)
         return out
