@@ -33,7 +33,8 @@ class MediaUploader:
 
     def upload(self, items: list[MediaItem]) -> tuple[list[MediaItem], int]:
         """(the items with their tensors on the GPU, bytes to `release` once encoded); the
-        items unchanged and 0 when the cap would be passed."""
+        items unchanged and 0 when the cap would be passed, or the GPU has no block free for
+        them now (the engine copies them when it gets to them)."""
         n = media_bytes(items)
         with self._lock:
             if self._held + n > self.max_bytes:
@@ -45,6 +46,9 @@ class MediaUploader:
                 stream = self._local.stream = torch.cuda.Stream(self.device)
             moved = [self._to_device(i, stream) for i in items]
             stream.synchronize()  # the engine may use them as soon as they are queued
+        except torch.OutOfMemoryError:
+            self.release(n)
+            return items, 0
         except BaseException:
             self.release(n)
             raise
