@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import httpx
-
-from cli.progress_bar import ProgressBar
+from tqdm import tqdm
 
 WAIT_S = 30  # long-poll slice; the server caps it at 60
 
@@ -33,20 +32,17 @@ def submit(path: Path, server: str, key: str | None, request: str | None, wait: 
         if not wait:
             print(json.dumps(job))
             return 0
-        bar = ProgressBar(1)
-        bar.start(path.name)
-        while job["status"] in ("queued", "running"):
-            resp = client.get(f"/v1/jobs/{job['id']}", params={"wait": WAIT_S})
-            if resp.status_code != 200:
-                return _fail(resp)
-            job = resp.json()
-            progress = job.get("progress") or {}
-            bar.stage(
-                progress.get("stage", job["status"]),
-                progress.get("done", 0),
-                progress.get("total", 0),
-            )
-        bar.advance()
+        with tqdm(total=1, desc=path.name, unit="job", disable=not sys.stderr.isatty()) as bar:
+            while job["status"] in ("queued", "running"):
+                resp = client.get(f"/v1/jobs/{job['id']}", params={"wait": WAIT_S})
+                if resp.status_code != 200:
+                    return _fail(resp)
+                job = resp.json()
+                progress = job.get("progress") or {}
+                stage, total = progress.get("stage", job["status"]), progress.get("total", 0)
+                done = progress.get("done", 0)
+                bar.set_postfix_str(f"{stage} {done}/{total}" if total else stage)
+            bar.update(1)
         if job["status"] != "succeeded":
             print(json.dumps(job))
             return 1
