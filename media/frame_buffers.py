@@ -10,21 +10,41 @@ into pages that are already there.
 A buffer is reused only after it was handed back: a consumer that never hands one back
 costs reuse, never correctness. The worker forgets the oldest lent buffers past
 `LENT_BYTES` (the consumer's copy lives on; the segment goes when the consumer drops it),
-and keeps at most `KEEP_BYTES` of free ones.
+and keeps at most `keep_bytes(workers)` of free ones: the free buffers of all a pool's
+workers share a quarter of /dev/shm (the media budget has half), so a many-core host does
+not fill it (128 workers × 512 MiB would pass deploy/'s 32 GB, and a write past a full
+/dev/shm kills the process with SIGBUS).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections import OrderedDict
 
 import torch
 
-KEEP_BYTES = 1 << 29  # free buffers a worker keeps: three 720p clips of 60 frames
+SHM = "/dev/shm"
+KEEP_BYTES = 1 << 29  # free buffers a worker keeps at most: three 720p clips of 60 frames
 LENT_BYTES = 1 << 30  # lent buffers a worker remembers (what the media budget holds per core)
 
 BufferId = tuple[int, int]  # (the lending worker's number in its pool, the buffer's number)
+
+
+def shm_bytes() -> int | None:
+    """The size of /dev/shm, where decoded media travels between processes; None without one."""
+    if not os.path.isdir(SHM):
+        return None
+    st = os.statvfs(SHM)
+    return st.f_blocks * st.f_frsize
+
+
+def keep_bytes(workers: int) -> int:
+    """Free buffers each of a pool's `workers` keeps: `KEEP_BYTES`, less where all of them
+    together would pass a quarter of /dev/shm."""
+    shm = shm_bytes()
+    return KEEP_BYTES if shm is None else min(KEEP_BYTES, shm // 4 // max(1, workers))
 
 
 class FrameBuffers:

@@ -25,7 +25,7 @@ import torch
 import torch.multiprocessing  # noqa: F401  (registers the shared-memory tensor reducers)
 
 from media.errors import MediaError, MediaTimeout, MediaUnreadable
-from media.frame_buffers import BufferId, FrameBuffers
+from media.frame_buffers import BufferId, FrameBuffers, keep_bytes
 from media.items import MediaItem
 from media.limits import DEFAULT_LIMITS, MediaLimits
 from media.options import DEFAULT_OPTIONS, MediaOptions
@@ -41,10 +41,16 @@ def decode_job(
 
 
 def _serve(
-    conn: Connection, limits: MediaLimits, cfg: DecodeConfig, owner: int, job: Callable
+    conn: Connection,
+    limits: MediaLimits,
+    cfg: DecodeConfig,
+    owner: int,
+    job: Callable,
+    keep: int,
 ) -> None:
     torch.set_num_threads(1)  # one core per worker: the pool is the parallelism
-    shared = FrameBuffers(owner)  # results leave this process: frames go to shared memory
+    # results leave this process: frames go to shared memory, `keep` bytes of it kept free
+    shared = FrameBuffers(owner, keep_bytes=keep)
     # The GPU worker may leave without closing the pool (it exits with os._exit): the pipe
     # breaks, and this process ends quietly with it.
     with contextlib.suppress(EOFError, BrokenPipeError):
@@ -102,7 +108,9 @@ class MediaPool:
         self._recycled: queue.SimpleQueue[list[BufferId]] = queue.SimpleQueue()
         self.handed_back = 0  # buffers sent back to the worker that lent them (tests read it)
         self._owners = itertools.count()
-        self._workers = [self._spawn() for _ in range(workers or os.cpu_count() or 1)]
+        workers = workers or os.cpu_count() or 1
+        self._keep = keep_bytes(workers)
+        self._workers = [self._spawn() for _ in range(workers)]
         self._closed = False
         self._thread = threading.Thread(target=self._dispatch, name="media-pool", daemon=True)
         self._thread.start()
@@ -149,7 +157,7 @@ class MediaPool:
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
         owner = next(self._owners)
-        args = (child, self.limits, self.cfg, owner, self.job)
+        args = (child, self.limits, self.cfg, owner, self.job, self._keep)
         proc = self._ctx.Process(target=_serve, args=args, daemon=True)
         proc.start()
         child.close()

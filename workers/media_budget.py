@@ -3,7 +3,7 @@
 Decoded media waits in shared memory until the engine takes it (copies it to the GPU, or
 encodes it), and /dev/shm is small (32 GB in deploy/, of which the worker takes half, or its
 MEDIA_GB share of that half when several workers use one /dev/shm; the pool workers' free
-frame buffers, 512 MiB each at most, live in the other):
+frame buffers live in the other, a quarter of /dev/shm at most: media/frame_buffers.py):
 twenty 20-page documents of float pages at the default budget, or a hundred 720p clips,
 fill that half. A decode may start while the bytes held plus the
 decodes in flight, each estimated at the mean size decoded so far, stay under the budget;
@@ -14,19 +14,18 @@ turn. Waiting decodes start in the order they asked.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import deque
 
-SHM = "/dev/shm"
+from media.frame_buffers import shm_bytes
 
 
 def shm_budget(limit: int | None = None) -> int:
     """Half of /dev/shm (where decoded tensors travel), or `limit` if smaller or no shm."""
-    if not os.path.isdir(SHM):
+    shm = shm_bytes()
+    if shm is None:
         return limit if limit is not None else 1 << 34
-    st = os.statvfs(SHM)
-    half = st.f_blocks * st.f_frsize // 2
+    half = shm // 2
     return min(half, limit) if limit is not None else half
 
 

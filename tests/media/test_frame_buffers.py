@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from media import frame_buffers
 from media.frame_buffers import FrameBuffers
 
 
@@ -43,3 +44,17 @@ def test_the_oldest_lent_buffers_are_forgotten_and_free_ones_capped():
     fb.new((60,))
     fb.new((60,))
     assert fb.reused == 1  # ... and one of them was dropped (2 × 60 > 100 kept)
+
+
+def test_a_pools_free_buffers_share_a_quarter_of_shm(monkeypatch):
+    """Each worker keeps KEEP_BYTES of free buffers unless all of them together would pass a
+    quarter of /dev/shm (here: this machine's, then a 32 GB one seen by 128 workers)."""
+    shm = frame_buffers.shm_bytes()
+    if shm is not None:
+        assert frame_buffers.keep_bytes(1) == min(frame_buffers.KEEP_BYTES, shm // 4)
+    monkeypatch.setattr(frame_buffers, "shm_bytes", lambda: 32 * 10**9)
+    assert frame_buffers.keep_bytes(8) == frame_buffers.KEEP_BYTES
+    assert frame_buffers.keep_bytes(128) == 32 * 10**9 // 4 // 128
+    assert 128 * frame_buffers.keep_bytes(128) <= 8 * 10**9
+    monkeypatch.setattr(frame_buffers, "shm_bytes", lambda: None)  # no /dev/shm
+    assert frame_buffers.keep_bytes(128) == frame_buffers.KEEP_BYTES
