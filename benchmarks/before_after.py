@@ -9,8 +9,9 @@ a process of its own so only one of them holds the GPU, both at their default se
 same input files (`--cache`, made once by whichever runs first). `--via-cli` adds, after
 W-video, this tree's W-video through `omnibatch run`'s runner (`benchmarks.e2e --via-cli`).
 Prints each workload's two rates and their ratio, and how long each process took from start
-to exit (model build, warm-up and run); JSON to $OUT/before_after.json, each run's own report
-under $OUT/<tree>-<workload>/.
+to exit (model build, warm-up and run); JSON to $OUT/before_after.json with every run's whole
+workload report (the device tool brings back 8 files a call: each run's own e2e.json and
+log stay under <cache>/before_after/<tree>-<workload>/, the log's tail is in the JSON).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def run_e2e(tree: Path, workload: str, jobs: int, args, out: Path, *extra: str) 
         return {"error": tail, "process_s": seconds}
     report = json.loads((out / "e2e.json").read_text())
     return {"row": report["workloads"][workload], "process_s": seconds,
-            "device": report["device"]}  # fmt: skip
+            "device": report["device"], "engine": report["engine"],
+            "log_tail": (out / "log.txt").read_text()[-1500:]}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -63,16 +65,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     args.cache = args.cache.resolve()
     out = Path(os.environ.get("OUT") or ROOT / ".cache" / "before_after")
+    runs_dir = args.cache / "before_after"
     trees = {"before": args.old.resolve(), "after": ROOT}
     report: dict = {"old": str(args.old), "workloads": {}}
     for workload in ("video", "doc", "audio"):
         jobs = getattr(args, workload)
         if not jobs:
             continue
-        runs = {name: run_e2e(tree, workload, jobs, args, out / f"{name}-{workload}")
+        runs = {name: run_e2e(tree, workload, jobs, args, runs_dir / f"{name}-{workload}")
                 for name, tree in trees.items()}  # fmt: skip
         if workload == "video" and args.via_cli:
-            runs["via_cli"] = run_e2e(ROOT, "video", jobs, args, out / "cli-video", "--via-cli")
+            cli = runs_dir / "cli-video"
+            runs["via_cli"] = run_e2e(ROOT, "video", jobs, args, cli, "--via-cli")
         report["device"] = runs["after"].get("device", report.get("device"))
         report["workloads"][workload] = runs
         _save(report, out)

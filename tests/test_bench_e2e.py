@@ -83,3 +83,25 @@ def test_cli_runner_keeps_decode_ahead_in_the_media_budget(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "doc.jsonl").read_text().splitlines()]
     assert [line["input"] for line in lines] == [path] * JOBS
     assert all(line["status"] == "succeeded" and line["usage"]["pages"] == 2 for line in lines)
+
+
+def test_before_after_compares_two_trees_on_the_same_inputs(tmp_path, monkeypatch):
+    """This tree against itself: each run in a process of its own, reports gathered in one
+    JSON (with the new timers), the cache shared, nothing but that JSON under $OUT."""
+    from benchmarks import before_after
+
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    cache = tmp_path / "cache"
+    argv = ["--old", str(ROOT), "--model", "demo", "--small", "--video", "1", "--doc", "0",
+            "--audio", "0", "--via-cli", "--cache", str(cache)]  # fmt: skip
+    report = before_after.main(argv)
+    runs = report["workloads"]["video"]
+    assert set(runs) == {"before", "after", "via_cli"}
+    for run in runs.values():
+        row = run["row"]
+        assert row["jobs"] == 1 and row["metric"] > 0 and row["engine"]["prefill_forwards"] >= 1
+        assert row["engine"]["launch_seconds"].keys() == row["engine"]["seconds"].keys()
+    saved = json.loads((tmp_path / "out" / "before_after.json").read_text())
+    assert saved["workloads"]["video"]["after"]["row"] == runs["after"]["row"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["before_after.json"]
+    assert (cache / "before_after" / "before-video" / "e2e.json").is_file()
