@@ -1,17 +1,19 @@
 """The standard workloads of an older tree beside this one: same card, same inputs, one call.
 
     python -m benchmarks.before_after --old DIR [--video 64] [--doc 16] [--audio 32]
-                                      [--via-cli] [--cache DIR] [--model full|demo] [--small]
+                                      [--rounds 1] [--via-cli] [--cache DIR]
+                                      [--model full|demo] [--small]
 
 DIR holds an older commit's files (`git archive C | tar -x -C DIR`, an ignored folder carried to
-the device). For each workload the old tree's `benchmarks.e2e` runs, then this tree's, each in
-a process of its own so only one of them holds the GPU, both at their default settings on the
-same input files (`--cache`, made once by whichever runs first). `--via-cli` adds, after
-W-video, this tree's W-video through `omnibatch run`'s runner (`benchmarks.e2e --via-cli`).
-Prints each workload's two rates and their ratio, and how long each process took from start
-to exit (model build, warm-up and run); JSON to $OUT/before_after.json with every run's whole
-workload report (the device tool brings back 8 files a call: each run's own e2e.json and
-log stay under <cache>/before_after/<tree>-<workload>/, the log's tail is in the JSON).
+the device). For each workload the old tree's `benchmarks.e2e` runs, then this tree's
+(`--rounds` pairs, alternating; the ratio is of the medians), each in a process of its own so
+only one of them holds the GPU, both at their default settings on the same input files
+(`--cache`, made once by whichever runs first). `--via-cli` adds, after W-video, this tree's
+W-video through `omnibatch run`'s runner (`benchmarks.e2e --via-cli`). Prints each run's rate
+and its ratio to the "before" median, and how long each process took from start to exit
+(model build, warm-up and run); JSON to $OUT/before_after.json with every run's whole
+workload report (the device tool brings back 8 files a call: each run's own e2e.json and log
+stay under <cache>/before_after/<tree><round>-<workload>/, the log's tail is in the JSON).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -59,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--doc", type=int, default=16, help="W-doc jobs")
     ap.add_argument("--audio", type=int, default=32, help="W-audio jobs")
     ap.add_argument("--via-cli", action="store_true", help="add W-video through omnibatch run")
+    ap.add_argument("--rounds", type=int, default=1, help="before/after pairs per workload")
     ap.add_argument("--model", choices=["full", "demo"], default="full")
     ap.add_argument("--small", action="store_true", help="short inputs (CPU smoke run)")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
@@ -72,8 +76,11 @@ def main(argv: list[str] | None = None) -> dict:
         jobs = getattr(args, workload)
         if not jobs:
             continue
-        runs = {name: run_e2e(tree, workload, jobs, args, runs_dir / f"{name}-{workload}")
-                for name, tree in trees.items()}  # fmt: skip
+        runs = {}
+        for r in range(args.rounds):  # alternating, so a drift of the machine hits both
+            for name, tree in trees.items():
+                run = name if r == 0 else f"{name} {r + 1}"
+                runs[run] = run_e2e(tree, workload, jobs, args, runs_dir / f"{name}{r}-{workload}")
         if workload == "video" and args.via_cli:
             cli = runs_dir / "cli-video"
             runs["via_cli"] = run_e2e(ROOT, "video", jobs, args, cli, "--via-cli")
@@ -92,14 +99,14 @@ def _save(report: dict, out: Path) -> None:
 
 def _table(report: dict) -> None:
     print(f"\n{report['device']}; before = {report['old']}, after = this tree")
-    print(f"{'workload':8} {'jobs':>4} {'run':>7} {'metric':>11} {'unit':>12} {'× before':>8} "
+    print(f"{'workload':8} {'jobs':>4} {'run':>8} {'metric':>11} {'unit':>12} {'× before':>8} "
           f"{'wall s':>7} {'process s':>9} {'rsv GiB':>7} {'encode s':>8} {'prefill/s':>9} "
           f"{'tok/fwd':>7} {'retries':>7} {'launch/thread % of encode, prefill':>35}")  # fmt: skip
     for name, runs in report["workloads"].items():
-        before = runs["before"]["row"]["metric"] if "row" in runs["before"] else float("nan")
+        before, after = (_median(runs, tree) for tree in ("before", "after"))
         for run, r in runs.items():
             if "row" not in r:
-                print(f"{name:8} {'':4} {run:>7} failed after {r['process_s']:.0f} s")
+                print(f"{name:8} {'':4} {run:>8} failed after {r['process_s']:.0f} s")
                 continue
             row = r["row"]
             rsv = row.get("peak_reserved_gib") or 0.0
@@ -107,11 +114,18 @@ def _table(report: dict) -> None:
             per_forward = row.get("tokens_per_prefill_forward", float("nan"))  # newer trees
             retries = row.get("allocator", {}).get("num_alloc_retries", "-")
             shares = "  ".join(_cpu_shares(row["engine"], stage) for stage in ("encode", "prefill"))
-            print(f"{name:8} {row['jobs']:4d} {run:>7} {row['metric']:11.1f} "
+            print(f"{name:8} {row['jobs']:4d} {run:>8} {row['metric']:11.1f} "
                   f"{row['metric_name']:>12} {row['metric'] / before:8.3f} {row['wall_s']:7.1f} "
                   f"{r['process_s']:9.0f} {rsv:7.1f} {encode:8.1f} "
                   f"{row['prefill_tok_s'] or 0:9.0f} {per_forward:7.0f} {retries:>7} "
                   f"{shares:>35}")  # fmt: skip
+        print(f"{name:8} after / before (medians): {after / before:.3f}")
+
+
+def _median(runs: dict, tree: str) -> float:
+    """The median rate of `tree`'s runs ("before", "before 2", …) that finished."""
+    rates = [r["row"]["metric"] for k, r in runs.items() if k.split()[0] == tree and "row" in r]
+    return statistics.median(rates) if rates else float("nan")
 
 
 def _cpu_shares(engine: dict, stage: str) -> str:
