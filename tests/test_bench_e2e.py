@@ -104,4 +104,4 @@ def test_before_after_compares_two_trees_on_the_same_inputs(tmp_path, monkeypatc
     saved = json.loads((tmp_path / "out" / "before_after.json").read_text())
     assert saved["workloads"]["video"]["after"]["row"] == runs["after"]["row"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["before_after.json"]
-    assert (cache / "before_after" / "before-video" / "e2e.json").is_file()
+    assert (cache / "before_after" / "before0-video" / "e2e.json").is_file()
