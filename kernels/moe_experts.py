@@ -26,6 +26,7 @@ import triton.language as tl
 
 from kernels.interpreter import interpreting
 from kernels.moe_align import moe_align
+from kernels.moe_tiles import column_launches, moe_sum
 
 
 @dataclass(frozen=True)
@@ -133,27 +134,12 @@ def _moe_gemm_kernel(
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=valid[:, None] & n_ok[None, :])
 
 
-@triton.jit
-def _moe_sum_kernel(y_ptr, out_ptr, D, TOP_K: tl.constexpr, BLOCK_D: tl.constexpr):
-    t = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask = offs < D
-    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for j in tl.static_range(TOP_K):
-        acc += tl.load(y_ptr + (t * TOP_K + j) * D + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + t * D + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
 def _gemm(a, w, c, sorted_ids, block_expert, topk_w, num_valid, top_k, up, cfg, upcast):
     """One of the op's two GEMMs; with `split_tail` the columns past the last whole BLOCK_N
     go to a second launch of narrower tiles."""
     N, K = w.shape[1], w.shape[2]
-    main = N - N % cfg.block_n if cfg.split_tail else N
-    launches = [(0, main, cfg.block_n)] if main else []
-    if main < N:
-        launches.append((main, N, max(16, triton.next_power_of_2(N - main))))
     num_blocks_m = block_expert.numel()
-    for n_start, n_end, block_n in launches:
+    for n_start, n_end, block_n in column_launches(N, cfg.block_n, cfg.split_tail):
         grid = (num_blocks_m * triton.cdiv(n_end - n_start, block_n),)
         _moe_gemm_kernel[grid](
             a,
@@ -214,10 +200,7 @@ def _moe_experts_launch(x, up, down, topk_weights, topk_ids, config):
     common = (sorted_ids, block_expert, topk_weights, T * k, k)
     _gemm(x, up, h, *common, up=True, cfg=cfg, upcast=upcast)
     _gemm(h, down, y, *common, up=False, cfg=cfg, upcast=upcast)
-    out = torch.empty_like(x)
-    block_d = 512
-    _moe_sum_kernel[(T, triton.cdiv(D, block_d))](y, out, D, TOP_K=k, BLOCK_D=block_d)
-    return out
+    return moe_sum(y, k)
 
 
 def workspace_bytes(num_tokens, top_k, num_experts, inner, hidden, itemsize, decode=False):

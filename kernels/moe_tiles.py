@@ -1,17 +1,16 @@
-"""What the quantized grouped MoE GEMMs share (kernels/moe_experts_fp8.py, _nvfp4.py): the
-order of their (row tile, column block) programs, the column launches, the sum over k.
+"""What the grouped MoE GEMMs share (kernels/moe_experts.py, _fp8.py, _nvfp4.py): the
+column launches and the sum over k; the quantized ones also the order of their (row tile,
+column block) programs (the bf16 kernel has the same order written inline).
 
-They work like kernels/moe_experts.py: moe_align sorts assignments by expert into tiles of
-BLOCK_M rows; the up GEMM writes h [R, I] at padded rows, the down GEMM writes each
-assignment's weighted output y [A, D] at its own row, and `moe_sum` adds the k rows of a
-token in fp32 (no atomics: deterministic).
+All work alike: moe_align sorts assignments by expert into tiles of BLOCK_M rows; the up
+GEMM writes h [R, I] at padded rows, the down GEMM writes each assignment's weighted output
+y [A, D] at its own row, and `moe_sum` adds the k rows of a token in fp32 (no atomics:
+deterministic).
 """
 
 import torch
 import triton
-import triton.language as tl  # noqa: F401 (a @triton.jit module must import it)
-
-from kernels.moe_experts import _moe_sum_kernel
+import triton.language as tl
 
 
 @triton.jit
@@ -35,6 +34,17 @@ def column_launches(N, block_n, split_tail):
     if main < N:
         launches.append((main, N, max(16, triton.next_power_of_2(N - main))))
     return launches
+
+
+@triton.jit
+def _moe_sum_kernel(y_ptr, out_ptr, D, TOP_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask = offs < D
+    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
+        acc += tl.load(y_ptr + (t * TOP_K + j) * D + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + t * D + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def moe_sum(y, top_k):
