@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,8 +31,9 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from benchmarks.load import ROOT, TERMINAL, Client, drain, outcome, png, wait_ready
-from cli.embedded_redis import EmbeddedRedis, free_port
+from benchmarks.load import TERMINAL, Client, drain, outcome, png, wait_ready
+from benchmarks.local_service import LocalService
+from cli.embedded_redis import free_port
 
 
 @dataclass(frozen=True)
@@ -89,26 +87,15 @@ class Receiver:
         self.server = None
 
 
-class Service:
+class Service(LocalService):
     def __init__(self, root: Path, fsync: str):
-        self.root = root
-        self.redis = EmbeddedRedis(root / "redis", appendfsync=fsync)
-        self.redis.start()
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIBATCH_")}
-        self.env = env | {
-            "OMNIBATCH_REDIS_URL": self.redis.url,
-            "OMNIBATCH_DATA_DIR": str(root / "data"),
-            "OMNIBATCH_ALLOW_PRIVATE_URLS": "127.0.0.1/32",
-            "OMNIBATCH_SUBMITS_PER_MINUTE": "1000000",
-            "OMNIBATCH_DEVICE": "cpu",
-        }
-        self.procs: dict[str, subprocess.Popen] = {}
+        settings = {"OMNIBATCH_ALLOW_PRIVATE_URLS": "127.0.0.1/32", "OMNIBATCH_DEVICE": "cpu"}
+        super().__init__(root, settings, appendfsync=fsync)
 
-    def spawn(self, name: str, *args: str) -> None:
-        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        cmd = [sys.executable, "-m", "cli.main", *args]
-        self.procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=log)
+    def cli(self, name: str, *args: str) -> None:
+        """`omnibatch args…` as process `name`."""
+        self.spawn(name, "cli.main", *args)
 
     def kill(self, name: str) -> None:
         self.procs[name].kill()
@@ -118,16 +105,6 @@ class Service:
         self.redis.proc.kill()
         self.redis.proc.wait()
         self.redis.proc = None
-
-    def close(self) -> None:
-        for proc in self.procs.values():
-            proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        self.redis.stop()
 
 
 def submit_spread(client: Client, n: int, clients: int, spread_s: float, request: dict):
@@ -159,7 +136,7 @@ def chaos(service: Service, receiver: Receiver, t0: float, log: list[str]) -> No
     t = TIMELINE
     steps = [
         (t.kill_worker, "worker SIGKILLed", lambda: service.kill("worker")),
-        (t.worker_back, "worker started again", lambda: service.spawn("worker", "worker")),
+        (t.worker_back, "worker started again", lambda: service.cli("worker", "worker")),
         (t.receiver_down, "receiver down", receiver.down),
         (t.kill_redis, "redis-server SIGKILLed", service.kill_redis),
         (t.redis_back, "redis-server started again (AOF)", service.redis.start),
@@ -184,9 +161,9 @@ def main() -> None:
     print(f"logs and data in {root}")
     service = Service(root, args.fsync)
     try:
-        service.spawn("gateway", "gateway", "--port", str(service.port))
-        service.spawn("worker", "worker")
-        service.spawn("webhooks", "webhooks")
+        service.cli("gateway", "gateway", "--port", str(service.port))
+        service.cli("worker", "worker")
+        service.cli("webhooks", "webhooks")
         client = Client(f"http://127.0.0.1:{service.port}", None)
         wait_ready(client, 1)
         report(service, receiver, client, args)

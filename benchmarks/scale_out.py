@@ -58,7 +58,8 @@ import httpx
 from benchmarks.e2e import WORKLOADS, bench_pipeline, load, warm_up
 from benchmarks.e2e_inputs import workload_files
 from benchmarks.load import ROOT, Client, drain
-from cli.embedded_redis import EmbeddedRedis, free_port
+from benchmarks.local_service import LocalService
+from cli.embedded_redis import free_port
 from contract import jobstore
 from contract.settings import WorkerSettings
 from service.joblist import queue_depth
@@ -86,38 +87,23 @@ class Share:
     max_jobs: int  # MAX_CONCURRENT_JOBS
 
 
-class Deployment:
+class Deployment(LocalService):
     """redis-server, the gateway and one worker process per device, on a fresh data dir."""
 
     def __init__(self, root: Path, devices: list[str], share: Share, args, files: list[str]):
-        self.root = root
-        self.redis = EmbeddedRedis(root / "redis")
-        self.redis.start()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIBATCH_")}
-        self.env = env | {
-            "OMNIBATCH_REDIS_URL": self.redis.url,
-            "OMNIBATCH_DATA_DIR": str(root / "data"),
-            "OMNIBATCH_SUBMITS_PER_MINUTE": "1000000",
+        super().__init__(root, {
             "OMNIBATCH_MEDIA_WORKERS": str(share.media_workers),
             "OMNIBATCH_MEDIA_GB": f"{share.media_gb:.3f}",
             "OMNIBATCH_MAX_CONCURRENT_JOBS": str(share.max_jobs),
             "PYTHONUNBUFFERED": "1",
-        }
-        self.procs: dict[str, subprocess.Popen] = {}
+        })  # fmt: skip
         port = free_port()
         self.client = Client(f"http://127.0.0.1:{port}", None)
-        self._spawn("gateway", "cli.main", "gateway", "--port", str(port))
+        self.spawn("gateway", "cli.main", "gateway", "--port", str(port))
         model = ["--model", args.model, "--precision", args.precision]
         for i, device in enumerate(devices):
-            cmd = ["benchmarks.scale_out", "worker", "--device", device, *model, *files]
-            self._spawn(f"worker{i}", *cmd)
-
-    def _spawn(self, name: str, *args: str) -> None:
-        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        cmd = [sys.executable, "-m", *args]
-        self.procs[name] = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
+            cmd = ["worker", "--device", device, *model, *files]
+            self.spawn(f"worker{i}", "benchmarks.scale_out", *cmd)
 
     def wait_ready(self, workers: int) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -132,21 +118,6 @@ class Deployment:
                 pass
             time.sleep(0.5)
         raise RuntimeError(f"not ready in {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 2000) -> str:
-        logs = sorted(self.root.glob("*.log"))
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}" for p in logs)
-
-    def close(self) -> None:
-        for proc in self.procs.values():
-            proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.redis.stop()
 
 
 class Sampler:
