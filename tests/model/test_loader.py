@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.model.checkpoint_edits import rewrite_tensor
 from workers.model.checkpoint_info import parse_preprocess, read_checkpoint_info
 from workers.model.checkpoint_keys import published_shapes
 from workers.model.config import PATTERN_30B, OmniConfig
@@ -93,37 +94,22 @@ def test_truncated_shard_names_the_file(copy):
         load_model(copy)
 
 
-def _rewrite(path, name: str, tensor: torch.Tensor | None) -> str:
-    """Replace (or, with None, drop) one tensor in its shard, keeping the index consistent."""
-    index_file = path / "model.safetensors.index.json"
-    index = json.loads(index_file.read_text())
-    shard = index["weight_map"][name]
-    tensors = load_file(path / shard)
-    if tensor is None:
-        del tensors[name], index["weight_map"][name]
-    else:
-        tensors[name] = tensor
-    save_file(tensors, path / shard)
-    index_file.write_text(json.dumps(index))
-    return shard
-
-
 def test_missing_tensor_is_named(copy):
     name = "language_model.backbone.layers.3.mixer.k_proj.weight"
-    _rewrite(copy, name, None)
+    rewrite_tensor(copy, name, None)
     with pytest.raises(CheckpointError, match=r"llm\.layers\.3\.mixer\.k_proj\.weight"):
         load_model(copy)
 
 
 def test_missing_expert_is_named(copy):
-    _rewrite(copy, "language_model.backbone.layers.4.mixer.experts.2.down_proj.weight", None)
+    rewrite_tensor(copy, "language_model.backbone.layers.4.mixer.experts.2.down_proj.weight", None)
     with pytest.raises(CheckpointError, match=r"layers\.4\.mixer\.experts\.2\.down_proj"):
         load_model(copy)
 
 
 def test_wrong_shape_is_named(copy):
     name = "vision_model.radio_model.model.blocks.1.mlp.fc1.weight"
-    shard = _rewrite(copy, name, torch.zeros(7, 32))
+    shard = rewrite_tensor(copy, name, torch.zeros(7, 32))
     with pytest.raises(
         CheckpointError, match=rf"{shard}: {name}: shape \(7, 32\), expected \(128, 32\)"
     ):

@@ -12,11 +12,12 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from cli.main import build_parser
 from contract.settings import WorkerSettings
 from tests.factories import make_audio, make_image
+from tests.model.checkpoint_edits import rewrite_tensor
 from tests.model.quant_twin import compare_to_twins, dequantized_block
 from workers.engine.generate import generate
 from workers.engine.request import SamplingParams
@@ -66,20 +67,6 @@ def _tensors(path) -> dict[str, torch.Tensor]:
     for f in set(index.values()):
         out |= load_file(path / f)
     return out
-
-
-def _rewrite(path, name: str, tensor: torch.Tensor | None) -> None:
-    """Replace (None: drop) one tensor in its shard, keeping the index consistent."""
-    index_file = path / "model.safetensors.index.json"
-    index = json.loads(index_file.read_text())
-    shard = index["weight_map"][name]
-    tensors = load_file(path / shard)
-    if tensor is None:
-        del tensors[name], index["weight_map"][name]
-    else:
-        tensors[name] = tensor
-    save_file(tensors, path / shard)
-    index_file.write_text(json.dumps(index))
 
 
 def _edit_config(path, edit) -> None:
@@ -199,7 +186,7 @@ def test_kv_scales_default_to_one(copy, loaded):
     path = copy(FP8)
     names = [n for n in _tensors(path) if n.endswith(("k_proj.k_scale", "v_proj.v_scale"))]
     for n in names:
-        _rewrite(path, n, None)
+        rewrite_tensor(path, n, None)
     model, _ = load_model(path)
     for i in model.config.llm.attention_layers:
         attn, calibrated = model.llm.layers[i].mixer, loaded[FP8].llm.layers[i].mixer
@@ -215,7 +202,7 @@ def test_per_tensor_scales_stored_as_one_element_vectors_load(copy, loaded):
     names = [LM + "layers.3.mixer.o_proj.input_scale", E1 + "weight_scale_2"]
     tensors = _tensors(path)
     for n in names:
-        _rewrite(path, n, tensors[n].reshape(1))
+        rewrite_tensor(path, n, tensors[n].reshape(1))
     model, _ = load_model(path)
     want = loaded[NVFP4].state_dict()
     assert all(torch.equal(t, want[n]) for n, t in model.state_dict().items() if "scale" in n)
@@ -254,7 +241,7 @@ def test_per_tensor_scales_stored_as_one_element_vectors_load(copy, loaded):
 )
 def test_bad_quantized_tensor_is_named(copy, name, tensor, message):
     path = copy(NVFP4)
-    _rewrite(path, name, tensor)
+    rewrite_tensor(path, name, tensor)
     with pytest.raises(CheckpointError, match=message):
         load_model(path)
 
