@@ -11,6 +11,7 @@ kept this long: `jobstore.finish` removes it at once.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -37,16 +38,32 @@ def forget(pipe: redis.client.Pipeline, owner: str, job_id: str) -> None:
 
 def sweep(r: redis.Redis, storage: Storage, now: float | None = None) -> list[str]:
     """Remove every finished job whose retention has passed; returns their ids."""
+
+    def remove(pipe: redis.client.Pipeline, owner: str, job_id: str) -> None:
+        pipe.delete(job_key(job_id))  # Redis may not have expired it yet
+        pipe.zrem(owner_index_key(owner), job_id)
+        storage.delete(job_id)
+
+    return sweep_due(r, RETENTION_KEY, now, remove)
+
+
+def sweep_due(
+    r: redis.Redis,
+    key: str,
+    now: float | None,
+    remove: Callable[[redis.client.Pipeline, str, str], None],
+) -> list[str]:
+    """Each `owner id` member of the sorted set `key` whose time (its score) has passed,
+    SWEEP_BATCH at a time: `remove(pipe, owner, id)` queues its cleanup in Redis (and does
+    what lies outside), and the member leaves `key` in the same pipeline. Returns the ids."""
     now = time.time() if now is None else now
     removed: list[str] = []
-    while due := r.zrangebyscore(RETENTION_KEY, "-inf", now, start=0, num=SWEEP_BATCH):
+    while due := r.zrangebyscore(key, "-inf", now, start=0, num=SWEEP_BATCH):
         pipe = r.pipeline()
         for raw in due:
-            owner, _, job_id = raw.decode().rpartition(" ")
-            pipe.delete(job_key(job_id))  # Redis may not have expired it yet
-            pipe.zrem(owner_index_key(owner), job_id)
-            pipe.zrem(RETENTION_KEY, raw)
-            storage.delete(job_id)
-            removed.append(job_id)
+            owner, _, item_id = raw.decode().rpartition(" ")
+            remove(pipe, owner, item_id)
+            pipe.zrem(key, raw)
+            removed.append(item_id)
         pipe.execute()
     return removed

@@ -15,6 +15,7 @@ from pathlib import Path
 import redis
 from pydantic import BaseModel
 
+from contract.retention import sweep_due
 from contract.schemas import KEY_PREFIX
 from service.batches.ids import FILE_ID_RE
 from service.batches.models import FileObject
@@ -22,7 +23,6 @@ from service.batches.paging import page
 from service.input_sink import InputSink
 
 EXPIRY_KEY = f"{KEY_PREFIX}files:expiry"
-SWEEP_BATCH = 500
 
 
 class FileRecord(BaseModel):
@@ -108,16 +108,10 @@ def delete(r: redis.Redis, root: Path, rec: FileRecord) -> None:
 def sweep(r: redis.Redis, root: Path, now: float | None = None) -> list[str]:
     """Remove every file whose time has passed (Redis has expired its record already, or
     will); returns their ids."""
-    now = time.time() if now is None else now
-    removed: list[str] = []
-    while due := r.zrangebyscore(EXPIRY_KEY, "-inf", now, start=0, num=SWEEP_BATCH):
-        pipe = r.pipeline()
-        for raw in due:
-            owner, _, file_id = raw.decode().rpartition(" ")
-            pipe.delete(file_key(file_id))
-            pipe.zrem(owner_files_key(owner), file_id)
-            pipe.zrem(EXPIRY_KEY, raw)
-            shutil.rmtree(content_path(root, file_id).parent, ignore_errors=True)
-            removed.append(file_id)
-        pipe.execute()
-    return removed
+
+    def remove(pipe: redis.client.Pipeline, owner: str, file_id: str) -> None:
+        pipe.delete(file_key(file_id))
+        pipe.zrem(owner_files_key(owner), file_id)
+        shutil.rmtree(content_path(root, file_id).parent, ignore_errors=True)
+
+    return sweep_due(r, EXPIRY_KEY, now, remove)
