@@ -67,6 +67,10 @@ class Nvfp4Config(GemmConfig):
     # element) instead of Triton integer ops on each element; same values. Off by default
     # until a GPU run has compiled and timed it (tests/gpu, the --sweep of the benchmark).
     ptx_dequant: bool = False
+    # Low and high nibbles as two half-K operands (x's even and odd columns), each with its
+    # block scale read per element, instead of interleaving them back into one [N, K] tile
+    # (join + reshape: a register shuffle per element). Off until a GPU sweep has timed it.
+    halves: bool = False
 
 
 # Best of the first H100 sweep (2026-12-06): prefill 256x128x64 (216 TFLOP/s), decode
@@ -99,27 +103,42 @@ _E2M1_PTX = tl.constexpr(
 
 
 @triton.jit
-def _dequant_tile(
-    p, s, INTERPRET: tl.constexpr, PTX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
-):
-    # p uint8 [BN, G, 8]: byte j of group g holds k = 16g + 2j (low nibble) and 16g + 2j + 1;
-    # s e4m3 [BN, G]. Returns code * block_scale * 2^-8 as [BN, BK], bf16 (fp32 interpreted).
+def _e2m1(p, INTERPRET: tl.constexpr, PTX: tl.constexpr):
+    # p uint8, any shape -> (low nibbles, high nibbles) as code * 2^-126 in p's shape: bf16,
+    # fp32 interpreted (the module docstring).
     if INTERPRET:
         q = p.to(tl.uint32)
         lo = (((q << 28) & 0x80000000) | ((q << 22) & 0x01C00000)).to(tl.float32, bitcast=True)
         hi = (((q << 24) & 0x80000000) | ((q << 18) & 0x01C00000)).to(tl.float32, bitcast=True)
-        scale = s.to(tl.float32) * _TWO_POW_118
     elif PTX:
         lo, hi = tl.inline_asm_elementwise(
             _E2M1_PTX, "=r,=r,=r,=r,r", [p], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True,
             pack=4,
         )  # fmt: skip
-        scale = (s.to(tl.float32) * _TWO_POW_118).to(tl.bfloat16)
     else:
         q = p.to(tl.uint16)
         lo = (((q << 12) & 0x8000) | ((q << 6) & 0x1C0)).to(tl.bfloat16, bitcast=True)
         hi = (((q << 8) & 0x8000) | ((q << 2) & 0x1C0)).to(tl.bfloat16, bitcast=True)
-        scale = (s.to(tl.float32) * _TWO_POW_118).to(tl.bfloat16)
+    return lo, hi
+
+
+@triton.jit
+def _scale(s, INTERPRET: tl.constexpr):
+    # e4m3 block scales -> block_scale * 2^118 (exact in bf16), fp32 interpreted
+    scale = s.to(tl.float32) * _TWO_POW_118
+    if not INTERPRET:
+        scale = scale.to(tl.bfloat16)
+    return scale
+
+
+@triton.jit
+def _dequant_tile(
+    p, s, INTERPRET: tl.constexpr, PTX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+):
+    # p uint8 [BN, G, 8]: byte j of group g holds k = 16g + 2j (low nibble) and 16g + 2j + 1;
+    # s e4m3 [BN, G]. Returns code * block_scale * 2^-8 as [BN, BK], bf16 (fp32 interpreted).
+    lo, hi = _e2m1(p, INTERPRET, PTX)
+    scale = _scale(s, INTERPRET)
     # k = 16g + 2j + nibble. The scale multiplies after the reshape: Triton 3.6 fails
     # ("Illegal shared layout") when the MMA operand's shared-memory copy is a reshape of the
     # 4-D join; the multiply keeps the reshape in registers.
@@ -154,6 +173,7 @@ def _moe_nvfp4_gemm_kernel(
     UP: tl.constexpr,
     INTERPRET: tl.constexpr,
     PTX: tl.constexpr,
+    HALVES: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -175,33 +195,60 @@ def _moe_nvfp4_gemm_kernel(
     a_rows = tl.where(valid, ids // TOP_K, 0) if UP else rows
     offs_n = n_start + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     w_rows = tl.where(offs_n < n_end, offs_n, 0)
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_g = tl.arange(0, G)
-    offs_j = tl.arange(0, 8)
-    a_ptrs = a_ptr + a_rows[:, None].to(tl.int64) * stride_am + offs_k[None, :]
     e = expert.to(tl.int64)
-    p_ptrs = (
-        w_ptr + e * stride_we + w_rows[:, None, None] * stride_wn
-        + offs_g[None, :, None] * 8 + offs_j[None, None, :]
-    )  # fmt: skip
-    s_ptrs = s_ptr + e * stride_se + w_rows[:, None] * stride_sn + offs_g[None, :]
+    a_rows_ptr = a_ptr + a_rows[:, None].to(tl.int64) * stride_am
+    if HALVES:
+        # byte h of the tile: k = 2h (low nibble) and 2h + 1, in scale group h // 8
+        offs_h = tl.arange(0, BLOCK_K // 2)
+        a_ptrs = a_rows_ptr + 2 * offs_h[None, :]
+        p_ptrs = w_ptr + e * stride_we + w_rows[:, None] * stride_wn + offs_h[None, :]
+        s_ptrs = s_ptr + e * stride_se + w_rows[:, None] * stride_sn + offs_h[None, :] // 8
+    else:
+        offs_k = tl.arange(0, BLOCK_K)
+        offs_g = tl.arange(0, G)
+        offs_j = tl.arange(0, 8)
+        a_ptrs = a_rows_ptr + offs_k[None, :]
+        p_ptrs = (
+            w_ptr + e * stride_we + w_rows[:, None, None] * stride_wn
+            + offs_g[None, :, None] * 8 + offs_j[None, None, :]
+        )  # fmt: skip
+        s_ptrs = s_ptr + e * stride_se + w_rows[:, None] * stride_sn + offs_g[None, :]
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_ptrs)
-            p = tl.load(p_ptrs)
-            s = tl.load(s_ptrs)
+        if HALVES:
+            if EVEN_K:
+                a_even = tl.load(a_ptrs)
+                a_odd = tl.load(a_ptrs + 1)
+                p = tl.load(p_ptrs)
+                s = tl.load(s_ptrs)
+            else:  # K is a multiple of 16: whole scale groups are in or out
+                h_ok = (k0 + 2 * offs_h)[None, :] < K
+                a_even = tl.load(a_ptrs, mask=h_ok, other=0.0)
+                a_odd = tl.load(a_ptrs + 1, mask=h_ok, other=0.0)
+                p = tl.load(p_ptrs, mask=h_ok, other=0)
+                s = tl.load(s_ptrs, mask=h_ok, other=0.0)
+            if INTERPRET:
+                a_even, a_odd = a_even.to(tl.float32), a_odd.to(tl.float32)
+            lo, hi = _e2m1(p, INTERPRET, PTX)
+            scale = _scale(s, INTERPRET)
+            acc = tl.dot(a_even, tl.trans(lo * scale), acc)
+            acc = tl.dot(a_odd, tl.trans(hi * scale), acc)
         else:
-            # K is a multiple of 16: whole scale groups are in or out.
-            g_ok = (k0 // 16 + offs_g) < K // 16
-            a = tl.load(a_ptrs, mask=(k0 + offs_k)[None, :] < K, other=0.0)
-            p = tl.load(p_ptrs, mask=g_ok[None, :, None], other=0)
-            s = tl.load(s_ptrs, mask=g_ok[None, :], other=0.0)
-        if INTERPRET:
-            a = a.to(tl.float32)
-        w = _dequant_tile(p, s, INTERPRET, PTX, BLOCK_N, BLOCK_K)
-        acc = tl.dot(a, tl.trans(w), acc)
+            if EVEN_K:
+                a = tl.load(a_ptrs)
+                p = tl.load(p_ptrs)
+                s = tl.load(s_ptrs)
+            else:
+                # K is a multiple of 16: whole scale groups are in or out.
+                g_ok = (k0 // 16 + offs_g) < K // 16
+                a = tl.load(a_ptrs, mask=(k0 + offs_k)[None, :] < K, other=0.0)
+                p = tl.load(p_ptrs, mask=g_ok[None, :, None], other=0)
+                s = tl.load(s_ptrs, mask=g_ok[None, :], other=0.0)
+            if INTERPRET:
+                a = a.to(tl.float32)
+            w = _dequant_tile(p, s, INTERPRET, PTX, BLOCK_N, BLOCK_K)
+            acc = tl.dot(a, tl.trans(w), acc)
         a_ptrs += BLOCK_K
         p_ptrs += BLOCK_K // 2
         s_ptrs += G
@@ -235,7 +282,7 @@ def _gemm(a, w, c, routed, up, cfg):
             num_valid, n_start, n_end, K, num_blocks_m, a.stride(0),
             packed.stride(0), packed.stride(1), block_scale.stride(0), block_scale.stride(1),
             c.stride(0), cfg.group_m or num_blocks_m,
-            TOP_K=top_k, UP=up, INTERPRET=interpreting(), PTX=cfg.ptx_dequant,
+            TOP_K=top_k, UP=up, INTERPRET=interpreting(), PTX=cfg.ptx_dequant, HALVES=cfg.halves,
             EVEN_K=K % cfg.block_k == 0,
             BLOCK_M=cfg.block_m, BLOCK_N=block_n, BLOCK_K=cfg.block_k,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
