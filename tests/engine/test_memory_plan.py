@@ -10,6 +10,7 @@ import torch
 
 from workers.engine.engine import Engine, EngineConfig
 from workers.engine.memory_plan import (
+    FRAGMENTATION_SHARE,
     MIN_SEQ_LEN,
     GiB,
     MemoryPlanError,
@@ -48,6 +49,9 @@ def check(plan, weights: int) -> None:
     assert plan.prompt_budget >= plan.max_seq_len
     assert plan.max_running >= 1 and plan.decode_graph_sizes[-1] == plan.max_running
     assert list(plan.decode_graph_sizes) == sorted(set(plan.decode_graph_sizes))
+    # the allocator's headroom beside the parts that come and go, unplanned
+    coming_and_going = plan.workspace + plan.upload_bytes + plan.prompt_budget * c.prompt_row
+    assert plan.headroom >= int(FRAGMENTATION_SHARE * coming_and_going) - 2
 
 
 @pytest.mark.parametrize("gib", [24, 40])

@@ -10,6 +10,8 @@ they hold). What stays the whole time:
     graphs     the CUDA-graph pool of decode (its largest batch)
     uploads    media the job threads copied to the GPU ahead of the engine (upload.py)
     prompts    encoded prompts waiting for prefill (their embeddings; dropped once prefilled)
+    headroom   left unplanned: blocks of the stages' ever-changing sizes that the allocator
+               holds cached but cannot reuse for the next size (see FRAGMENTATION_SHARE)
 
 and one workspace, shared by the stages because the engine thread runs them one after the
 other: encoders (a group's outputs + the pieces a forward takes), a prefill forward, the LM
@@ -58,6 +60,12 @@ UPLOAD_BYTES = 4 * GiB
 # the one-forward formula says 25 MiB.
 GRAPH_BYTES = 12 * MiB
 WORKSPACE_SHARE, UPLOAD_SHARE, PROMPT_SHARE = 0.2, 0.06, 0.15
+# Headroom beside the parts that come and go (workspace, uploads, waiting prompts), as a share
+# of them. A plan that fills the cap exactly leaves torch's caching allocator no room for a
+# cached block that fits no new request: at the cap it frees its whole cache and allocates
+# afresh, synchronising the device, step after step (W-video under a full plan held its
+# reserve within 0.5 GiB of the cap and prefilled at 27.5 K tok/s, 66 K without the cap).
+FRAGMENTATION_SHARE = 0.25
 # The smallest encoder pieces: one image at the largest patch budget, one 30 s clip, one
 # 4K UHD frame resized (a larger frame needs a workspace that holds it).
 MIN_RESIZE_BYTES = resize_frame_bytes((2160, 3840), (24, 42))
@@ -82,6 +90,7 @@ class MemoryPlan:
     workspace: int  # shared by the stages
     prefill_token_budget: int
     sample_rows: int  # rows per LM head + sampling call
+    headroom: int  # left unplanned for the allocator (FRAGMENTATION_SHARE)
     costs: StageCosts
 
     @property
@@ -106,6 +115,7 @@ class MemoryPlan:
             ("prompts", self.prompt_budget * c.prompt_row,
              f"{self.prompt_budget} tokens waiting for prefill"),
             ("workspace", self.workspace, self._stages()),
+            ("headroom", self.headroom, "unplanned: the allocator's cached odd-sized blocks"),
         ]  # fmt: skip
 
     def total(self) -> int:
@@ -194,35 +204,37 @@ def plan_memory(
     c = StageCosts.of(config, itemsize, kv_itemsize)
     free = cap - runtime - weight_bytes - slack
     w_min = max(c.prefill(MIN_PREFILL_TOKENS, 1), c.sample(1), min_piece_bytes(c))
-    smallest = w_min + MIN_SEQ_LEN * c.prompt_row + _cache(c, 1, MIN_SEQ_LEN, MIN_SEQ_LEN)
+    min_cache = _cache(c, 1, MIN_SEQ_LEN, MIN_SEQ_LEN)
+    smallest = _with_headroom(w_min + MIN_SEQ_LEN * c.prompt_row) + min_cache
     if free < smallest:
         raise MemoryPlanError(
             f"GPU_MEMORY_GB={cap / GiB:.1f} GiB cannot run this model: weights "
             f"{weight_bytes / GiB:.2f} GiB + runtime {runtime / GiB:.2f} + slack {slack / GiB:.2f}"
             f" + the smallest workspace {w_min / GiB:.2f}, prompt staging "
-            f"{MIN_SEQ_LEN * c.prompt_row / GiB:.2f} and cache "
-            f"{_cache(c, 1, MIN_SEQ_LEN, MIN_SEQ_LEN) / GiB:.2f} (one {MIN_SEQ_LEN}-token "
-            f"sequence) = {(cap - free + smallest) / GiB:.2f} GiB; raise GPU_MEMORY_GB or load "
-            "quantized (FP8 / NVFP4) weights"
+            f"{MIN_SEQ_LEN * c.prompt_row / GiB:.2f} (with the allocator's headroom beside "
+            f"them: x {1 + FRAGMENTATION_SHARE}) and cache {min_cache / GiB:.2f} (one "
+            f"{MIN_SEQ_LEN}-token sequence) = {(cap - free + smallest) / GiB:.2f} GiB; raise "
+            "GPU_MEMORY_GB or load quantized (FP8 / NVFP4) weights"
         )
     target = c.prefill(PREFILL_TOKENS, PREFILL_SEQS)
     workspace = _clamp(int(WORKSPACE_SHARE * free), w_min, max(target, w_min))
-    rest = free - workspace - MIN_SEQ_LEN * c.prompt_row - _cache(c, 1, MIN_SEQ_LEN, MIN_SEQ_LEN)
-    upload = _clamp(int(UPLOAD_SHARE * free), 0, min(UPLOAD_BYTES, rest))
-    rest = free - workspace - upload
+    # uploads take what the smallest prompts and cache leave beside the workspace, at most
+    spare = free - smallest - _with_headroom(workspace - w_min)
+    upload_max = min(UPLOAD_BYTES, int(spare / (1 + FRAGMENTATION_SHARE)))
+    upload = _clamp(int(UPLOAD_SHARE * free), 0, upload_max)
+    rest = free - _with_headroom(workspace + upload)
     seq_len = _clamp(rest // 2 // (c.prompt_row + c.kv_row), MIN_SEQ_LEN, MAX_SEQ_LEN)
     tokens = (workspace - c.prefill(0, PREFILL_SEQS)) // c.prefill_token // 256 * 256
     tokens = _clamp(tokens, MIN_PREFILL_TOKENS, PREFILL_TOKENS)
     ahead = min(PREFILL_AHEAD_STEPS * tokens, int(PROMPT_SHARE * rest) // c.prompt_row)
     prompts = max(seq_len, ahead)
-    cache = rest - prompts * c.prompt_row
+    cache = rest - _with_headroom(prompts * c.prompt_row)
     per_slot = c.slot + seq_len * c.seq_row_index + KV_ROWS_PER_SLOT * c.kv_row + c.decode_seq
     slots = _clamp((cache - _cache(c, 0, 0, seq_len)) // per_slot, 1, MAX_SLOTS)
     # fewer slots where their state would leave one request less than its max_seq_len rows
     while slots > 1 and _cache(c, slots, seq_len, seq_len) > cache:
         slots -= 1
     kv_rows = (cache - _cache(c, slots, 0, seq_len)) // c.kv_row  # the scratch row counted there
-    sizes = graph_sizes(slots)
     return MemoryPlan(
         cap=cap,
         runtime=runtime,
@@ -231,12 +243,14 @@ def plan_memory(
         max_running=slots,
         kv_rows=kv_rows,
         max_seq_len=min(seq_len, kv_rows),
-        decode_graph_sizes=sizes,
+        decode_graph_sizes=graph_sizes(slots),
         upload_bytes=upload,
         prompt_budget=prompts,
         workspace=workspace,
         prefill_token_budget=tokens,
         sample_rows=_clamp(workspace // c.sample_row, 1, slots),
+        # what the parts that come and go leave of `free` beside the cache
+        headroom=free - cache - workspace - upload - prompts * c.prompt_row,
         costs=c,
     )
 
@@ -256,6 +270,11 @@ def graph_sizes(slots: int) -> tuple[int, ...]:
 def graph_pool(c: StageCosts, slots: int) -> int:
     """The CUDA-graph pool of decode: one forward at the largest batch, and each graph's own."""
     return c.decode(slots) + len(graph_sizes(slots)) * GRAPH_BYTES
+
+
+def _with_headroom(nbytes: int) -> int:
+    """Bytes of parts that come and go, with the allocator's headroom beside them."""
+    return nbytes + int(FRAGMENTATION_SHARE * nbytes)
 
 
 def _clamp(x: int, lo: int, hi: int) -> int:
