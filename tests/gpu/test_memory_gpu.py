@@ -11,6 +11,7 @@ outside torch, must stay under `RUNTIME_BYTES`. Measurements go to $OUT/memory_g
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 
@@ -227,6 +228,7 @@ def test_weights_runtime_and_the_plan(model):
     outside torch (the GPU runs nothing else) stays under RUNTIME_BYTES; what torch keeps
     beyond the weights once the stages ran (library workspaces, per-stream caches) under
     SLACK_BYTES; this card's plan fits its cap."""
+    gc.collect()  # what earlier tests left in reference cycles
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info()

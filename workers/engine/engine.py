@@ -189,7 +189,7 @@ class Engine:
             self._encode_stage, self.runner.prefill, self.runner.decode, self.runner.sample
         )
         # LM head + sampling rows at once: their fp32 logits and the sampler's copies
-        rows = max(1, min(config.max_running, config.workspace_bytes // self.costs.sample_row))
+        rows = min(config.max_running, self.costs.sample_rows(config.workspace_bytes))
         self.steps = RecoveringStep(
             self.stages, self.runner, rows, config.prefill_token_budget, self._fail
         )

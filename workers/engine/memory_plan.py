@@ -248,7 +248,7 @@ def plan_memory(
         prompt_budget=prompts,
         workspace=workspace,
         prefill_token_budget=tokens,
-        sample_rows=_clamp(workspace // c.sample_row, 1, slots),
+        sample_rows=min(c.sample_rows(workspace), slots),
         # what the parts that come and go leave of `free` beside the cache
         headroom=free - cache - workspace - upload - prompts * c.prompt_row,
         costs=c,

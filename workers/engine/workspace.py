@@ -40,6 +40,7 @@ class StageCosts:
     prefill_fixed: int  # MoE tiles' padding rows
     decode_seq: int  # one sequence of a decode forward (the CUDA graph pool holds it)
     decode_fixed: int
+    sample_fixed: int  # a sampling call whatever its rows (see SAMPLE_FIXED_PER_VOCAB)
     sample_row: int  # one row of the LM head + sampling: [V] logits in fp32 and the sampler's
     slot: int  # one cache slot: conv + fp32 SSM state of every Mamba layer
     kv_row: int  # one cached token: K and V of every attention layer
@@ -61,6 +62,7 @@ class StageCosts:
             prefill_fixed=_moe(c, s, 0),
             decode_seq=decode_seq_bytes(c, s),
             decode_fixed=_moe(c, s, 0, decode=True),
+            sample_fixed=c.vocab_size * SAMPLE_FIXED_PER_VOCAB,
             sample_row=c.vocab_size * (s + SAMPLE_F32_COPIES * F32 + I64),
             slot=slot_bytes(c, s),
             kv_row=kv_row_bytes(c, kv_itemsize or s),
@@ -77,13 +79,21 @@ class StageCosts:
         return self.decode_fixed + seqs * self.decode_seq
 
     def sample(self, rows: int) -> int:
-        return rows * self.sample_row
+        return self.sample_fixed + rows * self.sample_row
+
+    def sample_rows(self, nbytes: int) -> int:
+        """Rows of one LM head + sampling call that fit in `nbytes` (at least one)."""
+        return max(1, (nbytes - self.sample_fixed) // self.sample_row)
 
 
 # The sampler's [V] fp32 temporaries at its peak (top-p): logits, scaled logits, sorted
 # values, probabilities, the mask's fill and its scatter (+ the sort order in int64, the
 # drop mask, and the LM head's bf16 output before it turned fp32).
 SAMPLE_F32_COPIES = 7
+# Beside the rows, per vocabulary entry: the top-p sort's scratch and the allocator's rounding
+# of the [rows, V] blocks. tests/gpu/test_memory_gpu.py measured 208.8 MiB for 32 rows and
+# 640 MiB for 128 (H100, 2026-12-06): 4.5 MiB a row and 65 MiB whatever the rows.
+SAMPLE_FIXED_PER_VOCAB = 512  # 64 MiB at V = 131 072
 
 
 def vit_token_bytes(config: OmniConfig, s: int) -> int:
