@@ -4,7 +4,7 @@
         [--portraits 3] [--photos 3] [--max-tokens 16] [--model full|demo] [--small]
         [--cache DIR]
 
-The jobs run through `Pipeline.run` in threads, all at once, as the GPU worker drives them:
+The jobs go to `Pipeline.submit` all at once, as the GPU worker hands them over:
 20-minute 1280×720 30 fps H.264 + AAC videos (`summarize`), 160-page PDFs (`ask`, "Convert
 this page to markdown."), 60-minute WAVs (`transcribe`), 1080×1920 portrait clips and
 4000×3000 PNGs (`caption`); inputs from memory_mix_inputs, made once under --cache. Once per

@@ -3,8 +3,8 @@
     pytest --noconftest -m gpu -s tests/gpu/test_memory_mix_gpu.py
 
 Two 20-minute 720p videos, two 160-page PDFs, two 60-minute WAVs, three 1080×1920 portrait
-clips and three 4000×3000 photos, all at once through `Pipeline.run` in threads with the
-full-size model (random bf16 weights), once under 0.9 × the card and once under 64 GiB
+clips and three 4000×3000 photos, all at once through `Pipeline.submit`, with the full-size
+model (random bf16 weights), once under 0.9 × the card and once under 64 GiB
 (`benchmarks/memory_mix.py` does the work and writes $OUT/memory_mix.json). Every job must
 succeed with the usage its input implies, and the allocator's peak reserve must stay under
 each cap. Inputs are made once under .cache/bench (a few minutes the first time); the runs
