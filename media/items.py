@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from media.frame_buffers import BufferId
+from media.mel import HOP, SAMPLE_RATE
 
 
 @dataclass
@@ -44,16 +45,17 @@ class AudioItem:
 
     @property
     def seconds(self) -> float:
-        return self.num_samples / 16000
+        return self.num_samples / SAMPLE_RATE
 
     @property
     def num_tokens(self) -> int:
-        """Encoder rows kept: ceil((samples // 160) / 8) per clip (NVIDIA's count, docs/model.md
+        """Encoder rows kept: ceil((samples // HOP) / 8) per clip (NVIDIA's count, docs/model.md
         §4.4)."""
-        return sum(-(-(n // 160) // 8) for n in self.clip_samples)
+        return sum(-(-(n // HOP) // AUDIO_SUBSAMPLING) for n in self.clip_samples)
 
 
-AUDIO_TOKENS_PER_S = 16000 / 160 / 8  # AudioItem.num_tokens per second of sound, about
+AUDIO_SUBSAMPLING = 8  # mel frames per audio encoder row
+AUDIO_TOKENS_PER_S = SAMPLE_RATE / HOP / AUDIO_SUBSAMPLING  # AudioItem.num_tokens a second, about
 
 
 @dataclass
