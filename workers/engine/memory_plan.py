@@ -63,8 +63,9 @@ WORKSPACE_SHARE, UPLOAD_SHARE, PROMPT_SHARE = 0.2, 0.06, 0.15
 # Headroom beside the parts that come and go (workspace, uploads, waiting prompts), as a share
 # of them. A plan that fills the cap exactly leaves torch's caching allocator no room for a
 # cached block that fits no new request: at the cap it frees its whole cache and allocates
-# afresh, synchronising the device, step after step (W-video under a full plan held its
-# reserve within 0.5 GiB of the cap and prefilled at 27.5 K tok/s, 66 K without the cap).
+# afresh, synchronising the device. W-video under a full plan held its reserve within 0.5 GiB
+# of the cap and prefilled at 27.5 K tok/s; with this headroom and upload.py's fix together,
+# 66 K and one retry in the run (RESULTS.md, session 7; which of the two did it is unmeasured).
 FRAGMENTATION_SHARE = 0.25
 # The smallest encoder pieces: one image at the largest patch budget, one 30 s clip, one
 # 4K UHD frame resized (a larger frame needs a workspace that holds it).
@@ -218,8 +219,8 @@ def plan_memory(
         )
     target = c.prefill(PREFILL_TOKENS, PREFILL_SEQS)
     workspace = _clamp(int(WORKSPACE_SHARE * free), w_min, max(target, w_min))
-    # uploads take what the smallest prompts and cache leave beside the workspace, at most
-    spare = free - smallest - _with_headroom(workspace - w_min)
+    # uploads take at most what the workspace, the smallest prompts and cache leave
+    spare = free - _with_headroom(workspace + MIN_SEQ_LEN * c.prompt_row) - min_cache
     upload_max = min(UPLOAD_BYTES, int(spare / (1 + FRAGMENTATION_SHARE)))
     upload = _clamp(int(UPLOAD_SHARE * free), 0, upload_max)
     rest = free - _with_headroom(workspace + upload)
