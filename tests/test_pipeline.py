@@ -17,6 +17,8 @@ from media.errors import MediaError, MediaTooLong
 from media.items import AudioItem
 from tests.media.corpus import write_video
 from workers.engine.engine import EngineConfig
+from workers.engine.memory_plan import min_piece_bytes
+from workers.engine.recovery import ResourcesExhausted
 from workers.job import Job, JobThreads
 from workers.media_units import audio_units
 from workers.pipeline import DEMO_WARNING, Pipeline
@@ -281,6 +283,30 @@ def test_default_video_chunks_shrink_to_fit_the_engines_longest_sequence(pipelin
         assert len(out.segments) >= 3 and out.usage["video_seconds"] == pytest.approx(4.0)
         assert out.segments[-1]["end_s"] == pytest.approx(4.0)
         with pytest.raises(MediaTooLong):
+            run(tight, request(task="caption", video=video | {"chunk_s": 4}), files / "a.mp4")
+    finally:
+        tight.close()
+
+
+def test_default_video_chunks_shrink_to_fit_the_encode_room(pipeline, files):
+    """A cap that leaves a long sequence but little workspace (bf16 weights under 64 GiB): a
+    default chunk's encoder outputs and prompt would not fit the engine's encode room, so the
+    chunks get shorter instead of the job failing with resources_exhausted; a chunk the
+    request sets that does not fit still fails so."""
+    p = pipeline
+    video = {"fps": 4, "max_frames": 16}  # the default chunk: the whole 4 s clip
+    whole = run(p, request(task="caption", video=video), files / "a.mp4")
+    tokens = whole.usage["input_tokens"]
+    # room = tokens x prompt_row: the clip's prompt alone fills it, its encoder outputs beside
+    # do not fit; a chunk of a quarter of it does
+    small = EngineConfig(max_running=4, prompt_budget=tokens,
+                         workspace_bytes=min_piece_bytes(p.engine.costs))  # fmt: skip
+    tight = Pipeline(p.model, p.info, p.prompts, p.model_info, True, small)
+    try:
+        assert tight.engine.encode_room == tokens * p.engine.costs.prompt_row
+        out = run(tight, request(task="caption", video=video), files / "a.mp4")
+        assert len(out.segments) >= 2 and out.usage["video_seconds"] == pytest.approx(4.0)
+        with pytest.raises(ResourcesExhausted):
             run(tight, request(task="caption", video=video | {"chunk_s": 4}), files / "a.mp4")
     finally:
         tight.close()

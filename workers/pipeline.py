@@ -46,7 +46,7 @@ from workers.media_budget import MediaBudget, shm_budget
 from workers.media_units import Unit, decode, host_release
 from workers.model.checkpoint_info import CheckpointInfo
 from workers.model.demo import DEMO_NAME, DEMO_VERSION, write_demo_checkpoint
-from workers.model.expand import label_tokens, video_tokens_per_s
+from workers.model.expand import label_tokens, video_rows_per_s, video_tokens_per_s
 from workers.model.loader import load_model
 from workers.model.omni import OmniModel, PromptStats
 from workers.model.prompt import PromptBuilder, task_text
@@ -240,14 +240,20 @@ class Pipeline:
 
     def _chunk_s(self, request: JobCreate) -> float | None:
         """The request's video chunk; unset, the default (max_frames / fps), unless a chunk's
-        prompt and output would not fit the longest sequence the engine holds (a small
-        GPU_MEMORY_GB): then shorter chunks, so a long video runs as more model calls."""
+        prompt and output would not fit the longest sequence the engine holds, or its encoder
+        outputs and prompt the engine's encode room (a small GPU_MEMORY_GB): then shorter
+        chunks, so a long video runs as more model calls."""
         v = request.video
         if v.chunk_s is not None:
             return v.chunk_s
+        engine, c = self.engine, self.engine.costs
         per_s = video_tokens_per_s(v.fps, self._evs_rate(request), v.use_audio, self._label_tokens)
+        bytes_per_s = video_rows_per_s(v.fps, v.use_audio) * c.encoded_row + per_s * c.prompt_row
         text = PROMPT_TEXT_TOKENS + len(self.prompts.encode(request.prompt or ""))
-        fit = (self.engine.longest_sequence - request.generation.max_tokens - text) / per_s
+        fit = min(
+            (engine.longest_sequence - request.generation.max_tokens - text) / per_s,
+            (engine.encode_room - text * c.prompt_row) / bytes_per_s,
+        )
         if fit >= v.max_frames / v.fps:
             return None
         return max(2 / v.fps, fit)  # a tubelet at least: shorter cannot fit anything

@@ -42,7 +42,7 @@ from workers.engine.memory_plan import (
     PREFILL_AHEAD_STEPS,
     MemoryPlan,
     encode_pieces,
-    min_piece_bytes,
+    encode_room,
     plan_for,
 )
 from workers.engine.recovery import (
@@ -240,6 +240,11 @@ class Engine:
         return min(self.cache.kv_capacity_tokens, self.cache.max_seq_len)
 
     @property
+    def encode_room(self) -> int:
+        """What `_admit` lets one request's encoder outputs and prompt take (memory_plan)."""
+        return encode_room(self.costs, self.config.workspace_bytes, self.config.prompt_budget)
+
+    @property
     def alive(self) -> bool:
         return self._death is None and self._thread is not None and self._thread.is_alive()
 
@@ -329,8 +334,7 @@ class Engine:
         fit, admission waits for prefill to take the waiting prompts; a head that cannot fit
         even with nothing else staged fails (`ResourcesExhausted`), one that can never fit in
         the cache is rejected, both before any encoding."""
-        c, budget = self.costs, self.config.prompt_budget
-        room = self.config.workspace_bytes + budget * c.prompt_row - min_piece_bytes(c)
+        c, budget, room = self.costs, self.config.prompt_budget, self.encode_room
         limit = self.longest_sequence
         held = self._held_tokens()
         group, tokens, staged = [], 0, 0  # the group's prompt tokens and its bytes at splice

@@ -167,6 +167,13 @@ def min_piece_bytes(costs: StageCosts) -> int:
     )
 
 
+def encode_room(costs: StageCosts, workspace: int, prompt_budget: int) -> int:
+    """GPU bytes one request's encoder outputs and prompt may take, admitted with nothing else
+    waiting for prefill: the workspace and the prompt budget's bytes, less the work of the
+    smallest encoder pieces (the engine fails a request that needs more)."""
+    return workspace + prompt_budget * costs.prompt_row - min_piece_bytes(costs)
+
+
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of the model's parameters and buffers as they are: an FP8 or packed NVFP4 tensor
     counts its own element size, fp32 router weights and norms theirs."""

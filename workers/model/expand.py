@@ -70,6 +70,12 @@ def video_tokens_per_s(fps: float, evs_rate: float, use_audio: bool, label: int)
     return fps / 2 * tubelet + (AUDIO_TOKENS_PER_S if use_audio else 0.0)
 
 
+def video_rows_per_s(fps: float, use_audio: bool) -> float:
+    """Encoder output rows a second of video takes, at most (before EVS): fps / 2 tubelets of
+    VIDEO_PATCHES / 4 rows; its soundtrack's."""
+    return fps / 2 * (VIDEO_PATCHES // 4) + (AUDIO_TOKENS_PER_S if use_audio else 0.0)
+
+
 def image_block(n: int, tok: MediaTokens) -> str:
     return tok.img_start + tok.image * n + tok.img_end
 
