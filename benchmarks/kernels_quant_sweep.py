@@ -80,23 +80,17 @@ MOE_NVFP4_PREFILL = [
     Nvfp4Config(128, 256, 64, 8, 8, 3, True, True),
     Nvfp4Config(128, 64, 64, 8, 4, 4, True, True),
     Nvfp4Config(256, 64, 64, 8, 8, 3, True, True),
-    Nvfp4Config(256, 128, 64, 8, 8, 3, True, False, True),
-    Nvfp4Config(256, 128, 64, 8, 8, 3, True, True, True),
-    Nvfp4Config(128, 128, 128, 8, 8, 3, True, True, True),
+    Nvfp4Config(256, 64, 64, 8, 8, 3, True, False),
 ]
 MOE_NVFP4_DECODE = [
     Nvfp4Config(16, 64, 64, 0, 4, 6, False, True),
     Nvfp4Config(16, 64, 64, 0, 4, 6, False, False),
     Nvfp4Config(16, 64, 128, 0, 4, 4, False, True),
     Nvfp4Config(16, 128, 64, 0, 4, 6, False, True),
+    Nvfp4Config(16, 128, 64, 0, 4, 6, False, False),
     Nvfp4Config(16, 32, 64, 0, 4, 6, False, True),
     Nvfp4Config(16, 64, 128, 0, 4, 6, False, True),
     Nvfp4Config(16, 128, 128, 0, 8, 4, False, True),
-    Nvfp4Config(16, 64, 64, 0, 4, 6, False, False, True),
-    Nvfp4Config(16, 64, 64, 0, 4, 6, False, True, True),
-    Nvfp4Config(16, 64, 128, 0, 4, 4, False, True, True),
-    Nvfp4Config(16, 128, 128, 0, 4, 4, False, True, True),
-    Nvfp4Config(16, 64, 256, 0, 4, 3, False, True, True),
 ]
 
 

@@ -64,19 +64,17 @@ class Nvfp4Weight:
 @dataclass(frozen=True)
 class Nvfp4Config(GemmConfig):
     # Nibbles -> bf16 bits by inline PTX (4 bytes a 32-bit register, ~2 instructions an
-    # element) instead of Triton integer ops on each element; same values. Off by default
-    # until a GPU run has compiled and timed it (tests/gpu, the --sweep of the benchmark).
+    # element) instead of Triton integer ops on each element; same values. The H100 sweep
+    # of 2026-12-06 (session 8) timed both within 3 %; the best tilings ran with it.
     ptx_dequant: bool = False
-    # Low and high nibbles as two half-K operands (x's even and odd columns), each with its
-    # block scale read per element, instead of interleaving them back into one [N, K] tile
-    # (join + reshape: a register shuffle per element). Off until a GPU sweep has timed it.
-    halves: bool = False
 
 
-# Best of the first H100 sweep (2026-12-06): prefill 256x128x64 (216 TFLOP/s), decode
-# 16x64x64 with 6 stages (1.05 TB/s of weights), both with the Triton integer dequantization.
-_PREFILL = Nvfp4Config(256, 128, 64, 8, 8, 3, split_tail=True)
-_DECODE = Nvfp4Config(16, 64, 64, 0, 4, 6)
+# Best of the second H100 sweep (2026-12-06, session 8): prefill 256x64x64 (230 TFLOP/s at
+# 16 K tokens, 217 with 256x128x64), decode 16x128x64 with 6 stages (1.18 TB/s of weights at
+# T = 64, 1.07 with 16x64x64). Reading the low and high nibbles as two half-K operands instead
+# of interleaving them was 2-5 x slower and is gone.
+_PREFILL = Nvfp4Config(256, 64, 64, 8, 8, 3, split_tail=True, ptx_dequant=True)
+_DECODE = Nvfp4Config(16, 128, 64, 0, 4, 6, ptx_dequant=True)
 _INTERPRET = Nvfp4Config(16, 16, 32, 4, 4, 1, split_tail=True)
 _DECODE_ROWS_PER_EXPERT = 32
 _TWO_POW_118 = tl.constexpr(2.0**118)
@@ -173,7 +171,6 @@ def _moe_nvfp4_gemm_kernel(
     UP: tl.constexpr,
     INTERPRET: tl.constexpr,
     PTX: tl.constexpr,
-    HALVES: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -197,58 +194,32 @@ def _moe_nvfp4_gemm_kernel(
     w_rows = tl.where(offs_n < n_end, offs_n, 0)
     e = expert.to(tl.int64)
     a_rows_ptr = a_ptr + a_rows[:, None].to(tl.int64) * stride_am
-    if HALVES:
-        # byte h of the tile: k = 2h (low nibble) and 2h + 1, in scale group h // 8
-        offs_h = tl.arange(0, BLOCK_K // 2)
-        a_ptrs = a_rows_ptr + 2 * offs_h[None, :]
-        p_ptrs = w_ptr + e * stride_we + w_rows[:, None] * stride_wn + offs_h[None, :]
-        s_ptrs = s_ptr + e * stride_se + w_rows[:, None] * stride_sn + offs_h[None, :] // 8
-    else:
-        offs_k = tl.arange(0, BLOCK_K)
-        offs_g = tl.arange(0, G)
-        offs_j = tl.arange(0, 8)
-        a_ptrs = a_rows_ptr + offs_k[None, :]
-        p_ptrs = (
-            w_ptr + e * stride_we + w_rows[:, None, None] * stride_wn
-            + offs_g[None, :, None] * 8 + offs_j[None, None, :]
-        )  # fmt: skip
-        s_ptrs = s_ptr + e * stride_se + w_rows[:, None] * stride_sn + offs_g[None, :]
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_g = tl.arange(0, G)
+    offs_j = tl.arange(0, 8)
+    a_ptrs = a_rows_ptr + offs_k[None, :]
+    p_ptrs = (
+        w_ptr + e * stride_we + w_rows[:, None, None] * stride_wn
+        + offs_g[None, :, None] * 8 + offs_j[None, None, :]
+    )  # fmt: skip
+    s_ptrs = s_ptr + e * stride_se + w_rows[:, None] * stride_sn + offs_g[None, :]
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        if HALVES:
-            if EVEN_K:
-                a_even = tl.load(a_ptrs)
-                a_odd = tl.load(a_ptrs + 1)
-                p = tl.load(p_ptrs)
-                s = tl.load(s_ptrs)
-            else:  # K is a multiple of 16: whole scale groups are in or out
-                h_ok = (k0 + 2 * offs_h)[None, :] < K
-                a_even = tl.load(a_ptrs, mask=h_ok, other=0.0)
-                a_odd = tl.load(a_ptrs + 1, mask=h_ok, other=0.0)
-                p = tl.load(p_ptrs, mask=h_ok, other=0)
-                s = tl.load(s_ptrs, mask=h_ok, other=0.0)
-            if INTERPRET:
-                a_even, a_odd = a_even.to(tl.float32), a_odd.to(tl.float32)
-            lo, hi = _e2m1(p, INTERPRET, PTX)
-            scale = _scale(s, INTERPRET)
-            acc = tl.dot(a_even, tl.trans(lo * scale), acc)
-            acc = tl.dot(a_odd, tl.trans(hi * scale), acc)
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            p = tl.load(p_ptrs)
+            s = tl.load(s_ptrs)
         else:
-            if EVEN_K:
-                a = tl.load(a_ptrs)
-                p = tl.load(p_ptrs)
-                s = tl.load(s_ptrs)
-            else:
-                # K is a multiple of 16: whole scale groups are in or out.
-                g_ok = (k0 // 16 + offs_g) < K // 16
-                a = tl.load(a_ptrs, mask=(k0 + offs_k)[None, :] < K, other=0.0)
-                p = tl.load(p_ptrs, mask=g_ok[None, :, None], other=0)
-                s = tl.load(s_ptrs, mask=g_ok[None, :], other=0.0)
-            if INTERPRET:
-                a = a.to(tl.float32)
-            w = _dequant_tile(p, s, INTERPRET, PTX, BLOCK_N, BLOCK_K)
-            acc = tl.dot(a, tl.trans(w), acc)
+            # K is a multiple of 16: whole scale groups are in or out.
+            g_ok = (k0 // 16 + offs_g) < K // 16
+            a = tl.load(a_ptrs, mask=(k0 + offs_k)[None, :] < K, other=0.0)
+            p = tl.load(p_ptrs, mask=g_ok[None, :, None], other=0)
+            s = tl.load(s_ptrs, mask=g_ok[None, :], other=0.0)
+        if INTERPRET:
+            a = a.to(tl.float32)
+        w = _dequant_tile(p, s, INTERPRET, PTX, BLOCK_N, BLOCK_K)
+        acc = tl.dot(a, tl.trans(w), acc)
         a_ptrs += BLOCK_K
         p_ptrs += BLOCK_K // 2
         s_ptrs += G
@@ -282,7 +253,7 @@ def _gemm(a, w, c, routed, up, cfg):
             num_valid, n_start, n_end, K, num_blocks_m, a.stride(0),
             packed.stride(0), packed.stride(1), block_scale.stride(0), block_scale.stride(1),
             c.stride(0), cfg.group_m or num_blocks_m,
-            TOP_K=top_k, UP=up, INTERPRET=interpreting(), PTX=cfg.ptx_dequant, HALVES=cfg.halves,
+            TOP_K=top_k, UP=up, INTERPRET=interpreting(), PTX=cfg.ptx_dequant,
             EVEN_K=K % cfg.block_k == 0,
             BLOCK_M=cfg.block_m, BLOCK_N=block_n, BLOCK_K=cfg.block_k,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -136,17 +136,6 @@ def test_moe_experts_nvfp4(T, nvfp4_experts):
     assert_rel(f"T={T}", moe_experts_nvfp4(*args), moe_experts_nvfp4_ref(*args))
 
 
-@pytest.mark.parametrize("ptx", [False, True])
-@pytest.mark.parametrize("T", [64, 4096])
-def test_moe_experts_nvfp4_halves(T, ptx, nvfp4_experts):
-    """Nibbles as two half-K operands: the same products in another order of the K sum."""
-    g = gen(T + 2)
-    x = torch.randn(T, D, device="cuda", generator=g).to(torch.bfloat16)
-    args = (x, *nvfp4_experts, *routing(T, g))
-    cfg = replace(pick_config(T, TOP_K, E), halves=True, ptx_dequant=ptx)
-    assert_rel(f"T={T}", moe_experts_nvfp4(*args, config=cfg), moe_experts_nvfp4_ref(*args))
-
-
 @pytest.mark.parametrize("T", [64, 4096])
 def test_moe_experts_nvfp4_ptx_equals_triton_dequant(T, nvfp4_experts):
     """The inline-PTX nibble decoding builds the same bf16 weights as the Triton integer ops:
