@@ -43,8 +43,8 @@ MiB, GiB = 1 << 20, 1 << 30
 CARD_SHARE = 0.95
 # Outside torch's allocator, bounded (tests/gpu/test_memory_gpu.py measures it): the CUDA
 # context with lazily loaded modules, library handles, Triton's kernels. Measured on an H100:
-# 783 and 821 MiB after every stage, 850 MiB after the long-input mix (RESULTS.md, sessions
-# 7 and 8); the bound was 1 GiB until it kept bf16 weights out of a 64 GiB cap by 0.03 GiB.
+# 783 MiB after every stage (sessions 7 and 8), 0.82-0.83 GiB after the long-input mix
+# (RESULTS.md); the bound was 1 GiB until it kept bf16 weights out of a 64 GiB cap by 0.03 GiB.
 RUNTIME_BYTES = 896 * MiB
 SLACK_BYTES = 256 * MiB  # the weights' segment rounding and the workspace's split blocks
 # What a roomy card gets; smaller caps scale down toward the minimums.
