@@ -157,13 +157,13 @@ def bench_pipeline(
 
 def _delta(after: StageStats, before: StageStats) -> dict:
     peaks = ("peak_unprefilled", "peak_batch")  # high-water marks (warm-up included)
-    timers = ("seconds", "launch_seconds", "thread_seconds")
-    counts = [k for k in vars(after) if k not in ("profile", *timers, *peaks)]
+    per_stage = ("seconds", "launch_seconds", "thread_seconds", "ooms")
+    counts = [k for k in vars(after) if k not in ("profile", *per_stage, *peaks)]
     out = {k: getattr(after, k) - getattr(before, k) for k in counts}
     out |= {k: getattr(after, k) for k in peaks}
-    for t in timers:
+    for t in per_stage:
         now, then = getattr(after, t), getattr(before, t)
-        out[t] = {k: v - then.get(k, 0.0) for k, v in now.items()}
+        out[t] = {k: v - then.get(k, 0) for k, v in now.items()}
     return out
 
 

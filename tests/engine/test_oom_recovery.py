@@ -88,8 +88,10 @@ def unsplit(demo):
 def test_every_stage_splits_and_retries_to_the_same_outputs(demo, unsplit):
     model, pb = demo
     fired = {k: [] for k in ("encode", "prefill", "decode", "sample")}
+    engines = []
 
     def inject(eng: Engine) -> None:
+        engines.append(eng)
         s = eng.stages
         s.encode = failing(s.encode, lambda group, pieces: len(group) > 1, fired["encode"])
         s.prefill = failing(s.prefill, lambda chunks: len(chunks) > 1, fired["prefill"], True)
@@ -101,6 +103,7 @@ def test_every_stage_splits_and_retries_to_the_same_outputs(demo, unsplit):
 
     assert run(model, pb, inject) == unsplit
     assert all(fired.values()), {k: len(v) for k, v in fired.items()}
+    assert engines[0].stats.ooms == {k: len(v) for k, v in fired.items()}  # each one counted
 
 
 def test_a_request_that_cannot_fit_alone_fails_with_resources_exhausted(demo, unsplit):

@@ -14,6 +14,7 @@ from media.items import ImageItem, media_bytes
 from tests.engine.test_engine import EVS, GREEDY, mixed_requests
 from tests.factories import make_audio, make_video
 from workers.engine.engine import Engine, EngineConfig, Prepared
+from workers.engine.stats import StageStats
 from workers.engine.upload import MediaUploader
 from workers.model.demo import write_demo_checkpoint
 from workers.model.loader import load_model
@@ -28,7 +29,7 @@ def test_uploader_copies_within_its_cap():
     frames = torch.randint(0, 256, (6, 40, 52, 3), generator=g, dtype=torch.uint8)
     video.tubelets = frames.view(3, 2, 40, 52, 3).permute(0, 1, 4, 2, 3)  # as the pool sends
     n = media_bytes([video])
-    up = MediaUploader(torch.device("cuda"), max_bytes=n)
+    up = MediaUploader(torch.device("cuda"), n, StageStats())
     (moved,), held = up.upload([video])
     assert held == n == up.held_bytes
     assert moved.tubelets.is_cuda and moved.tubelets.stride() == video.tubelets.stride()
@@ -44,7 +45,7 @@ def test_uploads_from_many_threads_return_to_the_engines_cache():
     that size: no new segments (with each thread's stream owning its blocks, 8 threads left
     8 caches the default stream could not use)."""
     n, size = 8, 64 << 20
-    up = MediaUploader(torch.device("cuda"), max_bytes=n * size)
+    up = MediaUploader(torch.device("cuda"), n * size, StageStats())
     images = [ImageItem(torch.full((size // 4,), float(k)), (2, 2)) for k in range(n)]
     with ThreadPoolExecutor(n) as ex:
         moved = list(ex.map(lambda item: up.upload([item])[0][0], images))

@@ -176,12 +176,12 @@ class Engine:
             from workers.engine.decode_graphs import DecodeGraphs
 
             graphs = DecodeGraphs(model.llm, self.cache, list(config.decode_graph_sizes))
+        self.stats = StageStats(config.profile)
         self.uploader = (
-            MediaUploader(model.device, config.max_upload_bytes)
+            MediaUploader(model.device, config.max_upload_bytes, self.stats)
             if model.device.type == "cuda"
             else None
         )
-        self.stats = StageStats(config.profile)
         self.runner = ModelRunner(
             model.llm, self.cache, graphs, self.stats, self.costs, config.workspace_bytes
         )
@@ -191,7 +191,7 @@ class Engine:
         # LM head + sampling rows at once: their fp32 logits and the sampler's copies
         rows = min(config.max_running, self.costs.sample_rows(config.workspace_bytes))
         self.steps = RecoveringStep(
-            self.stages, self.runner, rows, config.prefill_token_budget, self._fail
+            self.stages, self.runner, rows, config.prefill_token_budget, self._fail, self.stats
         )
         # Half the slots: a decode batch that large already touches nearly every expert.
         scheduler_config = SchedulerConfig(
@@ -387,6 +387,7 @@ class Engine:
         except Exception as exc:  # one bad batch fails its jobs, not the engine
             results = [exc] * len(group)
         if results is None:
+            self.stats.count_oom("encode")
             release_memory(self.model.device)
             if len(group) > 1:
                 self._encode(group[: len(group) // 2], pieces)

@@ -21,6 +21,7 @@ import torch
 from workers.engine.request import Request
 from workers.engine.runner import ModelRunner
 from workers.engine.scheduler import PrefillChunk, StepPlan
+from workers.engine.stats import StageStats
 from workers.model.omni import EncodePieces
 
 OutOfMemory = torch.OutOfMemoryError  # torch.cuda.OutOfMemoryError is the same class
@@ -96,8 +97,9 @@ class RecoveringStep:
         sample_rows: int,
         prefill_budget: int,
         fail: Callable[[Request, Exception], None],
+        stats: StageStats,
     ):
-        self.stages, self.runner, self.fail = stages, runner, fail
+        self.stages, self.runner, self.fail, self.stats = stages, runner, fail, stats
         self.sample_rows, self.prefill_budget = sample_rows, prefill_budget
         self.device = runner.device
         self.decode_is_atomic = runner.decode_is_atomic  # (batch size) -> a graph replay?
@@ -117,6 +119,10 @@ class RecoveringStep:
             hidden += [h] if done else []
         return self._sample(reqs, torch.cat(hidden)) if reqs else {}
 
+    def _recover(self, stage: str) -> None:
+        self.stats.count_oom(stage)
+        release_memory(self.device)
+
     def _decode(self, reqs: list[Request]) -> tuple[list[Request], torch.Tensor]:
         """Decode forward; after an out-of-memory, in halves. Only a graph replay can be
         retried: it allocates nothing, so the error came before any state changed. An eager
@@ -125,7 +131,7 @@ class RecoveringStep:
             return reqs, self.stages.decode(reqs)
         except OutOfMemory:
             pass
-        release_memory(self.device)
+        self._recover("decode")
         if len(reqs) == 1 or not self.decode_is_atomic(len(reqs)):
             for r in reqs:
                 self.fail(r, ResourcesExhausted("decode"))
@@ -143,7 +149,7 @@ class RecoveringStep:
             return self.stages.prefill(chunks)
         except OutOfMemory:
             pass
-        release_memory(self.device)
+        self._recover("prefill")
         done, rows = [], []
         for chunk in chunks:
             d, h = self._prefill_alone(chunk)
@@ -166,7 +172,7 @@ class RecoveringStep:
                 return done, h
             except OutOfMemory:
                 pass
-            release_memory(self.device)
+            self._recover("prefill")
             if piece <= MIN_PREFILL_PIECE:
                 self.fail(req, ResourcesExhausted("prefill"))
                 return [], torch.empty(0)
@@ -185,7 +191,7 @@ class RecoveringStep:
                 continue
             except OutOfMemory:
                 pass
-            release_memory(self.device)
+            self._recover("sample")
             for r, state in zip(part, states, strict=True):
                 if state is not None:
                     r.generator.set_state(state)

@@ -39,6 +39,12 @@ class StageStats:
     audio_seconds: float = 0.0
     peak_unprefilled: int = 0  # most encoded prompt tokens waiting for prefill after an admission
     peak_batch: int = 0  # most requests one step computed (decoded or prefilled together)
+    # CUDA out-of-memory errors recovered from, per stage ("upload": media left on the host
+    # for the engine to copy): each one emptied the allocator's cache and retried smaller.
+    ooms: dict[str, int] = field(default_factory=dict)
+
+    def count_oom(self, stage: str) -> None:
+        self.ooms[stage] = self.ooms.get(stage, 0) + 1
 
     @contextmanager
     def stage(self, name: str, device: torch.device) -> Iterator[None]:

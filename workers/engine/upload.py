@@ -22,11 +22,12 @@ from dataclasses import replace
 import torch
 
 from media.items import AudioItem, ImageItem, MediaItem, media_bytes
+from workers.engine.stats import StageStats
 
 
 class MediaUploader:
-    def __init__(self, device: torch.device, max_bytes: int):
-        self.device, self.max_bytes = device, max_bytes
+    def __init__(self, device: torch.device, max_bytes: int, stats: StageStats):
+        self.device, self.max_bytes, self.stats = device, max_bytes, stats
         self._held = 0  # uploaded, not yet released by the engine
         self._lock = threading.Lock()
         self._local = threading.local()  # one copy stream per submitting thread
@@ -47,7 +48,9 @@ class MediaUploader:
             moved = [self._to_device(i, stream) for i in items]
             stream.synchronize()  # the engine may use them as soon as they are queued
         except torch.OutOfMemoryError:
-            self.release(n)
+            with self._lock:
+                self._held -= n
+                self.stats.count_oom("upload")
             return items, 0
         except BaseException:
             self.release(n)
