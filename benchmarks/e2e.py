@@ -1,7 +1,8 @@
 """W-video, W-doc and W-audio end to end (docs/performance.md "Standard workloads"), through
 the shipped pipeline.
 
-    python -m benchmarks.e2e [--workload video|doc|audio|all] [--model full|demo] [--jobs N]
+    python -m benchmarks.e2e [--workload video|doc|audio|all] [--model full|demo]
+                             [--jobs N | --jobs video=N,doc=N,audio=N]
                              [--precision bf16|fp8|nvfp4] [--gpu-memory-gb N] [--small]
                              [--via-cli] [--reference] [--cache DIR] [--results DIR]
 
@@ -234,7 +235,18 @@ def pool_cpu_s() -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def run_workload(w: Workload, pipeline: Pipeline, files: list[str], args) -> dict:
+def job_counts(text: str, names: list[str]) -> dict[str, int]:
+    """`--jobs`: one count for every workload ("64"), or one each ("video=64,doc=8,audio=8";
+    a workload run but not named there is an error)."""
+    if "=" not in text:
+        return dict.fromkeys(names, int(text))
+    counts = {k.strip(): int(v) for k, v in (part.split("=") for part in text.split(","))}
+    if missing := [n for n in names if n not in counts]:
+        raise SystemExit(f"--jobs names no count for {', '.join(missing)}")
+    return {n: counts[n] for n in names}
+
+
+def run_workload(w: Workload, pipeline: Pipeline, files: list[str], jobs: int, args) -> dict:
     """All jobs through the pipeline; the workload's measurements."""
     cuda = pipeline.model.device.type == "cuda"
     if cuda:
@@ -243,7 +255,7 @@ def run_workload(w: Workload, pipeline: Pipeline, files: list[str], args) -> dic
     before = copy.deepcopy(pipeline.engine.stats)
     pipeline.media_budget.reset_peak()
     request = w.request(w.max_tokens(args.small))
-    paths = [Path(files[j % len(files)]) for j in range(args.jobs)]
+    paths = [Path(files[j % len(files)]) for j in range(jobs)]
     cpu = pool_cpu_s()
     if args.via_cli:
         lines, exposed, wall = _via_cli(pipeline, request, paths, args.results / f"{w.name}.jsonl")
@@ -355,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workload", choices=[*WORKLOADS, "all"], default="all")
     ap.add_argument("--model", choices=["full", "demo"], default="full")
-    ap.add_argument("--jobs", type=int, default=64)
+    ap.add_argument("--jobs", default="64", help="N, or video=N,doc=N,audio=N")
     ap.add_argument("--precision", choices=["bf16", "fp8", "nvfp4"], default="bf16")
     ap.add_argument("--small", action="store_true", help="short inputs (CPU smoke run)")
     ap.add_argument("--via-cli", action="store_true", help="through `omnibatch run`'s runner")
@@ -368,12 +380,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--results", type=Path, default=ROOT / ".cache" / "bench" / "results")
     args = ap.parse_args(argv)
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    jobs = job_counts(args.jobs, names)
     files = {n: workload_files(n, args.cache, args.small) for n in names}
     model, prompts, note = load(args.model, args.precision)
     device = model.device
     engine = replace(engine_config(model, args.gpu_memory_gb), profile=True)
     config = PipelineConfig(  # every job of a run in flight at once, pages at the workload's
-        max_jobs=args.jobs,  # size, every model call to its max_tokens
+        max_jobs=max(jobs.values()),  # size, every model call to its max_tokens
         media_bytes=int(args.media_gb * 1e9),
         image_budget=SMALL_PAGE_PATCHES if args.small else DOC_PAGE_PATCHES,
         ignore_eos=True,
@@ -393,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
         for n in names:
             w = WORKLOADS[n]
             warm_up(w, pipeline, files[n], workers)
-            row = run_workload(w, pipeline, files[n], args)
+            row = run_workload(w, pipeline, files[n], jobs[n], args)
             report["workloads"][n] = row
             print(f"W-{n}: {row['metric']:.2f} {w.metric} in {row['wall_s']:.1f} s", flush=True)
     finally:

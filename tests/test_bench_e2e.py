@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.e2e import ROOT, SMALL_PAGE_PATCHES, WORKLOADS, main
+import pytest
+
+from benchmarks.e2e import ROOT, SMALL_PAGE_PATCHES, WORKLOADS, job_counts, main
 from benchmarks.e2e_reference import reference_floor
 from workers.model.demo import demo_config_dict
 from workers.model.hf_config import parse_omni
@@ -21,7 +23,9 @@ def _calls(line: dict) -> int:
 def test_every_workload_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("OUT", str(tmp_path))
     results = tmp_path / "results"
-    report = main(["--model", "demo", "--small", "--jobs", str(JOBS), "--results", str(results)])
+    counts = {"video": JOBS, "doc": JOBS, "audio": JOBS - 1}  # --jobs per workload
+    jobs = ",".join(f"{k}={v}" for k, v in counts.items())
+    report = main(["--model", "demo", "--small", "--jobs", jobs, "--results", str(results)])
 
     assert (
         json.loads((tmp_path / "e2e.json").read_text())["workloads"].keys()
@@ -30,14 +34,17 @@ def test_every_workload_end_to_end(tmp_path, monkeypatch):
     )
     media = {"video": "video_seconds", "doc": "pages", "audio": "audio_seconds"}
     for name, row in report["workloads"].items():
-        assert row["jobs"] == JOBS
+        assert row["jobs"] == counts[name]
         for key in ("metric", "prefill_tok_s", "decode_tok_s", "useful_tflop", "mfu", "pool_cpu_s"):
             assert row[key] > 0, (name, key)
         shares = row["stage_shares"]
         assert all(shares[k] > 0 for k in ("media", "encoders", "prefill", "decode")), shares
         assert shares["other"] >= 0  # the engine's stages are serial: they fit in the wall time
         assert row["engine"]["vision_patches"] > 0 or name == "audio"
-        lines = [json.loads((results / name / f"job{j:04d}.json").read_text()) for j in range(JOBS)]
+        lines = [
+            json.loads((results / name / f"job{j:04d}.json").read_text())
+            for j in range(counts[name])
+        ]
         per_call = WORKLOADS[name].max_tokens(small=True)
         for line in lines:
             assert line["status"] == "succeeded" and line["usage"][media[name]] > 0, line
@@ -105,3 +112,12 @@ def test_before_after_compares_two_trees_on_the_same_inputs(tmp_path, monkeypatc
     assert saved["workloads"]["video"]["after"]["row"] == runs["after"]["row"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["before_after.json"]
     assert (cache / "before_after" / "before0-video" / "e2e.json").is_file()
+
+
+def test_job_counts_one_for_all_or_one_each():
+    names = ["video", "doc", "audio"]
+    assert job_counts("64", names) == {"video": 64, "doc": 64, "audio": 64}
+    assert job_counts("video=64,doc=8,audio=4", names) == {"video": 64, "doc": 8, "audio": 4}
+    assert job_counts("doc=8", ["doc"]) == {"doc": 8}
+    with pytest.raises(SystemExit, match="audio"):
+        job_counts("video=64,doc=8", names)
