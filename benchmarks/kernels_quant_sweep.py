@@ -17,8 +17,7 @@ from benchmarks.kernels_quant import (
     time_ms,
 )
 from kernels.fp8_linear import Fp8Config, fp8_linear
-from kernels.moe_experts import GemmConfig
-from kernels.moe_experts_fp8 import moe_experts_fp8
+from kernels.moe_experts_fp8 import Fp8GemmConfig, moe_experts_fp8
 from kernels.moe_experts_nvfp4 import Nvfp4Config, moe_experts_nvfp4
 from kernels.quant_formats import fp8_scale, quantize_fp8
 
@@ -55,21 +54,25 @@ FP8_LINEAR_DECODE = [
     Fp8Config(16, 32, 512, 8, 4, 3),
     Fp8Config(16, 64, 256, 8, 4, 4, tma=True),
 ]
-# GemmConfig(block_m, block_n, block_k, group_m, warps, stages, split_tail).
+# Fp8GemmConfig(block_m, block_n, block_k, group_m, warps, stages, split_tail, tma).
 MOE_FP8_PREFILL = [
-    GemmConfig(128, 128, 128, 8, 8, 4, split_tail=True),
-    GemmConfig(128, 128, 128, 8, 8, 3, split_tail=True),
-    GemmConfig(128, 128, 128, 8, 8, 5, split_tail=True),
-    GemmConfig(256, 128, 128, 8, 8, 3, split_tail=True),
-    GemmConfig(128, 128, 256, 8, 8, 3, split_tail=True),
-    GemmConfig(128, 128, 128, 4, 8, 4, split_tail=True),
-    GemmConfig(128, 128, 128, 16, 8, 4, split_tail=True),
+    Fp8GemmConfig(128, 128, 128, 8, 8, 4, split_tail=True),
+    Fp8GemmConfig(128, 128, 128, 8, 8, 3, split_tail=True),
+    Fp8GemmConfig(128, 128, 128, 8, 8, 5, split_tail=True),
+    Fp8GemmConfig(256, 128, 128, 8, 8, 3, split_tail=True),
+    Fp8GemmConfig(128, 128, 256, 8, 8, 3, split_tail=True),
+    Fp8GemmConfig(128, 128, 128, 4, 8, 4, split_tail=True),
+    Fp8GemmConfig(128, 128, 128, 16, 8, 4, split_tail=True),
+    Fp8GemmConfig(128, 128, 128, 8, 8, 4, True, True),
+    Fp8GemmConfig(128, 128, 128, 16, 8, 4, True, True),
+    Fp8GemmConfig(128, 256, 128, 8, 8, 3, True, True),
 ]
 MOE_FP8_DECODE = [
-    GemmConfig(16, 64, 256, 0, 4, 4),
-    GemmConfig(16, 64, 128, 0, 4, 5),
-    GemmConfig(16, 32, 256, 0, 4, 4),
-    GemmConfig(16, 64, 512, 0, 4, 3),
+    Fp8GemmConfig(16, 64, 256, 0, 4, 4),
+    Fp8GemmConfig(16, 64, 128, 0, 4, 5),
+    Fp8GemmConfig(16, 32, 256, 0, 4, 4),
+    Fp8GemmConfig(16, 64, 512, 0, 4, 3),
+    Fp8GemmConfig(16, 64, 256, 0, 4, 4, False, True),
 ]
 # Nvfp4Config(..., split_tail, ptx_dequant).
 MOE_NVFP4_PREFILL = [

@@ -14,9 +14,12 @@ quantization of h by down_input_scale in its epilogue: h [R, I] is stored in E4M
 FP8 x FP8, then (down_scale[e] * down_input_scale) * combine weight, y [A, D] in bf16; moe_sum.
 """
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from kernels.fp8_linear import fp8_quantize, quantize_e4m3
 from kernels.interpreter import interpreting
@@ -25,12 +28,22 @@ from kernels.moe_experts import GemmConfig
 from kernels.moe_tiles import column_launches, moe_sum, tile_of
 from kernels.quant_formats import quantize_fp8
 
+
+@dataclass(frozen=True)
+class Fp8GemmConfig(GemmConfig):
+    # Weight tiles (and the down GEMM's contiguous h tiles) through the TMA engine, as
+    # fp8_linear's fastest tiling; x's gathered rows stay pointer loads. A descriptor's rows
+    # must be 16-byte multiples (K % 16 == 0: the checkpoint's 2688 and 1856 are). Off until
+    # a GPU sweep has timed it (benchmarks/kernels_quant_sweep.py).
+    tma: bool = False
+
+
 # Best of the first H100 sweep (2026-12-06, benchmarks/kernels_quant_sweep.py). Prefill
 # T=16K: 128x128x128, 8 warps, 4 stages 615 TFLOP/s (vLLM's H200 tile 128x256x128: 355).
 # Decode T=64/256: 16x64x256, all tiles of a column block together, 2.5 TB/s of weights.
-_PREFILL = GemmConfig(128, 128, 128, 8, 8, 4, split_tail=True)
-_DECODE = GemmConfig(16, 64, 256, 0, 4, 4)
-_INTERPRET = GemmConfig(16, 16, 32, 4, 4, 1, split_tail=True)
+_PREFILL = Fp8GemmConfig(128, 128, 128, 8, 8, 4, split_tail=True)
+_DECODE = Fp8GemmConfig(16, 64, 256, 0, 4, 4)
+_INTERPRET = Fp8GemmConfig(16, 16, 32, 4, 4, 1, split_tail=True)
 _DECODE_ROWS_PER_EXPERT = 32
 
 @triton.jit
@@ -47,6 +60,7 @@ def _moe_fp8_gemm_kernel(
     num_valid,
     n_start,
     n_end,
+    N,
     K,
     num_blocks_m,
     stride_am,
@@ -56,6 +70,7 @@ def _moe_fp8_gemm_kernel(
     group_m,
     TOP_K: tl.constexpr,
     UP: tl.constexpr,
+    TMA: tl.constexpr,
     INTERPRET: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -64,7 +79,9 @@ def _moe_fp8_gemm_kernel(
 ):
     # UP: a = x [T, K] e4m3 gathered by token, c = h [R, N] e4m3 at padded rows. Down:
     # a = h [R, K] e4m3 contiguous, c = y [A, N] at assignment rows, combine weight applied.
-    # This launch covers output columns [n_start, n_end).
+    # This launch covers output columns [n_start, n_end). TMA: w_ptr is a descriptor of the
+    # weights as [E * N, K] (rows past this expert's N land in masked columns; past K and
+    # the last expert, zeros), a_ptr of h [R, K] when not UP.
     pid_m, pid_n = tile_of(
         tl.program_id(0), num_blocks_m, tl.cdiv(n_end - n_start, BLOCK_N), group_m
     )
@@ -78,17 +95,28 @@ def _moe_fp8_gemm_kernel(
     offs_n = n_start + pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     w_rows = tl.where(offs_n < n_end, offs_n, 0)
     offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + a_rows[:, None].to(tl.int64) * stride_am + offs_k[None, :]
-    w_ptrs = w_ptr + expert.to(tl.int64) * stride_we + w_rows[None, :] * stride_wn + offs_k[:, None]
+    A_TMA: tl.constexpr = TMA and not UP
+    if not A_TMA:
+        a_ptrs = a_ptr + a_rows[:, None].to(tl.int64) * stride_am + offs_k[None, :]
+    if not TMA:
+        w_ptrs = (
+            w_ptr + expert.to(tl.int64) * stride_we + w_rows[None, :] * stride_wn + offs_k[:, None]
+        )
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        if EVEN_K:
+        k_ok = (k0 + offs_k) < K
+        if A_TMA:
+            a = a_ptr.load([pid_m * BLOCK_M, k0])
+        elif EVEN_K:
             a = tl.load(a_ptrs)
+        else:
+            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+        if TMA:
+            w = w_ptr.load([expert * N + n_start + pid_n * BLOCK_N, k0]).T
+        elif EVEN_K:
             w = tl.load(w_ptrs)
         else:
-            k_ok = (k0 + offs_k) < K
-            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
         if INTERPRET:
             a = a.to(tl.float32)
@@ -96,8 +124,10 @@ def _moe_fp8_gemm_kernel(
         # Hopper's FP8 MMA accumulates with a short mantissa: promote into the fp32
         # accumulator every BLOCK_K (as cuBLAS without fast accumulation; DeepSeek-V3 §3.3).
         acc = tl.dot(a, w, acc, max_num_imprecise_acc=BLOCK_K)
-        a_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
+        if not A_TMA:
+            a_ptrs += BLOCK_K
+        if not TMA:
+            w_ptrs += BLOCK_K
 
     acc = acc * (tl.load(w_scale_ptr + expert) * tl.load(a_scale_ptr))
     n_ok = offs_n < n_end
@@ -115,15 +145,19 @@ def _moe_fp8_gemm_kernel(
 def _gemm(a, w, w_scale, a_scale, c_scale, c, routed, up, cfg):
     """One of the op's two GEMMs. routed = (sorted_ids, block_expert, topk_w, A, k)."""
     sorted_ids, block_expert, topk_w, num_valid, top_k = routed
-    N, K = w.shape[1], w.shape[2]
+    E, N, K = w.shape
     num_blocks_m = block_expert.numel()
+    tma, a_arg = cfg.tma, a
+    if tma and not up:
+        a_arg = TensorDescriptor.from_tensor(a, [cfg.block_m, cfg.block_k])
     for n_start, n_end, block_n in column_launches(N, cfg.block_n, cfg.split_tail):
         grid = (num_blocks_m * triton.cdiv(n_end - n_start, block_n),)
+        w_arg = TensorDescriptor.from_tensor(w.view(E * N, K), [block_n, cfg.block_k]) if tma else w
         _moe_fp8_gemm_kernel[grid](
-            a, w, c, sorted_ids, block_expert, topk_w, w_scale, a_scale, c_scale,
-            num_valid, n_start, n_end, K, num_blocks_m,
+            a_arg, w_arg, c, sorted_ids, block_expert, topk_w, w_scale, a_scale, c_scale,
+            num_valid, n_start, n_end, N, K, num_blocks_m,
             a.stride(0), w.stride(0), w.stride(1), c.stride(0), cfg.group_m or num_blocks_m,
-            TOP_K=top_k, UP=up, INTERPRET=interpreting(), EVEN_K=K % cfg.block_k == 0,
+            TOP_K=top_k, UP=up, TMA=tma, INTERPRET=interpreting(), EVEN_K=K % cfg.block_k == 0,
             BLOCK_M=cfg.block_m, BLOCK_N=block_n, BLOCK_K=cfg.block_k,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
@@ -168,7 +202,7 @@ def _moe_experts_fp8_launch(
 
 def moe_experts_fp8(
     x, up, down, up_scale, down_scale, up_input_scale, down_input_scale, topk_weights,
-    topk_ids, config: GemmConfig | None = None,
+    topk_ids, config: Fp8GemmConfig | None = None,
 ):  # fmt: skip
     """Routed experts of the FP8 checkpoint (shared expert not included).
 

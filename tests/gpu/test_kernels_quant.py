@@ -19,6 +19,7 @@ from kernels.attention import (
 )
 from kernels.fp8_linear import fp8_linear, fp8_linear_ref
 from kernels.moe_experts_fp8 import moe_experts_fp8, moe_experts_fp8_ref
+from kernels.moe_experts_fp8 import pick_config as fp8_moe_config
 from kernels.moe_experts_nvfp4 import (
     Nvfp4Weight,
     moe_experts_nvfp4,
@@ -109,6 +110,20 @@ def test_moe_experts_fp8(T, fp8_experts):
     x = torch.randn(T, D, device="cuda", generator=g).to(torch.bfloat16)
     args = (x, *fp8_experts, *routing(T, g))
     out, ref = moe_experts_fp8(*args), moe_experts_fp8_ref(*args)
+    assert_rel(f"T={T}", out, ref, bound=2e-2)
+    mean = (out.float() - ref.float()).abs().mean().item()
+    assert mean <= 1e-3 * ref.float().abs().max().item(), f"T={T}: mean diff {mean:.3e}"
+
+
+@pytest.mark.parametrize("T", [64, 16384])
+def test_moe_experts_fp8_tma(T, fp8_experts):
+    """Weight (and h) tiles through TMA: the tiling of pick_config with tma on, against the
+    same bounds as the pointer-load tiling."""
+    g = gen(T + 3)
+    x = torch.randn(T, D, device="cuda", generator=g).to(torch.bfloat16)
+    args = (x, *fp8_experts, *routing(T, g))
+    cfg = replace(fp8_moe_config(T, TOP_K, E), tma=True)
+    out, ref = moe_experts_fp8(*args, config=cfg), moe_experts_fp8_ref(*args)
     assert_rel(f"T={T}", out, ref, bound=2e-2)
     mean = (out.float() - ref.float()).abs().mean().item()
     assert mean <= 1e-3 * ref.float().abs().max().item(), f"T={T}: mean diff {mean:.3e}"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kernels.moe_experts import moe_experts_ref
-from kernels.moe_experts_fp8 import moe_experts_fp8, moe_experts_fp8_ref
+from kernels.moe_experts_fp8 import Fp8GemmConfig, moe_experts_fp8, moe_experts_fp8_ref
 from kernels.quant_formats import dequant_fp8, fp8_scale, quantize_fp8
 from tests.kernels.moe_attn_helpers import assert_close
 from tests.kernels.quant_helpers import cosine, fp8_per_expert, randn, rel_err, routing
@@ -12,11 +12,11 @@ from tests.kernels.quant_helpers import cosine, fp8_per_expert, randn, rel_err, 
 E, K, D, INNER = 8, 3, 32, 24
 
 
-def experts(seed):
+def experts(seed, inner=INNER):
     """Unquantized weights and the FP8 checkpoint's tensors of them (up, down, scales, input
     scales from a calibration batch: the max over experts, as the loader takes it)."""
-    up = randn(E, INNER, D, seed=seed, scale=D**-0.5)
-    down = randn(E, D, INNER, seed=seed + 1, scale=INNER**-0.5)
+    up = randn(E, inner, D, seed=seed, scale=D**-0.5)
+    down = randn(E, D, inner, seed=seed + 1, scale=inner**-0.5)
     (up_q, up_s), (down_q, down_s) = fp8_per_expert(up), fp8_per_expert(down)
     calib = randn(64, D, seed=seed + 2)
     x_s = fp8_scale(calib)
@@ -55,12 +55,18 @@ def test_ref_close_to_unquantized_experts():
     assert cosine(moe_experts_fp8_ref(x, *q, topk_w, ids), bf16) > 0.99
 
 
+@pytest.mark.parametrize("tma", [False, True])
 @pytest.mark.parametrize("T", [1, 5, 17, 64])
-def test_kernel_matches_ref(T):
-    _, q = experts(seed=T)
+def test_kernel_matches_ref(T, tma):
+    """TMA: an inner size of 48 (a descriptor's rows must be 16-byte multiples) in 32-wide
+    tiles: up's second column block reads 16 rows past its expert's (the next expert's, or
+    zeros after the last), down's last K tile 16 columns past K (zeros); h goes through a
+    descriptor too."""
+    _, q = experts(seed=T, inner=48 if tma else INNER)
     topk_w, ids = routing(T, E, K, seed=T, skip_experts=(0, 5))
     x = randn(T, D, seed=T + 1).to(torch.bfloat16)
-    out = moe_experts_fp8(x, *q, topk_w, ids)
+    cfg = Fp8GemmConfig(16, 32, 32, 4, 4, 1, tma=True) if tma else None
+    out = moe_experts_fp8(x, *q, topk_w, ids, config=cfg)
     assert out.dtype == torch.bfloat16
     assert_close(f"T={T}", out, moe_experts_fp8_ref(x, *q, topk_w, ids))
 
