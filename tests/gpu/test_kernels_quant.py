@@ -151,6 +151,16 @@ def test_moe_experts_nvfp4(T, nvfp4_experts):
     assert_rel(f"T={T}", moe_experts_nvfp4(*args), moe_experts_nvfp4_ref(*args))
 
 
+@pytest.mark.parametrize("T", [64, 256])
+def test_moe_experts_nvfp4_swap_ab(T, nvfp4_experts):
+    """The weights as the MMA's first operand (transposed accumulator): the same products."""
+    g = gen(T + 2)
+    x = torch.randn(T, D, device="cuda", generator=g).to(torch.bfloat16)
+    args = (x, *nvfp4_experts, *routing(T, g))
+    cfg = replace(pick_config(T, TOP_K, E), swap_ab=True)
+    assert_rel(f"T={T}", moe_experts_nvfp4(*args, config=cfg), moe_experts_nvfp4_ref(*args))
+
+
 @pytest.mark.parametrize("T", [64, 4096])
 def test_moe_experts_nvfp4_ptx_equals_triton_dequant(T, nvfp4_experts):
     """The inline-PTX nibble decoding builds the same bf16 weights as the Triton integer ops:
