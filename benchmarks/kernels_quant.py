@@ -4,7 +4,8 @@ Rows (each checks the op against its torch reference first; max_rel_err = max|op
 max|ref|; times are medians of triton.testing.do_bench, CUDA events, L2 flushed, warm-up):
   fp8_linear     prefill M=16384: FLOPs = 2*M*N*K, against torch._scaled_mm on the same FP8
                  tensors (x quantized beforehand; the target is >= 70 % of its rate) and a
-                 bf16 cuBLAS matmul. Decode M=1/64/256: bytes = N*K weight bytes.
+                 bf16 cuBLAS matmul; at prefill also "x in E4M3", the GEMM alone on the
+                 same FP8 x. Decode M=1/64/256: bytes = N*K weight bytes.
   moe_experts_fp8 / _nvfp4  T=16384: FLOPs = 2*T*k*(2*D*I) against our bf16 moe_experts on
                  the dequantized weights (target fp8 >= 1.6x). Decode T=1/64/256: bytes =
                  touched experts x 2*D*I x bytes per weight (fp8 1, nvfp4 0.5 + 1/16 of the
@@ -125,6 +126,12 @@ def bench_fp8_linear(sh, dev, copy):
                 amount, kind = N * K, "TB/s"
             rows.append(qrow("fp8_linear", shape, ms, amount, kind, err, scaled, "_scaled_mm",
                              copy, bf16_ms=bf16))  # fmt: skip
+            if sh.prefill_tokens == M:  # the GEMM alone, on the FP8 x _scaled_mm gets
+                args = (xq, wq, ws, xs)
+                err = rel_err(fp8_linear(*args), fp8_linear_ref(*args))
+                ms = time_ms(lambda a=args: fp8_linear(*a))
+                rows.append(qrow("fp8_linear, x in E4M3", shape, ms, amount, kind, err, scaled,
+                                 "_scaled_mm", copy))  # fmt: skip
     return rows
 
 
