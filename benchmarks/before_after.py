@@ -8,8 +8,9 @@ DIR holds an older commit's files (`git archive C | tar -x -C DIR`, an ignored f
 the device). For each workload the old tree's `benchmarks.e2e` runs, then this tree's
 (`--rounds` pairs, alternating; the ratio is of the medians), each in a process of its own so
 only one of them holds the GPU, both at their default settings on the same input files
-(`--cache`, made once, before the first run). `--via-cli` adds, after W-video, this tree's
-W-video through `omnibatch run`'s runner (`benchmarks.e2e --via-cli`). Prints each run's rate
+(`--cache`, made once, before the first run). `--via-cli`: this tree's first W-video process
+also runs the jobs through `omnibatch run`'s runner (`benchmarks.e2e --via-cli`, the same
+warm pipeline after its own run). Prints each run's rate
 and its ratio to the "before" median, and how long each process took from start to exit
 (model build, warm-up and run); JSON to $OUT/before_after.json with every run's whole
 workload report (the device tool brings back 8 files a call: each run's own e2e.json and log
@@ -53,9 +54,12 @@ def run_e2e(tree: Path, workload: str, jobs: int, args, out: Path, *extra: str) 
         print(f"{tree} {workload} exited {done.returncode}:\n{tail}", flush=True)
         return {"error": tail, "process_s": seconds}
     report = json.loads((out / "e2e.json").read_text())
-    return {"row": report["workloads"][workload], "process_s": seconds,
-            "device": report["device"], "engine": report["engine"],
-            "log_tail": (out / "log.txt").read_text()[-1500:]}  # fmt: skip
+    run = {"row": report["workloads"][workload], "process_s": seconds,
+           "device": report["device"], "engine": report["engine"],
+           "log_tail": (out / "log.txt").read_text()[-1500:]}  # fmt: skip
+    if cli := report.get("via_cli", {}).get(workload):
+        run["via_cli"] = {"row": cli, "process_s": seconds}
+    return run
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -86,10 +90,12 @@ def main(argv: list[str] | None = None) -> dict:
         for r in range(args.rounds):  # alternating, so a drift of the machine hits both
             for name, tree in trees.items():
                 run = name if r == 0 else f"{name} {r + 1}"
-                runs[run] = run_e2e(tree, workload, jobs, args, runs_dir / f"{name}{r}-{workload}")
-        if workload == "video" and args.via_cli:
-            cli = runs_dir / "cli-video"
-            runs["via_cli"] = run_e2e(ROOT, "video", jobs, args, cli, "--via-cli")
+                cli = workload == "video" and args.via_cli and run == "after"
+                run_dir = runs_dir / f"{name}{r}-{workload}"
+                runs[run] = run_e2e(tree, workload, jobs, args, run_dir, *["--via-cli"] * cli)
+                if cli:
+                    failed = {"error": "no via-cli row", "process_s": runs[run]["process_s"]}
+                    runs["via_cli"] = runs[run].pop("via_cli", failed)
         report["device"] = runs["after"].get("device", report.get("device"))
         report["workloads"][workload] = runs
         _save(report, out)

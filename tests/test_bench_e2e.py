@@ -68,9 +68,9 @@ def test_reference_floor_tiny():
 
 
 def test_cli_runner_keeps_decode_ahead_in_the_media_budget(tmp_path):
-    """Through `omnibatch run`'s runner with room for almost nothing: the pool still decodes
-    one job per worker to start, then only as the engine takes their media, and every job
-    gets its line."""
+    """Through `omnibatch run`'s runner with room for almost nothing (after the same jobs'
+    Pipeline run in the same process): the pool still decodes one job per worker to start,
+    then only as the engine takes their media, and every job gets its line."""
     from benchmarks.e2e_inputs import workload_files
     from media.items import media_bytes
     from media.limits import MediaLimits
@@ -84,7 +84,8 @@ def test_cli_runner_keeps_decode_ahead_in_the_media_budget(tmp_path):
     opts, limits = MediaOptions(image_budget=SMALL_PAGE_PATCHES), MediaLimits()
     units = to_units(opts, process(path, opts, limits)).units
     job_bytes = sum(media_bytes(u.items) for u in units)
-    row = report["workloads"]["doc"]
+    assert report["workloads"]["doc"]["jobs"] == JOBS  # the Pipeline's own run came first
+    row = report["via_cli"]["doc"]
     assert row["peak_media_gb"] * 1e9 <= row["pool_workers"] * job_bytes
     assert row["metric"] > 0 and row["stage_shares"]["media"] is None  # not seen by the runner
     lines = [json.loads(line) for line in (tmp_path / "doc.jsonl").read_text().splitlines()]
