@@ -387,8 +387,7 @@ class Engine:
         except Exception as exc:  # one bad batch fails its jobs, not the engine
             results = [exc] * len(group)
         if results is None:
-            self.stats.count_oom("encode")
-            release_memory(self.model.device)
+            release_memory(self.model.device, self.stats, "encode")
             if len(group) > 1:
                 self._encode(group[: len(group) // 2], pieces)
                 self._encode(group[len(group) // 2 :], pieces)

@@ -62,10 +62,11 @@ class Stages:
     sample: Callable
 
 
-def release_memory(device: torch.device) -> None:
-    """After an out-of-memory on the GPU: collect what the failed attempt left in reference
-    cycles and give the allocator's cached blocks back, so the retry finds whole segments.
-    (The attempt's tensors themselves went with its frames.)"""
+def release_memory(device: torch.device, stats: StageStats, stage: str) -> None:
+    """After an out-of-memory in `stage` (counted in `stats`): collect what the failed attempt
+    left in reference cycles and give the allocator's cached blocks back, so the retry finds
+    whole segments. (The attempt's tensors themselves went with its frames.)"""
+    stats.count_oom(stage)
     if device.type == "cuda":
         gc.collect()
         torch.cuda.empty_cache()
@@ -119,10 +120,6 @@ class RecoveringStep:
             hidden += [h] if done else []
         return self._sample(reqs, torch.cat(hidden)) if reqs else {}
 
-    def _recover(self, stage: str) -> None:
-        self.stats.count_oom(stage)
-        release_memory(self.device)
-
     def _decode(self, reqs: list[Request]) -> tuple[list[Request], torch.Tensor]:
         """Decode forward; after an out-of-memory, in halves. Only a graph replay can be
         retried: it allocates nothing, so the error came before any state changed. An eager
@@ -131,7 +128,7 @@ class RecoveringStep:
             return reqs, self.stages.decode(reqs)
         except OutOfMemory:
             pass
-        self._recover("decode")
+        release_memory(self.device, self.stats, "decode")
         if len(reqs) == 1 or not self.decode_is_atomic(len(reqs)):
             for r in reqs:
                 self.fail(r, ResourcesExhausted("decode"))
@@ -149,7 +146,7 @@ class RecoveringStep:
             return self.stages.prefill(chunks)
         except OutOfMemory:
             pass
-        self._recover("prefill")
+        release_memory(self.device, self.stats, "prefill")
         done, rows = [], []
         for chunk in chunks:
             d, h = self._prefill_alone(chunk)
@@ -172,7 +169,7 @@ class RecoveringStep:
                 return done, h
             except OutOfMemory:
                 pass
-            self._recover("prefill")
+            release_memory(self.device, self.stats, "prefill")
             if piece <= MIN_PREFILL_PIECE:
                 self.fail(req, ResourcesExhausted("prefill"))
                 return [], torch.empty(0)
@@ -191,7 +188,7 @@ class RecoveringStep:
                 continue
             except OutOfMemory:
                 pass
-            self._recover("sample")
+            release_memory(self.device, self.stats, "sample")
             for r, state in zip(part, states, strict=True):
                 if state is not None:
                     r.generator.set_state(state)

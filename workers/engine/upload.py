@@ -48,9 +48,8 @@ class MediaUploader:
             moved = [self._to_device(i, stream) for i in items]
             stream.synchronize()  # the engine may use them as soon as they are queued
         except torch.OutOfMemoryError:
-            with self._lock:
-                self._held -= n
-                self.stats.count_oom("upload")
+            self.release(n)
+            self.stats.count_oom("upload")
             return items, 0
         except BaseException:
             self.release(n)
