@@ -11,6 +11,10 @@ are touched: a negative one is refused for its own flaw.
 - `video.end_s` must be greater than `video.start_s`, a rule between two fields that JSON
   Schema cannot state (VideoOptions' description does): an `end_s` at or before `start_s`
   is dropped.
+- `response_format.json_schema.schema` may be any object in the document, but one the grammar
+  library cannot compile (`strict: true` with a keyword it does not implement, a keyword
+  of the wrong type) is refused with a 422 (docs/api.md, "Structured output"): such a schema
+  becomes `{}` (any JSON), decided by the gateway's own check (`contract.json_grammar`).
 - A batch input file (`POST /v1/files`, purpose `batch`) must be JSONL, which the document
   cannot say of a file: its bytes become one request line about the receiver's PNG.
 - `input_file_id` (`POST /v1/batches`) must name a batch file of the caller's: it is pointed
@@ -25,6 +29,8 @@ import os
 import uuid
 
 import schemathesis
+
+from contract.json_grammar import grammar_problem, json_grammar
 
 RECEIVER = os.environ.get("OMNIBATCH_TEST_RECEIVER", "")
 _IMAGE = {"type": "image_url", "image_url": {"url": f"{RECEIVER}/input"}}
@@ -44,11 +50,20 @@ def _make_valid(request: object) -> None:
     for field in ("input", "webhook"):
         if isinstance(request.get(field), dict):
             request[field]["url"] = f"{RECEIVER}/{field}"
+    _compilable_schema(request.get("response_format"))
     video = request.get("video")
     if not isinstance(video, dict) or None in (video.get("start_s"), video.get("end_s")):
         return
     if video["end_s"] <= video["start_s"]:
         del video["end_s"]
+
+
+def _compilable_schema(response_format: object) -> None:
+    spec = response_format.get("json_schema") if isinstance(response_format, dict) else None
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        return
+    if grammar_problem(json_grammar(spec["schema"], bool(spec.get("strict")))) is not None:
+        spec["schema"] = {}
 
 
 @schemathesis.hook
