@@ -278,6 +278,7 @@ def run_workload(
         "media_exposed_s": exposed,
         "peak_media_gb": pipeline.media_budget.peak / 1e9,
         "allocator": {k: v - allocator[k] for k, v in allocator_counts(cuda).items()},
+        "expandable_reserved_gib": expandable_reserved(cuda) / 2**30,
     }
     return _measure(w, _delta(pipeline.engine.stats, before), counts, cuda)
 
@@ -289,6 +290,13 @@ def allocator_counts(cuda: bool) -> dict[str, int]:
     names = ("num_device_alloc", "num_device_free", "num_alloc_retries", "num_ooms")
     stats = torch.cuda.memory_stats() if cuda else {}
     return {k: int(stats.get(k, 0)) for k in names}
+
+
+def expandable_reserved(cuda: bool) -> int:
+    """Bytes the allocator holds in segments that grow in place (the engine turns them on for
+    what it allocates after the weights, unless PYTORCH_CUDA_ALLOC_CONF says otherwise)."""
+    segments = torch.cuda.memory_snapshot() if cuda else []
+    return sum(seg["total_size"] for seg in segments if seg.get("is_expandable"))
 
 
 def _measure(w: Workload, s: dict, counts: dict, cuda: bool) -> dict:
@@ -411,7 +419,9 @@ def main(argv: list[str] | None = None) -> dict:
             warm_up(w, pipeline, files[n], workers)
             row = run_workload(w, pipeline, files[n], jobs[n], args)
             report["workloads"][n] = row
-            print(f"W-{n}: {row['metric']:.2f} {w.metric} in {row['wall_s']:.1f} s", flush=True)
+            print(f"W-{n}: {row['metric']:.2f} {w.metric} in {row['wall_s']:.1f} s; allocator "
+                  f"{row['allocator']}, OOMs {row['engine'].get('ooms')}, "
+                  f"{row['expandable_reserved_gib']:.2f} GiB expandable", flush=True)  # fmt: skip
             if args.via_cli:
                 cli = run_workload(w, pipeline, files[n], jobs[n], args, via_cli=True)
                 report["via_cli"][n] = cli

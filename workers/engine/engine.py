@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import threading
 from collections import deque
@@ -162,6 +163,7 @@ class Engine:
             total = torch.cuda.get_device_properties(model.device).total_memory
             fraction = min(1.0, plan.torch_cap / total)
             torch.cuda.set_per_process_memory_fraction(fraction, model.device)
+            _grow_segments_in_place()
         self.cache = HybridCache(
             model.config.llm,
             config.max_running,
@@ -482,3 +484,18 @@ class Engine:
         req.prompt_embeds = None
         prepared, stats = self._pending.pop(req.rid)
         prepared.future.set_result((req, stats))
+
+
+def _grow_segments_in_place() -> None:
+    """Expandable segments for the allocations from here on (the weights are already placed).
+
+    Under a hard cap, a reserve of fixed-size segments fragments: the stages' ever-changing
+    sizes leave cached blocks that fit no new request, and at the cap each such miss frees the
+    whole cache and synchronises the device (docs/memory.md, W-video at 0.912 × in session 8).
+    A segment that grows by mapping pages keeps one address range per stream instead. Set at
+    run time because CUDA is up by now, so the environment variable would be read too late;
+    an operator's own PYTORCH_CUDA_ALLOC_CONF / PYTORCH_ALLOC_CONF wins.
+    """
+    if os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"):
+        return
+    torch._C._accelerator_setAllocatorSettings("expandable_segments:True")
