@@ -74,7 +74,7 @@ MOE_FP8_DECODE = [
     Fp8GemmConfig(16, 64, 512, 0, 4, 3),
     Fp8GemmConfig(16, 64, 256, 0, 4, 4, False, True),
 ]
-# Nvfp4Config(..., split_tail, ptx_dequant, swap_ab).
+# Nvfp4Config(..., split_tail, ptx_dequant).
 MOE_NVFP4_PREFILL = [
     Nvfp4Config(256, 128, 64, 8, 8, 3, True, True),
     Nvfp4Config(256, 128, 64, 8, 8, 3, True, False),
@@ -94,11 +94,6 @@ MOE_NVFP4_DECODE = [
     Nvfp4Config(16, 32, 64, 0, 4, 6, False, True),
     Nvfp4Config(16, 64, 128, 0, 4, 6, False, True),
     Nvfp4Config(16, 128, 128, 0, 8, 4, False, True),
-    Nvfp4Config(16, 64, 64, 0, 4, 6, False, True, True),
-    Nvfp4Config(16, 128, 64, 0, 4, 6, False, True, True),
-    Nvfp4Config(16, 64, 128, 0, 4, 4, False, True, True),
-    Nvfp4Config(16, 128, 128, 0, 4, 4, False, True, True),
-    Nvfp4Config(16, 256, 64, 0, 8, 4, False, True, True),
 ]
 
 

@@ -14,7 +14,7 @@ quantization of h by down_input_scale in its epilogue: h [R, I] is stored in E4M
 FP8 x FP8, then (down_scale[e] * down_input_scale) * combine weight, y [A, D] in bf16; moe_sum.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -32,16 +32,17 @@ from kernels.quant_formats import quantize_fp8
 @dataclass(frozen=True)
 class Fp8GemmConfig(GemmConfig):
     # Weight tiles (and the down GEMM's contiguous h tiles) through the TMA engine, as
-    # fp8_linear's fastest tiling; x's gathered rows stay pointer loads. A descriptor's rows
-    # must be 16-byte multiples (K % 16 == 0: the checkpoint's 2688 and 1856 are). Off until
-    # a GPU sweep has timed it (benchmarks/kernels_quant_sweep.py).
+    # fp8_linear's fastest tiling; x's gathered rows stay pointer loads. Needs Hopper (sm_90+)
+    # and rows of 16-byte multiples (K % 16 == 0: the checkpoint's 2688 and 1856 are).
     tma: bool = False
 
 
-# Best of the first H100 sweep (2026-12-06, benchmarks/kernels_quant_sweep.py). Prefill
-# T=16K: 128x128x128, 8 warps, 4 stages 615 TFLOP/s (vLLM's H200 tile 128x256x128: 355).
-# Decode T=64/256: 16x64x256, all tiles of a column block together, 2.5 TB/s of weights.
-_PREFILL = Fp8GemmConfig(128, 128, 128, 8, 8, 4, split_tail=True)
+# Prefill T=16K, H100 sweeps of 2026-12-06 (benchmarks/kernels_quant_sweep.py): 128x128x128,
+# 8 warps, 4 stages, weight tiles through TMA, 16 row blocks a group: 628 TFLOP/s in
+# session 9 against 592 with pointer loads and groups of 8 (vLLM's H200 tile 128x256x128:
+# 355 in session 7). Decode T=64/256: 16x64x256, all tiles of a column block together,
+# 2.5 TB/s of weights (TMA within 1 %).
+_PREFILL = Fp8GemmConfig(128, 128, 128, 16, 8, 4, split_tail=True, tma=True)
 _DECODE = Fp8GemmConfig(16, 64, 256, 0, 4, 4)
 _INTERPRET = Fp8GemmConfig(16, 16, 32, 4, 4, 1, split_tail=True)
 _DECODE_ROWS_PER_EXPERT = 32
@@ -162,13 +163,15 @@ def _gemm(a, w, w_scale, a_scale, c_scale, c, routed, up, cfg):
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
 
-def pick_config(num_tokens, top_k, num_experts):
-    """GemmConfig of both GEMMs: the decode one when prefill tiles would be mostly padding."""
+def pick_config(num_tokens, top_k, num_experts, dims, device):
+    """GemmConfig of both GEMMs: the decode one when prefill tiles would be mostly padding.
+    dims = (D, inner), the two GEMMs' K: TMA where the device and both allow it."""
     if interpreting():
         return _INTERPRET
     if num_tokens * top_k < _DECODE_ROWS_PER_EXPERT * num_experts:
         return _DECODE
-    return _PREFILL
+    hopper = torch.cuda.get_device_capability(device)[0] >= 9
+    return replace(_PREFILL, tma=hopper and all(k % 16 == 0 for k in dims))
 
 def _moe_experts_fp8_launch(
     x, up, down, up_scale, down_scale, up_input_scale, down_input_scale, topk_weights,
@@ -189,7 +192,7 @@ def _moe_experts_fp8_launch(
     assert topk_ids.shape == (T, k) and topk_ids.dtype == torch.int32
     assert topk_weights.shape == (T, k) and topk_weights.dtype == torch.float32
     x = x.contiguous()
-    cfg = config or pick_config(T, k, E)
+    cfg = config or pick_config(T, k, E, (D, inner), x.device)
 
     sorted_ids, block_expert, _ = moe_align(topk_ids, E, cfg.block_m)
     routed = (sorted_ids, block_expert, topk_weights.contiguous(), T * k, k)

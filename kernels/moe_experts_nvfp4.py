@@ -67,11 +67,6 @@ class Nvfp4Config(GemmConfig):
     # element) instead of Triton integer ops on each element; same values. The H100 sweep
     # of 2026-12-06 (session 8) timed both within 3 %; the best tilings ran with it.
     ptx_dequant: bool = False
-    # w @ a^T into a transposed accumulator [BLOCK_N, BLOCK_M]: the dequantized weights are
-    # then the MMA's first operand, which Hopper's wgmma reads from registers, where as the
-    # second they go through shared memory first. For decode tiles (BLOCK_M 16); off until
-    # a GPU sweep has timed it.
-    swap_ab: bool = False
 
 
 # Best of the second H100 sweep (2026-12-06, session 8): prefill 256x64x64 (230 TFLOP/s at
@@ -176,7 +171,6 @@ def _moe_nvfp4_gemm_kernel(
     UP: tl.constexpr,
     INTERPRET: tl.constexpr,
     PTX: tl.constexpr,
-    SWAP_AB: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -210,10 +204,7 @@ def _moe_nvfp4_gemm_kernel(
     )  # fmt: skip
     s_ptrs = s_ptr + e * stride_se + w_rows[:, None] * stride_sn + offs_g[None, :]
 
-    if SWAP_AB:
-        acc_t = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs)
@@ -228,15 +219,10 @@ def _moe_nvfp4_gemm_kernel(
         if INTERPRET:
             a = a.to(tl.float32)
         w = _dequant_tile(p, s, INTERPRET, PTX, BLOCK_N, BLOCK_K)
-        if SWAP_AB:
-            acc_t = tl.dot(w, tl.trans(a), acc_t)
-        else:
-            acc = tl.dot(a, tl.trans(w), acc)
+        acc = tl.dot(a, tl.trans(w), acc)
         a_ptrs += BLOCK_K
         p_ptrs += BLOCK_K // 2
         s_ptrs += G
-    if SWAP_AB:
-        acc = tl.trans(acc_t)
 
     acc = acc * (tl.load(s2_ptr + expert) * 256.0)  # scale_2 and the 2^-8 of the tiles
     n_ok = offs_n < n_end
@@ -267,7 +253,7 @@ def _gemm(a, w, c, routed, up, cfg):
             num_valid, n_start, n_end, K, num_blocks_m, a.stride(0),
             packed.stride(0), packed.stride(1), block_scale.stride(0), block_scale.stride(1),
             c.stride(0), cfg.group_m or num_blocks_m,
-            TOP_K=top_k, UP=up, INTERPRET=interpreting(), PTX=cfg.ptx_dequant, SWAP_AB=cfg.swap_ab,
+            TOP_K=top_k, UP=up, INTERPRET=interpreting(), PTX=cfg.ptx_dequant,
             EVEN_K=K % cfg.block_k == 0,
             BLOCK_M=cfg.block_m, BLOCK_N=block_n, BLOCK_K=cfg.block_k,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
