@@ -1,5 +1,5 @@
 """`python -m benchmarks.kernels_quant --sweep`: a handful of tilings per quantized kernel at
-the sizes that decide the defaults (prefill 16 K tokens; decode 64 / 256), each checked
+the sizes that decide the defaults (prefill 16 K tokens; decode 1 / 64 / 128 / 256), each checked
 against the default tiling's output, the best printed per size. Rates as in kernels_quant.
 """
 
@@ -131,8 +131,9 @@ def sweep_fp8_linear(sh, dev, copy, configs_each=None):
     for name, M, configs in (
         ("in_proj", big, FP8_LINEAR_PREFILL), ("out_proj", big, FP8_LINEAR_PREFILL),
         ("in_proj", mid, FP8_LINEAR_MID), ("out_proj", mid, FP8_LINEAR_MID),
+        ("in_proj", 128, FP8_LINEAR_MID), ("out_proj", 128, FP8_LINEAR_MID),
         ("in_proj", 1, FP8_LINEAR_DECODE), ("out_proj", 1, FP8_LINEAR_DECODE),
-        ("in_proj", 64, FP8_LINEAR_DECODE),
+        ("in_proj", 64, FP8_LINEAR_DECODE), ("out_proj", 64, FP8_LINEAR_DECODE),
     ):  # fmt: skip
         N, K = sh.dense[name]
         w = torch.randn(N, K, device=dev, generator=g) * K**-0.5
