@@ -14,6 +14,7 @@ from media.items import ImageItem, media_bytes
 from tests.engine.test_engine import EVS, GREEDY, mixed_requests
 from tests.factories import make_audio, make_video
 from workers.engine.engine import Engine, EngineConfig, Prepared
+from workers.engine.memory_plan import plan_for
 from workers.engine.stats import StageStats
 from workers.engine.upload import MediaUploader
 from workers.model.demo import write_demo_checkpoint
@@ -88,3 +89,30 @@ def test_uploaded_media_gives_the_same_outputs(tmp_path):
         assert sorted(released) == list(range(len(reqs)))
     assert outputs[0] == outputs[1]
     assert all(len(ids) == GREEDY.max_tokens for ids in outputs[0])
+
+
+def test_a_planned_engine_caps_the_allocator_and_grows_segments_in_place(tmp_path, monkeypatch):
+    """With a memory plan the engine caps torch's allocator and puts what is allocated from
+    then on in expandable segments (docs/memory.md): its cache, and a block asked for after.
+    Both settings are the process's, so the test puts them back."""
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    write_demo_checkpoint(tmp_path)
+    model, _ = load_model(tmp_path, "cuda", torch.bfloat16)
+    pb = PromptBuilder.from_dir(tmp_path)
+    plan = plan_for(model, 4.0)
+    try:
+        eng = Engine(model, pb.tokenizer, EngineConfig.from_plan(plan))
+        block = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
+        segments = torch.cuda.memory_snapshot()
+        mine = [s for s in segments
+                if s["address"] <= block.data_ptr() < s["address"] + s["total_size"]]  # fmt: skip
+        assert len(mine) == 1 and mine[0]["is_expandable"]
+        assert sum(s["total_size"] for s in segments if s["is_expandable"]) >= 64 << 20
+        with pytest.raises(torch.OutOfMemoryError):  # past the cap, whatever the card has
+            torch.empty(plan.torch_cap, dtype=torch.uint8, device="cuda")
+        del block, eng
+    finally:
+        torch._C._accelerator_setAllocatorSettings("expandable_segments:False")
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
