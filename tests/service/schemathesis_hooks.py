@@ -1,8 +1,14 @@
 """schemathesis hooks for tests/service/test_openapi_schemathesis.py (loaded by SCHEMATHESIS_HOOKS).
 
 They supply, per request, what no OpenAPI document can promise and the contract refuses by
-design, so that a refusal left over is a real mismatch. Only schema-valid (positive) cases
-are touched: a negative one is refused for its own flaw.
+design, so that a refusal left over is a real mismatch. Schema-valid (positive) cases are
+touched for that; a negative one is refused for its own flaw, and is touched only where the
+form encoder would lose the flaw on the way:
+- A multipart field whose value is null or an empty list gets no part at all (requests skips
+  both), so a negative form whose flaw is such a field (an extra property, seen in a fresh-
+  clone CI run as ST201 on `POST /v1/files`) would reach the API valid: the value is sent
+  as an empty part instead, still a flaw (an unknown part, a purpose outside its enum, an
+  empty file).
 - `input.url` / `webhook.url`: a generated URL names a host that does not exist; it is
   pointed at the test's receiver (`OMNIBATCH_TEST_RECEIVER`, allow-listed), which serves
   a PNG.
@@ -66,12 +72,20 @@ def _compilable_schema(response_format: object) -> None:
         spec["schema"] = {}
 
 
+def _flaw_kept_in_form(case):
+    if case.media_type == "multipart/form-data" and isinstance(case.body, dict):
+        for name, value in case.body.items():
+            if value is None or value == []:
+                case.body[name] = ""
+    return case
+
+
 @schemathesis.hook
 def map_case(context, case):
     if case.method.upper() != "POST" or case.meta is None:
         return case
     if not case.meta.generation.mode.is_positive:
-        return case
+        return _flaw_kept_in_form(case)
     body = case.body if isinstance(case.body, dict) else {}
     if case.path == "/v1/files" and body.get("purpose") == "batch":
         body["file"] = BATCH_JSONL
