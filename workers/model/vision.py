@@ -309,12 +309,12 @@ def _video_pixels(
     out = torch.empty(f, c, PATCH * ph, PATCH * pw, device=like.device, dtype=like.dtype)
     step = max(1, resize_bytes // resize_frame_bytes(frames.shape[2:], item.grid))
     for s in range(0, f, step):
-        u8 = _to_device(frames[s : s + step], like.device).unsqueeze(1)  # [k, 1, 3, H, W]
+        u8 = frames_to_device(frames[s : s + step], like.device).unsqueeze(1)  # [k, 1, 3, H, W]
         out[s : s + step] = video_pixels(u8, item.grid).flatten(0, 1)
     return out.view(b - a, -1, *out.shape[2:])
 
 
-def _to_device(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
+def frames_to_device(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host frames on `device`, queued behind the GPU's work instead of waiting for it.
 
     A copy from pageable memory makes the host wait until the GPU has run what is queued
