@@ -18,7 +18,7 @@ from workers.model.audio import AudioEncoder, encode_audios
 from workers.model.config import AudioConfig, OmniConfig, VisionConfig
 from workers.model.fullsize import init_tower_random_
 from workers.model.projectors import SoundProjector, VisionProjector
-from workers.model.vision import RadioViT, encode_visual
+from workers.model.vision import RadioViT, encode_visual, frames_to_device
 
 pytestmark = [
     pytest.mark.gpu,
@@ -133,3 +133,17 @@ def test_vit_throughput_32_tubelets():
         f"{n * length / dt:,.0f} tokens/s, {flops / dt / 1e12:.0f} TFLOP/s"
     )
     assert out.shape == (n, grid[0] * grid[1], d) and torch.isfinite(out).all()
+
+
+def test_frames_reach_the_gpu_through_pinned_memory_strides_kept():
+    """Decoded frames (a channels-last view, as the pool hands them over) arrive equal, in the
+    same layout; frames a job thread already uploaded are passed through."""
+    gen = torch.Generator().manual_seed(3)
+    frames = torch.randint(0, 256, (5, 36, 52, 3), generator=gen, dtype=torch.uint8)
+    view = frames.permute(0, 3, 1, 2)  # [5, 3, 36, 52]
+    moved = frames_to_device(view, torch.device("cuda"))
+    torch.cuda.synchronize()
+    assert moved.is_cuda and moved.stride() == view.stride()
+    assert torch.equal(moved.cpu(), view)
+    assert frames_to_device(moved, torch.device("cuda")) is moved
+

@@ -323,7 +323,7 @@ def frames_to_device(frames: torch.Tensor, device: torch.device) -> torch.Tensor
     into pinned memory here (a memcpy: `pin_memory` keeps the strides), the copy is queued
     like a kernel; torch's caching host allocator keeps the pinned block until it has run.
     """
-    if device.type != "cuda":
+    if frames.device.type != "cpu" or device.type != "cuda":  # uploaded ahead, or no GPU
         return frames.to(device)
     return frames.pin_memory().to(device, non_blocking=True)
 
