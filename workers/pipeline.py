@@ -46,7 +46,7 @@ from workers.media_budget import MediaBudget, shm_budget
 from workers.media_units import Unit, decode, host_release
 from workers.model.checkpoint_info import CheckpointInfo
 from workers.model.demo import DEMO_NAME, DEMO_VERSION, write_demo_checkpoint
-from workers.model.expand import label_tokens, video_rows_per_s, video_tokens_per_s
+from workers.model.expand import label_tokens, video_tokens_per_s
 from workers.model.loader import load_model
 from workers.model.omni import OmniModel, PromptStats
 from workers.model.prompt import PromptBuilder, task_text
@@ -248,7 +248,8 @@ class Pipeline:
             return v.chunk_s
         engine, c = self.engine, self.engine.costs
         per_s = video_tokens_per_s(v.fps, self._evs_rate(request), v.use_audio, self._label_tokens)
-        bytes_per_s = video_rows_per_s(v.fps, v.use_audio) * c.encoded_row + per_s * c.prompt_row
+        rows_per_s = video_tokens_per_s(v.fps, 0.0, v.use_audio, 0)  # encoder outputs, pre-EVS
+        bytes_per_s = rows_per_s * c.encoded_row + per_s * c.prompt_row
         text = PROMPT_TEXT_TOKENS + len(self.prompts.encode(request.prompt or ""))
         fit = min(
             (engine.longest_sequence - request.generation.max_tokens - text) / per_s,

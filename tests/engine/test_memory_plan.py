@@ -22,7 +22,7 @@ from workers.engine.memory_plan import (
 )
 from workers.engine.workspace import StageCosts
 from workers.model.config import OmniConfig
-from workers.model.expand import video_rows_per_s
+from workers.model.expand import video_tokens_per_s
 from workers.model.omni import OmniModel
 
 FULL = OmniConfig()
@@ -56,7 +56,7 @@ def check(plan, weights: int) -> None:
     assert plan.headroom >= int(FRAGMENTATION_SHARE * coming_and_going) - 2
     # the engine admits 10 s of 2-fps video with its soundtrack, unpruned, in one piece (the
     # pipeline's default chunks shrink to what it admits)
-    per_s = video_rows_per_s(2, True)
+    per_s = video_tokens_per_s(2, 0.0, True, 0)  # encoder output rows, before EVS
     assert encode_room(c, plan.workspace, plan.prompt_budget) >= 10 * per_s * (
         c.encoded_row + c.prompt_row
     )

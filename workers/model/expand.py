@@ -65,15 +65,10 @@ def label_tokens(encode) -> int:
 
 def video_tokens_per_s(fps: float, evs_rate: float, use_audio: bool, label: int) -> float:
     """Prompt tokens a second of video takes, at most: fps / 2 tubelets of VIDEO_PATCHES / 4
-    tokens, 1 - evs_rate of them kept, each with its `label` tokens; its soundtrack's."""
+    tokens, 1 - evs_rate of them kept, each with its `label` tokens; its soundtrack's. With
+    evs_rate 0 and no label: the encoder output rows a second takes (before EVS)."""
     tubelet = VIDEO_PATCHES // 4 * (1 - evs_rate) + label
     return fps / 2 * tubelet + (AUDIO_TOKENS_PER_S if use_audio else 0.0)
-
-
-def video_rows_per_s(fps: float, use_audio: bool) -> float:
-    """Encoder output rows a second of video takes, at most (before EVS): fps / 2 tubelets of
-    VIDEO_PATCHES / 4 rows; its soundtrack's."""
-    return fps / 2 * (VIDEO_PATCHES // 4) + (AUDIO_TOKENS_PER_S if use_audio else 0.0)
 
 
 def image_block(n: int, tok: MediaTokens) -> str:
