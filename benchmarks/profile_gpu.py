@@ -99,7 +99,7 @@ def profile_encode(model, prompts, clips: list[VideoItem]) -> str:
 
 
 def h2d_ms(clip: VideoItem, copy) -> tuple[float, float]:
-    """copy(frames) of one clip's frames behind ≈ GPU_WORK_MS of queued GPU work -> (ms the
+    """copy(frames) of one clip's frames behind GPU_WORK_MATMULS queued matmuls -> (ms the
     host took to return from the copy, ms until the GPU had done both). A copy that waits for
     the queued work returns after it; one queued behind it returns after its own host part."""
     x = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)

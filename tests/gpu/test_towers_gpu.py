@@ -146,4 +146,3 @@ def test_frames_reach_the_gpu_through_pinned_memory_strides_kept():
     assert moved.is_cuda and moved.stride() == view.stride()
     assert torch.equal(moved.cpu(), view)
     assert frames_to_device(moved, torch.device("cuda")) is moved
-
