@@ -113,8 +113,8 @@ def _table(report: dict) -> None:
     print(f"\n{report['device']}; before = {report['old']}, after = this tree")
     print(f"{'workload':8} {'jobs':>4} {'run':>8} {'metric':>11} {'unit':>12} {'× before':>8} "
           f"{'wall s':>7} {'process s':>9} {'rsv GiB':>7} {'encode s':>8} {'prefill/s':>9} "
-          f"{'tok/fwd':>7} {'retries':>7} {'launch/thread % of encode, prefill':>35}  "
-          "OOMs by stage")  # fmt: skip
+          f"{'tok/fwd':>7} {'retries':>7} {'compiles':>8} "
+          f"{'launch/thread % of encode, prefill':>35}  OOMs by stage")  # fmt: skip
     for name, runs in report["workloads"].items():
         before, after = (_median(runs, tree) for tree in ("before", "after"))
         for run, r in runs.items():
@@ -126,12 +126,14 @@ def _table(report: dict) -> None:
             encode = row["engine"]["seconds"].get("encode", 0.0)
             per_forward = row.get("tokens_per_prefill_forward", float("nan"))  # newer trees
             retries = row.get("allocator", {}).get("num_alloc_retries", "-")
+            compiles = row.get("triton_compiles", {})  # newer trees
+            compiled = f"{compiles['count']}/{compiles['seconds']:.1f}s" if compiles else "-"
             shares = "  ".join(_cpu_shares(row["engine"], stage) for stage in ("encode", "prefill"))
             ooms = " ".join(f"{k}:{v}" for k, v in row["engine"].get("ooms", {}).items() if v)
             print(f"{name:8} {row['jobs']:4d} {run:>8} {row['metric']:11.1f} "
                   f"{row['metric_name']:>12} {row['metric'] / before:8.3f} {row['wall_s']:7.1f} "
                   f"{r['process_s']:9.0f} {rsv:7.1f} {encode:8.1f} "
-                  f"{row['prefill_tok_s'] or 0:9.0f} {per_forward:7.0f} {retries:>7} "
+                  f"{row['prefill_tok_s'] or 0:9.0f} {per_forward:7.0f} {retries:>7} {compiled:>8} "
                   f"{shares:>35}  {ooms or '-'}")  # fmt: skip
         print(f"{name:8} after / before (medians): {after / before:.3f}")
 

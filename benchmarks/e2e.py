@@ -60,6 +60,7 @@ import torch
 
 from benchmarks.common import BF16_TFLOPS, LLM_FLOP_PER_TOKEN
 from benchmarks.e2e_inputs import AUDIO_S, PAGE_H, PAGE_W, SMALL_AUDIO_S, workload_files
+from benchmarks.triton_compiles import TritonCompiles
 from contract.schemas import JobCreate
 from media.resize import PATCH
 from workers.engine.engine import EngineConfig, engine_config
@@ -261,10 +262,12 @@ def run_workload(
     request = w.request(w.max_tokens(args.small))
     paths = [Path(files[j % len(files)]) for j in range(jobs)]
     cpu = pool_cpu_s()
-    if via_cli:
-        lines, exposed, wall = _via_cli(pipeline, request, paths, args.results / f"{w.name}.jsonl")
-    else:
-        lines, exposed, wall = _submit_all(pipeline, request, paths, args.results / w.name)
+    with TritonCompiles() as compiles:
+        if via_cli:
+            jsonl = args.results / f"{w.name}.jsonl"
+            lines, exposed, wall = _via_cli(pipeline, request, paths, jsonl)
+        else:
+            lines, exposed, wall = _submit_all(pipeline, request, paths, args.results / w.name)
     if failed := [line for line in lines if line["status"] != "succeeded"]:
         raise RuntimeError(f"W-{w.name}: {len(failed)} jobs failed, e.g. {failed[0]}")
     counts = {
@@ -279,6 +282,7 @@ def run_workload(
         "peak_media_gb": pipeline.media_budget.peak / 1e9,
         "allocator": {k: v - allocator[k] for k, v in allocator_counts(cuda).items()},
         "expandable_reserved_gib": expandable_reserved(cuda) / 2**30,
+        "triton_compiles": compiles.summary(),  # shapes the warm-up did not meet
     }
     return _measure(w, _delta(pipeline.engine.stats, before), counts, cuda)
 
@@ -421,11 +425,13 @@ def main(argv: list[str] | None = None) -> dict:
             report["workloads"][n] = row
             print(f"W-{n}: {row['metric']:.2f} {w.metric} in {row['wall_s']:.1f} s; allocator "
                   f"{row['allocator']}, OOMs {row['engine'].get('ooms')}, "
-                  f"{row['expandable_reserved_gib']:.2f} GiB expandable", flush=True)  # fmt: skip
+                  f"{row['expandable_reserved_gib']:.2f} GiB expandable, Triton compiles "
+                  f"{row['triton_compiles']}", flush=True)  # fmt: skip
             if args.via_cli:
                 cli = run_workload(w, pipeline, files[n], jobs[n], args, via_cli=True)
                 report["via_cli"][n] = cli
-                print(f"W-{n} through omnibatch run's runner: {cli['metric']:.2f}", flush=True)
+                print(f"W-{n} through omnibatch run's runner: {cli['metric']:.2f}; Triton "
+                      f"compiles {cli['triton_compiles']}", flush=True)  # fmt: skip
     finally:
         pipeline.close()
     if args.reference:
