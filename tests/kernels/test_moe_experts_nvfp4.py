@@ -1,6 +1,5 @@
 """NVFP4 W4A16 routed experts: the reference against per-token dequantize-then-fp32 math."""
 
-
 import pytest
 import torch
 
