@@ -444,9 +444,7 @@ def attention_prefill_ref(
         if end == start:
             continue
         rows = req_to_token[slot, : ctx + end - start].long()
-        o[start:end] = _attend_ref(
-            q[start:end], k_pool, v_pool, rows, ctx, scale, k_scale, v_scale
-        )
+        o[start:end] = _attend_ref(q[start:end], k_pool, v_pool, rows, ctx, scale, k_scale, v_scale)
     return o
 
 

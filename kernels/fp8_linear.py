@@ -75,7 +75,9 @@ def quantize_e4m3(x, inv_scale, INTERPRET: tl.constexpr):
     return q.to(tl.float8e4nv)
 
 
-@triton.jit
+# batch-sized integers unspecialised: a new batch shape must not recompile (a compile
+# stalls the engine thread: 34 of them, 3.4 s, in one W-doc run, RESULTS.md session 11)
+@triton.jit(do_not_specialize=["M"])
 def _fp8_linear_kernel(
     x_ptr,
     w_ptr,
@@ -150,7 +152,7 @@ def _fp8_linear_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n"])
 def _fp8_quantize_kernel(x_ptr, q_ptr, scale_ptr, n, INTERPRET: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n

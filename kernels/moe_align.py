@@ -16,7 +16,9 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# batch-sized integers unspecialised: a new batch shape must not recompile (a compile
+# stalls the engine thread: 34 of them, 3.4 s, in one W-doc run, RESULTS.md session 11)
+@triton.jit(do_not_specialize=["A"])
 def _moe_count_kernel(ids_ptr, counts_ptr, A, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < A
@@ -24,7 +26,7 @@ def _moe_count_kernel(ids_ptr, counts_ptr, A, BLOCK: tl.constexpr):
     tl.atomic_add(counts_ptr + ids, 1, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["A", "num_blocks"])
 def _moe_offsets_kernel(
     counts_ptr,
     offsets_ptr,
@@ -64,7 +66,7 @@ def _moe_offsets_kernel(
         tl.store(block_expert_ptr + blocks, expert, mask=blocks < num_blocks)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["A"])
 def _moe_scatter_kernel(ids_ptr, cursor_ptr, sorted_ids_ptr, A, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < A

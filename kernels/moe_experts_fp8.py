@@ -47,7 +47,10 @@ _DECODE = Fp8GemmConfig(16, 64, 256, 0, 4, 4)
 _INTERPRET = Fp8GemmConfig(16, 16, 32, 4, 4, 1, split_tail=True)
 _DECODE_ROWS_PER_EXPERT = 32
 
-@triton.jit
+
+# batch-sized integers unspecialised: a new batch shape must not recompile (a compile
+# stalls the engine thread: 34 of them, 3.4 s, in one W-doc run, RESULTS.md session 11)
+@triton.jit(do_not_specialize=["num_valid", "num_blocks_m", "group_m"])
 def _moe_fp8_gemm_kernel(
     a_ptr,
     w_ptr,
@@ -143,6 +146,7 @@ def _moe_fp8_gemm_kernel(
         c_ptrs = c_ptr + ids[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=valid[:, None] & n_ok[None, :])
 
+
 def _gemm(a, w, w_scale, a_scale, c_scale, c, routed, up, cfg):
     """One of the op's two GEMMs. routed = (sorted_ids, block_expert, topk_w, A, k)."""
     sorted_ids, block_expert, topk_w, num_valid, top_k = routed
@@ -163,6 +167,7 @@ def _gemm(a, w, w_scale, a_scale, c_scale, c, routed, up, cfg):
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
 
+
 def pick_config(num_tokens, top_k, num_experts, dims, device):
     """GemmConfig of both GEMMs: the decode one when prefill tiles would be mostly padding.
     dims = (D, inner), the two GEMMs' K: TMA where the device and both allow it."""
@@ -172,6 +177,7 @@ def pick_config(num_tokens, top_k, num_experts, dims, device):
         return _DECODE
     hopper = torch.cuda.get_device_capability(device)[0] >= 9
     return replace(_PREFILL, tma=hopper and all(k % 16 == 0 for k in dims))
+
 
 def _moe_experts_fp8_launch(
     x, up, down, up_scale, down_scale, up_input_scale, down_input_scale, topk_weights,
@@ -203,6 +209,7 @@ def _moe_experts_fp8_launch(
     _gemm(h, down, down_scale, down_input_scale, down_input_scale, y, routed, False, cfg)
     return moe_sum(y, k)
 
+
 def moe_experts_fp8(
     x, up, down, up_scale, down_scale, up_input_scale, down_input_scale, topk_weights,
     topk_ids, config: Fp8GemmConfig | None = None,
@@ -218,6 +225,7 @@ def moe_experts_fp8(
         x, up, down, up_scale, down_scale, up_input_scale, down_input_scale, topk_weights,
         topk_ids, config,
     )  # fmt: skip
+
 
 def moe_experts_fp8_ref(
     x, up, down, up_scale, down_scale, up_input_scale, down_input_scale, topk_weights, topk_ids

@@ -33,7 +33,9 @@ def _dot(a, b, acc, IEEE: tl.constexpr):
     return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
 
 
-@triton.jit
+# batch-sized integers unspecialised: a new batch shape must not recompile (a compile
+# stalls the engine thread: 34 of them, 3.4 s, in one W-doc run, RESULTS.md session 11)
+@triton.jit(do_not_specialize=["n_chunks"])
 def _ssd_cumsum_kernel(
     dt_ptr, A_ptr, dt_bias_ptr, chunk_start_ptr, chunk_len_ptr, dt_out_ptr, a_cs_ptr, n_chunks,
     H: tl.constexpr, L: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -53,7 +55,7 @@ def _ssd_cumsum_kernel(
     tl.store(a_cs_ptr + out, a_cs, mask=(hs < H)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_chunks"])
 def _ssd_state_kernel(
     x_ptr, B_ptr, dt_ptr, a_cs_ptr, chunk_start_ptr, chunk_len_ptr, states_ptr, n_chunks,
     H: tl.constexpr, P: tl.constexpr, G: tl.constexpr, N: tl.constexpr, L: tl.constexpr,
@@ -90,7 +92,7 @@ def _ssd_state_kernel(
     tl.store(states_ptr + out, acc, mask=(p < P)[:, None] & (n < N)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_chunks"])
 def _ssd_pass_kernel(
     states_ptr, a_cs_ptr, chunk_len_ptr, seq_chunks_ptr, init_ptr, entering_ptr, final_ptr,
     n_chunks, H: tl.constexpr, PN: tl.constexpr, L: tl.constexpr, HAS_INIT: tl.constexpr,
@@ -144,7 +146,7 @@ def _ssd_cb_kernel(
     tl.store(cb_ptr + out, cb.to(cb_ptr.dtype.element_ty))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_chunks"])
 def _ssd_out_kernel(
     x_ptr, cb_ptr, C_ptr, D_ptr, dt_ptr, a_cs_ptr, entering_ptr, chunk_start_ptr, chunk_len_ptr,
     y_ptr, n_chunks, H: tl.constexpr, P: tl.constexpr, G: tl.constexpr, N: tl.constexpr,

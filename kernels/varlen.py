@@ -11,7 +11,9 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# batch-sized integers unspecialised: a new batch shape must not recompile (a compile
+# stalls the engine thread: 34 of them, 3.4 s, in one W-doc run, RESULTS.md session 11)
+@triton.jit(do_not_specialize=["n_seqs", "n_slots"])
 def _block_table_kernel(
     cu_ptr, n_seqs, seq_ptr, start_ptr, len_ptr, seq_blocks_ptr, n_slots,
     BLOCK: tl.constexpr, MIN_ONE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_I: tl.constexpr,
@@ -51,9 +53,12 @@ def block_table(cu_seqlens, n_tokens, block, min_one=False):
     slots."""
     n_seqs = cu_seqlens.shape[0] - 1
     n_slots = n_tokens // block + n_seqs
-    out = torch.empty(3 * n_slots + n_seqs + 1, device=cu_seqlens.device, dtype=torch.int32)
-    seq, start, length = out[:n_slots], out[n_slots : 2 * n_slots], out[2 * n_slots : 3 * n_slots]
-    seq_blocks = out[3 * n_slots :]
+    # One buffer, each column at a 16-byte boundary: the kernels that take these columns as
+    # pointers are compiled once per pointer alignment, so an unaligned column recompiles them.
+    pitch = -(-n_slots // 4) * 4
+    out = torch.empty(3 * pitch + n_seqs + 1, device=cu_seqlens.device, dtype=torch.int32)
+    seq, start, length = (out[i * pitch : i * pitch + n_slots] for i in range(3))
+    seq_blocks = out[3 * pitch :]
     BLOCK_I = 64
     _block_table_kernel[(max(1, triton.cdiv(n_slots, BLOCK_I)),)](
         cu_seqlens, n_seqs, seq, start, length, seq_blocks, n_slots, BLOCK=block,

@@ -20,3 +20,12 @@ def test_block_table_equals_ref(lens, min_one):
     assert torch.equal(got[3], seq_blocks)
     used = seq < len(lens)
     assert torch.equal(got[1][used], start[used])
+
+
+@pytest.mark.parametrize("n_tokens", [61, 62, 63, 64])  # every residue of n_slots mod 4
+def test_block_table_columns_start_at_16_byte_boundaries(n_tokens):
+    # the SSD and conv kernels take these columns as pointers: Triton compiles a kernel anew
+    # for each pointer alignment it meets
+    cu = torch.tensor([0, n_tokens], dtype=torch.int32)
+    for column in block_table(cu, n_tokens, 16):
+        assert column.data_ptr() % 16 == 0
