@@ -79,7 +79,8 @@ def _attend_block(
     return acc, m_new, l_i
 
 
-@triton.jit
+# batch-sized integers unspecialised: no recompile on the engine thread per batch shape
+@triton.jit(do_not_specialize=["num_seqs"])
 def _attn_prefill_kernel(
     q_ptr,
     k_ptr,

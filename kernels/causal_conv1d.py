@@ -15,8 +15,7 @@ _BLOCK_T = 16
 _BLOCK_C = 128
 
 
-# batch-sized integers unspecialised: a new batch shape must not recompile (a compile
-# stalls the engine thread: 34 of them, 3.4 s, in one W-doc run, RESULTS.md session 11)
+# batch-sized integers unspecialised: no recompile on the engine thread per batch shape
 @triton.jit(do_not_specialize=["n_seqs"])
 def _causal_conv1d_varlen_kernel(
     x_ptr, w_ptr, bias_ptr, cu_ptr, blk_seq_ptr, blk_start_ptr, n_seqs, state_ptr, slots_ptr,

@@ -75,8 +75,7 @@ def quantize_e4m3(x, inv_scale, INTERPRET: tl.constexpr):
     return q.to(tl.float8e4nv)
 
 
-# batch-sized integers unspecialised: a new batch shape must not recompile (a compile
-# stalls the engine thread: 34 of them, 3.4 s, in one W-doc run, RESULTS.md session 11)
+# batch-sized integers unspecialised: no recompile on the engine thread per batch shape
 @triton.jit(do_not_specialize=["M"])
 def _fp8_linear_kernel(
     x_ptr,

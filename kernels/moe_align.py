@@ -16,8 +16,7 @@ import triton
 import triton.language as tl
 
 
-# batch-sized integers unspecialised: a new batch shape must not recompile (a compile
-# stalls the engine thread: 34 of them, 3.4 s, in one W-doc run, RESULTS.md session 11)
+# batch-sized integers unspecialised: no recompile on the engine thread per batch shape
 @triton.jit(do_not_specialize=["A"])
 def _moe_count_kernel(ids_ptr, counts_ptr, A, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)

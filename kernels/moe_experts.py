@@ -53,8 +53,7 @@ _INTERPRET = GemmConfig(16, 16, 16, 4, 4, 1, split_tail=True)
 _DECODE_ROWS_PER_EXPERT = 32
 
 
-# batch-sized integers unspecialised: a new batch shape must not recompile (a compile
-# stalls the engine thread: 34 of them, 3.4 s, in one W-doc run, RESULTS.md session 11)
+# batch-sized integers unspecialised: no recompile on the engine thread per batch shape
 @triton.jit(do_not_specialize=["num_valid", "num_blocks_m", "group_m"])
 def _moe_gemm_kernel(
     a_ptr,

@@ -145,8 +145,7 @@ def _dequant_tile(
     return w * tl.reshape(tl.join(scale, scale), (BLOCK_N, BLOCK_K))
 
 
-# batch-sized integers unspecialised: a new batch shape must not recompile (a compile
-# stalls the engine thread: 34 of them, 3.4 s, in one W-doc run, RESULTS.md session 11)
+# batch-sized integers unspecialised: no recompile on the engine thread per batch shape
 @triton.jit(do_not_specialize=["num_valid", "num_blocks_m", "group_m"])
 def _moe_nvfp4_gemm_kernel(
     a_ptr,

@@ -28,7 +28,8 @@ def _dot(h, w, UPCAST: tl.constexpr):
     return tl.dot(h, tl.trans(w))
 
 
-@triton.jit
+# batch-sized integers unspecialised: no recompile on the engine thread per batch shape
+@triton.jit(do_not_specialize=["T"])
 def _moe_route_kernel(
     h_ptr,
     w_ptr,

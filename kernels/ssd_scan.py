@@ -33,8 +33,7 @@ def _dot(a, b, acc, IEEE: tl.constexpr):
     return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
 
 
-# batch-sized integers unspecialised: a new batch shape must not recompile (a compile
-# stalls the engine thread: 34 of them, 3.4 s, in one W-doc run, RESULTS.md session 11)
+# batch-sized integers unspecialised: no recompile on the engine thread per batch shape
 @triton.jit(do_not_specialize=["n_chunks"])
 def _ssd_cumsum_kernel(
     dt_ptr, A_ptr, dt_bias_ptr, chunk_start_ptr, chunk_len_ptr, dt_out_ptr, a_cs_ptr, n_chunks,

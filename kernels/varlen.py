@@ -11,8 +11,7 @@ import triton
 import triton.language as tl
 
 
-# batch-sized integers unspecialised: a new batch shape must not recompile (a compile
-# stalls the engine thread: 34 of them, 3.4 s, in one W-doc run, RESULTS.md session 11)
+# batch-sized integers unspecialised: no recompile on the engine thread per batch shape
 @triton.jit(do_not_specialize=["n_seqs", "n_slots"])
 def _block_table_kernel(
     cu_ptr, n_seqs, seq_ptr, start_ptr, len_ptr, seq_blocks_ptr, n_slots,
