@@ -54,7 +54,7 @@ def block_table(cu_seqlens, n_tokens, block, min_one=False):
     n_slots = n_tokens // block + n_seqs
     # One buffer, each column at a 16-byte boundary: the kernels that take these columns as
     # pointers are compiled once per pointer alignment, so an unaligned column recompiles them.
-    pitch = -(-n_slots // 4) * 4
+    pitch = triton.cdiv(n_slots, 4) * 4
     out = torch.empty(3 * pitch + n_seqs + 1, device=cu_seqlens.device, dtype=torch.int32)
     seq, start, length = (out[i * pitch : i * pitch + n_slots] for i in range(3))
     seq_blocks = out[3 * pitch :]
