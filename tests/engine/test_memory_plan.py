@@ -79,6 +79,16 @@ def test_the_quantized_weight_total_fits_25_gib():
     assert plan.max_running >= 8 and plan.prefill_token_budget >= 2048
 
 
+def test_25_gib_gives_the_slots_a_share_before_the_longest_request():
+    """The 25 GiB mode as run (NVFP4 weights as an H100's allocator held them after the random
+    build, FP8 KV): the longest request takes a quarter of the cache (LONG_SEQ_SHARE), not
+    half: 20 slots instead of 13, and one request may still hold 48 K tokens."""
+    weights = int(21.32 * GiB)
+    plan = plan_memory(FULL, weights, 25 * GiB, 2, kv_itemsize=1)
+    check(plan, weights)
+    assert plan.max_running >= 20 and plan.max_seq_len >= 48 * 1024
+
+
 @pytest.mark.parametrize("gib", [64, 80, 141])
 def test_full_size_plans(full_weights, gib):
     plan = plan_memory(FULL, full_weights, gib * GiB, 2)

@@ -52,6 +52,13 @@ MAX_SLOTS = 512
 KV_ROWS_PER_SLOT = 6144  # a W-video clip's prompt and output need ≈ 5.5 K
 MAX_SEQ_LEN, MIN_SEQ_LEN = 131072, 32768  # a 2-minute clip at 2 fps fits the minimum
 PREFILL_TOKENS, MIN_PREFILL_TOKENS = 16384, 512
+# The share of the cache's bytes that the longest request's prompt staging and KV rows may
+# take. Each slot holds ≈ 65 MiB (fp32 SSM state of 23 layers, its KV rows), so under a
+# small cap the longest request and the slots compete: at 25 GiB with NVFP4 weights half
+# gave 13 slots and 110 K tokens, a quarter gives 20 slots and 55 K (longer inputs run as
+# several calls: the pipeline sizes video chunks to `Engine.longest_sequence`). Roomy caps
+# reach MAX_SEQ_LEN either way.
+LONG_SEQ_SHARE = 0.25
 # Sequences a step's prefill budget is sized for; a step with more runs as several forwards.
 PREFILL_SEQS = 8
 PREFILL_AHEAD_STEPS = 16  # prefill steps' worth of encoded prompts waiting, at most
@@ -233,7 +240,7 @@ def plan_memory(
     upload_max = min(UPLOAD_BYTES, int(spare / (1 + FRAGMENTATION_SHARE)))
     upload = _clamp(int(UPLOAD_SHARE * free), 0, upload_max)
     rest = free - _with_headroom(workspace + upload)
-    seq_len = _clamp(rest // 2 // (c.prompt_row + c.kv_row), MIN_SEQ_LEN, MAX_SEQ_LEN)
+    seq_len = _clamp(LONG_SEQ_SHARE * rest // (c.prompt_row + c.kv_row), MIN_SEQ_LEN, MAX_SEQ_LEN)
     tokens = (workspace - c.prefill(0, PREFILL_SEQS)) // c.prefill_token // 256 * 256
     tokens = _clamp(tokens, MIN_PREFILL_TOKENS, PREFILL_TOKENS)
     ahead = min(PREFILL_AHEAD_STEPS * tokens, int(PROMPT_SHARE * rest) // c.prompt_row)
