@@ -47,9 +47,12 @@ class Fp8Config:
 # through TMA, 8 warps, 4 stages first: 847 / 741 TFLOP/s for in_proj / out_proj against 707 /
 # 683 with x quantized in the A load (3 stages; its bf16 A tile takes 32 KiB a stage). TMA
 # needs Hopper (sm_90+). Up to 64 rows the weights stream through BLOCK_N 64 x BLOCK_K 256
-# tiles (best at M = 1: fewer, longer programs beat a full grid).
+# tiles (best at M = 1: fewer, longer programs beat a full grid). Decode batches of 65-256
+# rows take 64 x 128 tiles whatever the grid: at 256 rows the grid rule gave out_proj
+# (N = 2688) 32 x 64 tiles, 0.043 ms, where 64 x 128 took 0.031 (H100 sweep, session 9;
+# in_proj's N = 10304 got 64 x 128 from the rule already).
 _TILES = ((128, 256), (128, 128), (64, 128), (64, 64), (32, 64))
-_DECODE_MAX_M = 64
+_DECODE_MAX_M, _SKINNY_MAX_M = 64, 256
 _INTERPRET = Fp8Config(16, 16, 32, 2, 4, 1)
 
 
@@ -179,13 +182,15 @@ def fp8_quantize_ref(x, scale):
 
 
 def pick_config(M, N, device):
-    """Fp8Config for an [M, K] x [K, N] product: a weight-streaming tile up to 64 rows, else
-    the largest tile of _TILES (BLOCK_M at most M rounded up to a power of two) whose grid
-    has two programs per multiprocessor."""
+    """Fp8Config for an [M, K] x [K, N] product: a weight-streaming tile up to 64 rows, 64 x
+    128 up to 256, else the largest tile of _TILES (BLOCK_M at most M rounded up to a power of
+    two) whose grid has two programs per multiprocessor."""
     if interpreting():
         return _INTERPRET
     if M <= _DECODE_MAX_M:
         return Fp8Config(max(16, triton.next_power_of_2(M)), 64, 256, 8, 4, 4)
+    if M <= _SKINNY_MAX_M:
+        return Fp8Config(64, 128, 128, 8, 4, 4)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     m_cap = triton.next_power_of_2(M)
     tiles = [(bm, bn) for bm, bn in _TILES if bm <= m_cap]
