@@ -4,6 +4,7 @@ a loopback HTTP receiver for URL ingestion and webhooks, and small generated med
 - `settings(**overrides)`: GatewaySettings on the test Redis and a temp DATA_DIR, two API keys.
 - `serve_app(settings)`: async context manager → httpx client (key A) on a started app.
 - `api` (async): `serve_app(settings())`.
+- `wait_healthy(url, proc)`: until a gateway process answers /healthz.
 - `gateway(redis_url, **env)`: the gateway as a real uvicorn process on a free port (key A,
   DATA_DIR under tmp_path, extra `OMNIBATCH_*` env); returns its base URL, `gateway.pid`.
 - `receiver`: threaded http.server on 127.0.0.1; `receiver.replies` is a list of
@@ -141,6 +142,18 @@ def receiver():
     rec.server.server_close()
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    """Until the gateway process at `url` answers /healthz (it must not exit meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
+            return
+        except httpx.HTTPError:
+            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
+            time.sleep(0.1)
+
+
 @pytest.fixture
 def gateway(tmp_path):
     procs = []
@@ -161,14 +174,7 @@ def gateway(tmp_path):
         proc = subprocess.Popen(cmd, env=env)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{url}/healthz", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-                time.sleep(0.1)
+        wait_healthy(url, proc)
         start.pid = proc.pid
         return url
 

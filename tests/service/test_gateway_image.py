@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import venv
 from pathlib import Path
 
 import httpx
 
 from cli.embedded_redis import free_port
-from tests.service.conftest import AUTH_A, KEY_A, png_bytes
+from tests.service.conftest import AUTH_A, KEY_A, png_bytes, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_ONLY = ("torch", "triton", "av", "numpy")
@@ -59,14 +58,7 @@ def test_the_gateway_image_installs_without_torch_and_serves(redis_url, tmp_path
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{base}/healthz", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-                time.sleep(0.2)
+        wait_healthy(base, proc)
         with httpx.Client(base_url=base, headers=AUTH_A, timeout=30) as client:
             resp = client.post("/v1/jobs", files={"file": ("a.png", png_bytes())})
             assert resp.status_code == 202, resp.text
