@@ -127,14 +127,14 @@ def _time_configs(op, shape, fn, configs, amount, kind, copy, configs_each):
 def sweep_fp8_linear(sh, dev, copy, configs_each=None):
     g = torch.Generator(device=dev).manual_seed(3)
     big, mid = sh.prefill_tokens, sh.decode_tokens[-1]
+    cases = [(name, M, cs) for M, cs in ((big, FP8_LINEAR_PREFILL), (1, FP8_LINEAR_DECODE))
+             for name in ("in_proj", "out_proj")]  # fmt: skip
+    # Decode batches reach every dense FP8 layer (the NVFP4 checkpoint's too), whose N of
+    # 2688-10304 decides how many programs a tile gives: each at 64, 128 and `mid` rows.
+    decode = ((64, FP8_LINEAR_DECODE), (128, FP8_LINEAR_MID), (mid, FP8_LINEAR_MID))
+    cases += [(name, M, cs) for name in sh.dense for M, cs in decode]
     rows = []
-    for name, M, configs in (
-        ("in_proj", big, FP8_LINEAR_PREFILL), ("out_proj", big, FP8_LINEAR_PREFILL),
-        ("in_proj", mid, FP8_LINEAR_MID), ("out_proj", mid, FP8_LINEAR_MID),
-        ("in_proj", 128, FP8_LINEAR_MID), ("out_proj", 128, FP8_LINEAR_MID),
-        ("in_proj", 1, FP8_LINEAR_DECODE), ("out_proj", 1, FP8_LINEAR_DECODE),
-        ("in_proj", 64, FP8_LINEAR_DECODE), ("out_proj", 64, FP8_LINEAR_DECODE),
-    ):  # fmt: skip
+    for name, M, configs in cases:
         N, K = sh.dense[name]
         w = torch.randn(N, K, device=dev, generator=g) * K**-0.5
         ws = fp8_scale(w)
