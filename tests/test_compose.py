@@ -139,6 +139,12 @@ def test_dockerfiles_build_the_right_images():
         assert SERVICES[name]["image"] == image
 
 
+def copied_paths(dockerfile: Path) -> list[str]:
+    """The sources of every COPY line of a Dockerfile (the last word is the destination)."""
+    lines = dockerfile.read_text().splitlines()
+    return [src for line in lines if line.startswith("COPY ") for src in line.split()[1:-1]]
+
+
 def test_dockerignore_admits_exactly_what_the_images_copy():
     allowed = {
         line[1:].rstrip("/")
@@ -147,9 +153,7 @@ def test_dockerignore_admits_exactly_what_the_images_copy():
     }
     copied = set()
     for name in ("Dockerfile.gateway", "Dockerfile.worker"):
-        for line in (ROOT / "docker" / name).read_text().splitlines():
-            if line.startswith("COPY "):
-                copied.update(line.split()[1:-1])
+        copied.update(copied_paths(ROOT / "docker" / name))
     assert copied == allowed
     assert all((ROOT / path).exists() for path in copied)
 

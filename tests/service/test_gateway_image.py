@@ -17,25 +17,20 @@ import httpx
 
 from cli.embedded_redis import free_port
 from tests.service.conftest import AUTH_A, KEY_A, png_bytes, wait_healthy
+from tests.test_compose import copied_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_ONLY = ("torch", "triton", "av", "numpy")
 
 
-def copied_paths(dockerfile: Path) -> list[str]:
-    """The sources of every COPY line (the last word is the destination)."""
-    lines = dockerfile.read_text().splitlines()
-    return [src for line in lines if line.startswith("COPY ") for src in line.split()[1:-1]]
-
-
 def test_the_gateway_image_installs_without_torch_and_serves(redis_url, tmp_path):
     context = tmp_path / "context"
+    context.mkdir()
     for name in copied_paths(ROOT / "docker" / "Dockerfile.gateway"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, context / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
-            context.mkdir(exist_ok=True)
             shutil.copy(src, context / name)
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
