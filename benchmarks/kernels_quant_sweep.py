@@ -74,8 +74,14 @@ MOE_FP8_DECODE = [
     Fp8GemmConfig(16, 64, 512, 0, 4, 3),
     Fp8GemmConfig(16, 64, 256, 0, 4, 4, False, True),
 ]
-# Nvfp4Config(..., split_tail, ptx_dequant).
+# Nvfp4Config(..., split_tail, ptx_dequant, swap_ab).
 MOE_NVFP4_PREFILL = [
+    Nvfp4Config(256, 128, 64, 8, 8, 3, True, True, True),
+    Nvfp4Config(256, 128, 64, 8, 8, 4, True, True, True),
+    Nvfp4Config(256, 64, 64, 8, 4, 3, True, True, True),
+    Nvfp4Config(128, 128, 64, 8, 4, 3, True, True, True),
+    Nvfp4Config(128, 64, 64, 8, 4, 4, True, True, True),
+    Nvfp4Config(256, 128, 128, 8, 8, 3, True, True, True),
     Nvfp4Config(256, 128, 64, 8, 8, 3, True, True),
     Nvfp4Config(256, 128, 64, 8, 8, 3, True, False),
     Nvfp4Config(128, 128, 64, 8, 8, 3, True, True),

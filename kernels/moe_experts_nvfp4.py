@@ -67,6 +67,12 @@ class Nvfp4Config(GemmConfig):
     # element) instead of Triton integer ops on each element; same values. The H100 sweep
     # of 2026-12-06 (session 8) timed both within 3 %; the best tilings ran with it.
     ptx_dequant: bool = False
+    # Weights as the MMA's first operand (acc^T = W x^T): Hopper's wgmma takes that operand
+    # from registers, so the dequantized tile is not stored to shared memory behind a barrier
+    # each K step (compiled for sm_90 the loop then keeps 3 wgmmas in flight). Slower at decode
+    # (session 9: 0.73-0.97 against 1.18 TB/s, T = 64), where the transpose of the tiny x tile
+    # costs more than it saves.
+    swap_ab: bool = False
 
 
 # Best of the second H100 sweep (2026-12-06, session 8): prefill 256x64x64 (230 TFLOP/s at
@@ -173,6 +179,7 @@ def _moe_nvfp4_gemm_kernel(
     INTERPRET: tl.constexpr,
     PTX: tl.constexpr,
     EVEN_K: tl.constexpr,
+    SWAP_AB: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -205,7 +212,10 @@ def _moe_nvfp4_gemm_kernel(
     )  # fmt: skip
     s_ptrs = s_ptr + e * stride_se + w_rows[:, None] * stride_sn + offs_g[None, :]
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs)
@@ -220,11 +230,13 @@ def _moe_nvfp4_gemm_kernel(
         if INTERPRET:
             a = a.to(tl.float32)
         w = _dequant_tile(p, s, INTERPRET, PTX, BLOCK_N, BLOCK_K)
-        acc = tl.dot(a, tl.trans(w), acc)
+        acc = tl.dot(w, tl.trans(a), acc) if SWAP_AB else tl.dot(a, tl.trans(w), acc)
         a_ptrs += BLOCK_K
         p_ptrs += BLOCK_K // 2
         s_ptrs += G
 
+    if SWAP_AB:
+        acc = tl.trans(acc)
     acc = acc * (tl.load(s2_ptr + expert) * 256.0)  # scale_2 and the 2^-8 of the tiles
     n_ok = offs_n < n_end
     if UP:
@@ -255,7 +267,7 @@ def _gemm(a, w, c, routed, up, cfg):
             packed.stride(0), packed.stride(1), block_scale.stride(0), block_scale.stride(1),
             c.stride(0), cfg.group_m or num_blocks_m,
             TOP_K=top_k, UP=up, INTERPRET=interpreting(), PTX=cfg.ptx_dequant,
-            EVEN_K=K % cfg.block_k == 0,
+            EVEN_K=K % cfg.block_k == 0, SWAP_AB=cfg.swap_ab,
             BLOCK_M=cfg.block_m, BLOCK_N=block_n, BLOCK_K=cfg.block_k,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip

@@ -1,5 +1,7 @@
 """NVFP4 W4A16 routed experts: the reference against per-token dequantize-then-fp32 math."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from kernels.moe_experts_nvfp4 import (
     Nvfp4Weight,
     moe_experts_nvfp4,
     moe_experts_nvfp4_ref,
+    pick_config,
 )
 from kernels.quant_formats import dequant_nvfp4
 from tests.kernels.moe_attn_helpers import assert_close
@@ -58,12 +61,14 @@ def test_ref_close_to_unquantized_experts():
     assert cosine(moe_experts_nvfp4_ref(x, *q, topk_w, ids), bf16) > 0.98
 
 
+@pytest.mark.parametrize("swap_ab", [False, True])
 @pytest.mark.parametrize("T", [1, 5, 17, 64])
-def test_kernel_matches_ref(T):
+def test_kernel_matches_ref(T, swap_ab):
     _, q = experts(seed=T)
     topk_w, ids = routing(T, E, K, seed=T, skip_experts=(0, 5))
     x = randn(T, D, seed=T + 1).to(torch.bfloat16)
-    out = moe_experts_nvfp4(x, *q, topk_w, ids)
+    config = replace(pick_config(T, K, E), swap_ab=swap_ab)
+    out = moe_experts_nvfp4(x, *q, topk_w, ids, config=config)
     assert out.dtype == torch.bfloat16
     assert_close(f"T={T}", out, moe_experts_nvfp4_ref(x, *q, topk_w, ids))
 
@@ -81,5 +86,9 @@ def test_kernel_dequantizes_every_code_and_masks_the_k_tail():
     x = randn(6, D, seed=11).to(torch.bfloat16)
     ids = torch.zeros(6, 1, dtype=torch.int32)
     w = torch.ones(6, 1)
-    assert_close("codes", moe_experts_nvfp4(x, up, down, w, ids),
-                 moe_experts_nvfp4_ref(x, up, down, w, ids))  # fmt: skip
+    ref = moe_experts_nvfp4_ref(x, up, down, w, ids)
+    for swap_ab in (False, True):
+        config = replace(pick_config(6, 1, 1), swap_ab=swap_ab)
+        assert_close(
+            f"codes, swap_ab={swap_ab}", moe_experts_nvfp4(x, up, down, w, ids, config=config), ref
+        )
