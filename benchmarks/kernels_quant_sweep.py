@@ -33,6 +33,11 @@ FP8_LINEAR_PREFILL = [
     Fp8Config(128, 256, 64, 8, 8, 4, tma=True),
     Fp8Config(128, 128, 128, 8, 8, 4, tma=True),
     Fp8Config(128, 256, 128, 8, 8, 4, quantize_first=True, tma=True),
+    # 256 x 128: the same tile area without spilling (sm_90 SASS: 128 x 256 with 8 warps
+    # spills its two fp32 accumulators, the FP8 promotion's, to local memory every K step)
+    Fp8Config(256, 128, 128, 8, 8, 3, quantize_first=True, tma=True),
+    Fp8Config(256, 128, 128, 8, 8, 4, quantize_first=True, tma=True),
+    Fp8Config(256, 128, 128, 16, 8, 4, quantize_first=True, tma=True),
 ]
 FP8_LINEAR_MID = [
     Fp8Config(64, 128, 128, 8, 4, 4),
@@ -66,6 +71,8 @@ MOE_FP8_PREFILL = [
     Fp8GemmConfig(128, 128, 128, 8, 8, 4, True, True),
     Fp8GemmConfig(128, 128, 128, 16, 8, 4, True, True),
     Fp8GemmConfig(128, 256, 128, 8, 8, 3, True, True),
+    Fp8GemmConfig(256, 128, 128, 16, 8, 3, True, True),
+    Fp8GemmConfig(256, 128, 128, 16, 8, 4, True, True),
 ]
 MOE_FP8_DECODE = [
     Fp8GemmConfig(16, 64, 256, 0, 4, 4),
