@@ -39,6 +39,10 @@ class Fp8Config:
     num_stages: int
     quantize_first: bool = False  # x -> E4M3 in its own pass, then an FP8 x FP8 GEMM
     tma: bool = False  # tiles through the TMA engine (tensor descriptors), zero-filled edges
+    # acc^T = W x^T: the weight rows fill wgmma's 64-row side and the few token rows its
+    # narrow N side. With BLOCK_M = 16 the plain product runs as mma.sync on weights upcast to
+    # fp16 (sm_90 SASS: 128 F2FP a K step at 16x64x256); swapped it stays an FP8 wgmma.
+    swap_ab: bool = False
 
 
 # (BLOCK_M, BLOCK_N) from largest to smallest: above 64 rows pick_config takes the first
@@ -96,6 +100,7 @@ def _fp8_linear_kernel(
     TMA: tl.constexpr,
     INTERPRET: tl.constexpr,
     EVEN_K: tl.constexpr,
+    SWAP_AB: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -124,7 +129,10 @@ def _fp8_linear_kernel(
     x_scale = tl.load(x_scale_ptr)
     inv_x_scale = tl.math.div_rn(1.0, x_scale)
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if SWAP_AB:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         if TMA:
             x = x_ptr.load([pid_m * BLOCK_M, k0])
@@ -143,11 +151,16 @@ def _fp8_linear_kernel(
             x = quantize_e4m3(x, inv_x_scale, INTERPRET)
         # Hopper's FP8 MMA accumulates with a short mantissa: promote into the fp32
         # accumulator every BLOCK_K (as cuBLAS without fast accumulation; DeepSeek-V3 §3.3).
-        acc = tl.dot(x, w, acc, max_num_imprecise_acc=BLOCK_K)
+        if SWAP_AB:
+            acc = tl.dot(tl.trans(w), tl.trans(x), acc, max_num_imprecise_acc=BLOCK_K)
+        else:
+            acc = tl.dot(x, w, acc, max_num_imprecise_acc=BLOCK_K)
         if not TMA:
             x_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
 
+    if SWAP_AB:
+        acc = tl.trans(acc)
     acc = acc * (tl.load(w_scale_ptr) * x_scale)
     y_ptrs = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :]
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
@@ -227,7 +240,7 @@ def _fp8_linear_launch(x, weight, weight_scale, input_scale, config):
         a_arg, w_arg, y, weight_scale, input_scale, M, N, K,
         a.stride(0), weight.stride(0), y.stride(0),
         QUANT_A=a.dtype != torch.float8_e4m3fn, TMA=cfg.tma, INTERPRET=interpreting(),
-        EVEN_K=K % cfg.block_k == 0,
+        EVEN_K=K % cfg.block_k == 0, SWAP_AB=cfg.swap_ab,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip

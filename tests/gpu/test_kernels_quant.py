@@ -18,6 +18,7 @@ from kernels.attention import (
     attention_prefill_ref,
 )
 from kernels.fp8_linear import fp8_linear, fp8_linear_ref
+from kernels.fp8_linear import pick_config as fp8_pick_config
 from kernels.moe_experts_fp8 import moe_experts_fp8, moe_experts_fp8_ref
 from kernels.moe_experts_fp8 import pick_config as fp8_moe_config
 from kernels.moe_experts_nvfp4 import (
@@ -69,6 +70,19 @@ def test_fp8_linear(layer, M):
     xs = fp8_scale(x) * 0.8  # a static scale that clips the largest activations
     args = (x, w, ws, xs)
     assert_rel(f"{layer} M={M}", fp8_linear(*args), fp8_linear_ref(*args))
+
+
+@pytest.mark.parametrize("M", [1, 16, 64, 256])
+@pytest.mark.parametrize("layer", ["in_proj", "out_proj"])
+def test_fp8_linear_swap_ab_at_decode_sizes(layer, M):
+    """The transposed product (weights on wgmma's 64-row side), x quantized in its own pass."""
+    N, K = DENSE[layer]
+    g = gen(M + N + 1)
+    x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
+    w, ws = fp8_weight(N, K, g)
+    args = (x, w, ws, fp8_scale(x))
+    cfg = replace(fp8_pick_config(M, N, x.device), swap_ab=True, quantize_first=True)
+    assert_rel(f"{layer} M={M} swap", fp8_linear(*args, config=cfg), fp8_linear_ref(*args))
 
 
 def test_fp8_linear_quantizes_like_torch():

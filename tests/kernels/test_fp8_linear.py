@@ -69,14 +69,19 @@ def test_kernel_quantizes_x_exactly_like_quantize_fp8():
     assert torch.equal(out.float(), quantize_fp8(x, xs).float() * xs)
 
 
-@pytest.mark.parametrize("variant", [{"quantize_first": True}, {"tma": True}])
+@pytest.mark.parametrize(
+    "variant",
+    [{"quantize_first": True}, {"tma": True}, {"swap_ab": True}, {"swap_ab": True, "tma": True}],
+)
 def test_config_variants_equal_default(variant):
     x, wq, ws, xs, _ = layer(9, 80, 24, seed=4)  # edges in M, N and K (80 = 2.5 x 32)
     cfg = Fp8Config(16, 16, 32, 2, 4, 1, **variant)
     assert torch.equal(fp8_linear(x, wq, ws, xs, config=cfg), fp8_linear(x, wq, ws, xs))
 
 
-@pytest.mark.parametrize("variant", [{}, {"quantize_first": True}, {"tma": True}])
+@pytest.mark.parametrize(
+    "variant", [{}, {"quantize_first": True}, {"tma": True}, {"swap_ab": True}]
+)
 def test_x_given_in_e4m3_skips_the_quantization(variant):
     """x already quantized by input_scale (as a producer's epilogue would hand it over): the
     same output as from bf16 x, in bf16, under every tiling; the reference agrees."""
