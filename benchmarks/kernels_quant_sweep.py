@@ -83,8 +83,6 @@ MOE_FP8_PREFILL = [
     Fp8GemmConfig(128, 128, 128, 8, 8, 4, True, True),
     Fp8GemmConfig(128, 128, 128, 16, 8, 4, True, True),
     Fp8GemmConfig(128, 256, 128, 8, 8, 3, True, True),
-    Fp8GemmConfig(256, 128, 128, 16, 8, 3, True, True),
-    Fp8GemmConfig(256, 128, 128, 16, 8, 4, True, True),
 ]
 MOE_FP8_DECODE = [
     Fp8GemmConfig(16, 64, 256, 0, 4, 4),
