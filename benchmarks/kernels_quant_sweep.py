@@ -125,7 +125,7 @@ MOE_NVFP4_DECODE = [
 ]
 
 
-def _tag(cfg):
+def tag(cfg):
     v = list(vars(cfg).values())
     return "x".join(str(x) for x in v[:3]) + " g" + "/".join(str(x) for x in v[3:])
 
@@ -146,9 +146,9 @@ def _time_configs(op, shape, fn, configs, amount, kind, copy, configs_each):
             err = rel_err(fn(cfg), ref)
             ms = time_ms(lambda c=cfg: fn(c))
         except OutOfResources as e:  # a tiling too big for shared memory is a result too
-            print(f"sweep {op} {shape} [{_tag(cfg)}]: {type(e).__name__}: {str(e)[:120]}")
+            print(f"sweep {op} {shape} [{tag(cfg)}]: {type(e).__name__}: {str(e)[:120]}")
             continue
-        rows.append(qrow(f"{op} [{_tag(cfg)}]", shape, ms, amount, kind, err, copy=copy))
+        rows.append(qrow(f"{op} [{tag(cfg)}]", shape, ms, amount, kind, err, copy=copy))
     return _best(f"{op} {shape}", rows) if rows else rows
 
 

@@ -195,23 +195,29 @@ def fp8_quantize_ref(x, scale):
 
 
 def pick_config(M, N, device):
-    """Fp8Config for an [M, K] x [K, N] product: a weight-streaming tile up to 64 rows, 64 x
-    128 up to 256, else the largest tile of _TILES (BLOCK_M at most M rounded up to a power of
-    two) whose grid has two programs per multiprocessor."""
+    """Fp8Config for an [M, K] x [K, N] product on `device` (`tiling` of its multiprocessor
+    count and architecture)."""
     if interpreting():
         return _INTERPRET
+    props = torch.cuda.get_device_properties(device)
+    return tiling(M, N, props.multi_processor_count, hopper=props.major >= 9)
+
+
+def tiling(M, N, sms, hopper):
+    """A weight-streaming tile up to 64 rows, 64 x 128 up to 256, else the largest tile of
+    _TILES (BLOCK_M at most M rounded up to a power of two) whose grid has two programs per
+    multiprocessor; on Hopper the largest quantizes x first and loads through TMA."""
     if M <= _DECODE_MAX_M:
         return Fp8Config(max(16, triton.next_power_of_2(M)), 64, 256, 8, 4, 4)
     if M <= _SKINNY_MAX_M:
         return Fp8Config(64, 128, 128, 8, 4, 4)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
     m_cap = triton.next_power_of_2(M)
     tiles = [(bm, bn) for bm, bn in _TILES if bm <= m_cap]
     bm, bn = next(
         (t for t in tiles if triton.cdiv(M, t[0]) * triton.cdiv(N, t[1]) >= 2 * sms), tiles[-1]
     )
     if bm * bn >= 128 * 256:
-        if torch.cuda.get_device_capability(device)[0] >= 9:
+        if hopper:
             return Fp8Config(bm, bn, 128, 8, 8, 4, quantize_first=True, tma=True)
         return Fp8Config(bm, bn, 128, 8, 8, 3)
     return Fp8Config(bm, bn, 128, 8, 4, 4)

@@ -1,0 +1,53 @@
+"""benchmarks/sass.py: tilings compiled for sm_90 here (no GPU), their K loops counted.
+
+Compiling needs the real @triton.jit functions, so each count runs in a Python process
+without the interpreter switch that tests/conftest.py sets in this one.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+COUNT = """
+import json, sys, tempfile
+from dataclasses import replace
+from pathlib import Path
+from benchmarks import sass
+from kernels.fp8_linear import Fp8Config
+from kernels.moe_experts_nvfp4 import _DECODE
+
+plain = Fp8Config(16, 64, 256, 8, 4, 4, quantize_first=True)
+cases = {
+    "fp8 plain": (plain, sass.fp8_linear_kernel(plain)),
+    "fp8 swapped": (replace(plain, swap_ab=True),
+                    sass.fp8_linear_kernel(replace(plain, swap_ab=True))),
+    "nvfp4 default": (_DECODE, sass.nvfp4_kernel(_DECODE)),
+    "nvfp4 halves": (replace(_DECODE, nibble_halves=True),
+                     sass.nvfp4_kernel(replace(_DECODE, nibble_halves=True))),
+}
+out = {}
+for name, (cfg, (fn, sig, consts)) in cases.items():
+    compiled = sass.compile_sm90(fn, sig, consts, cfg.num_warps, cfg.num_stages)
+    regs, stack, ops = sass.loop_counts(compiled.asm["cubin"], Path(tempfile.mkdtemp()))
+    out[name] = {"regs": regs, "stack": stack, "ops": dict(ops)}
+print(json.dumps(out))
+"""
+
+
+def test_loop_counts_of_the_swapped_and_halved_tilings():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", COUNT], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    c = json.loads(run.stdout.splitlines()[-1])
+    # 16-row tiles: the plain product upcasts the FP8 weights to fp16 for mma.sync (F2FP,
+    # HMMA); swapped, FP8 wgmma (QGMMA) takes them as loaded, in fewer instructions.
+    plain, swapped = c["fp8 plain"]["ops"], c["fp8 swapped"]["ops"]
+    assert plain.get("F2FP", 0) > 0 and plain.get("HMMA", 0) > 0 and "QGMMA" not in plain
+    assert swapped.get("QGMMA", 0) > 0 and "F2FP" not in swapped
+    assert sum(swapped.values()) < sum(plain.values())
+    # the nibbles as two half-K products: the same MMAs, fewer instructions around them
+    default, halves = c["nvfp4 default"]["ops"], c["nvfp4 halves"]["ops"]
+    assert default["HMMA"] == halves["HMMA"] > 0
+    assert sum(halves.values()) < sum(default.values())
+    assert all(0 < r["regs"] <= 255 and r["stack"] == 0 for r in c.values())
