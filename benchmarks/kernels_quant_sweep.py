@@ -91,7 +91,7 @@ MOE_FP8_DECODE = [
     Fp8GemmConfig(16, 64, 512, 0, 4, 3),
     Fp8GemmConfig(16, 64, 256, 0, 4, 4, False, True),
 ]
-# Nvfp4Config(..., split_tail, ptx_dequant, swap_ab, nibble_halves).
+# Nvfp4Config(..., split_tail, ptx_dequant, swap_ab).
 MOE_NVFP4_PREFILL = [
     Nvfp4Config(256, 128, 64, 8, 8, 3, True, True, True),
     Nvfp4Config(256, 128, 64, 8, 8, 4, True, True, True),
@@ -99,7 +99,6 @@ MOE_NVFP4_PREFILL = [
     Nvfp4Config(128, 128, 64, 8, 4, 3, True, True, True),
     Nvfp4Config(128, 64, 64, 8, 4, 4, True, True, True),
     Nvfp4Config(256, 128, 128, 8, 8, 3, True, True, True),
-    Nvfp4Config(256, 64, 64, 8, 8, 3, True, True, nibble_halves=True),
     Nvfp4Config(256, 128, 64, 8, 8, 3, True, True),
     Nvfp4Config(256, 128, 64, 8, 8, 3, True, False),
     Nvfp4Config(128, 128, 64, 8, 8, 3, True, True),
@@ -110,10 +109,6 @@ MOE_NVFP4_PREFILL = [
     Nvfp4Config(256, 64, 64, 8, 8, 3, True, False),
 ]
 MOE_NVFP4_DECODE = [
-    Nvfp4Config(16, 128, 64, 0, 4, 6, False, True, nibble_halves=True),
-    Nvfp4Config(16, 64, 64, 0, 4, 6, False, True, nibble_halves=True),
-    Nvfp4Config(16, 64, 128, 0, 4, 4, False, True, nibble_halves=True),
-    Nvfp4Config(16, 128, 128, 0, 4, 4, False, True, nibble_halves=True),
     Nvfp4Config(16, 64, 64, 0, 4, 6, False, True),
     Nvfp4Config(16, 64, 64, 0, 4, 6, False, False),
     Nvfp4Config(16, 64, 128, 0, 4, 4, False, True),

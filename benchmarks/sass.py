@@ -81,7 +81,7 @@ def nvfp4_kernel(cfg, up=True):
                           "stride_we", "stride_wn", "stride_se", "stride_sn", "stride_cm",
                           "group_m"], "i32")  # fmt: skip
     consts = {"TOP_K": 6, "UP": up, "INTERPRET": False, "PTX": cfg.ptx_dequant, "EVEN_K": True,
-              "SWAP_AB": cfg.swap_ab, "HALVES": cfg.nibble_halves, "BLOCK_M": cfg.block_m,
+              "SWAP_AB": cfg.swap_ab, "BLOCK_M": cfg.block_m,
               "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}  # fmt: skip
     return moe_experts_nvfp4._moe_nvfp4_gemm_kernel, sig, consts
 

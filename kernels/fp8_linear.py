@@ -45,16 +45,18 @@ class Fp8Config:
     swap_ab: bool = False
 
 
-# (BLOCK_M, BLOCK_N) from largest to smallest: above 64 rows pick_config takes the first
-# whose grid gives every multiprocessor two programs. At 128x256x128 (M = 16 K) the second
-# H100 sweep (2026-12-06, session 8) ranked x quantized in its own pass with both tiles
-# through TMA, 8 warps, 4 stages first: 847 / 741 TFLOP/s for in_proj / out_proj against 707 /
-# 683 with x quantized in the A load (3 stages; its bf16 A tile takes 32 KiB a stage). TMA
-# needs Hopper (sm_90+). Up to 64 rows the weights stream through BLOCK_N 64 x BLOCK_K 256
-# tiles (best at M = 1: fewer, longer programs beat a full grid). Decode batches of 65-256
-# rows take 64 x 128 tiles whatever the grid: at 256 rows the grid rule gave out_proj
-# (N = 2688) 32 x 64 tiles, 0.043 ms, where 64 x 128 took 0.031 (H100 sweep, session 9;
-# in_proj's N = 10304 got 64 x 128 from the rule already).
+# (BLOCK_M, BLOCK_N) from largest to smallest: above 256 rows `tiling` takes the first whose
+# grid gives every multiprocessor two programs. The H100 sweep of session 13 (2026-12-07,
+# benchmarks/RESULTS.md) set the rest:
+# - the largest on Hopper is 256 x 128 (the area of 128 x 256, whose two fp32 accumulators,
+#   the FP8 promotion's, spill with 8 warps: benchmarks/sass.py), x quantized in its own pass,
+#   both tiles through TMA, 3 stages: in_proj / out_proj at 16 K rows 0.931 / 0.471 ms against
+#   1.138 / 0.537 with 128 x 256 (4 stages). Without TMA (before Hopper) 128 x 256 stays.
+# - decode batches quantize x once, not in every column block's A load (which is most of the
+#   K loop's instructions): 65-256 rows 64 x 128 x 128, in_proj / out_proj at 256 rows 0.035 /
+#   0.023 ms against 0.059 / 0.031; up to 64 rows the product swapped (acc^T = W x^T) over
+#   weight tiles of 64 columns x 128 deep, 6 stages: at 64 rows 0.023 / 0.017 ms against
+#   0.037 / 0.027, at one row 0.022 / 0.016 against 0.023 / 0.017.
 _TILES = ((128, 256), (128, 128), (64, 128), (64, 64), (32, 64))
 _DECODE_MAX_M, _SKINNY_MAX_M = 64, 256
 _INTERPRET = Fp8Config(16, 16, 32, 2, 4, 1)
@@ -204,13 +206,14 @@ def pick_config(M, N, device):
 
 
 def tiling(M, N, sms, hopper):
-    """A weight-streaming tile up to 64 rows, 64 x 128 up to 256, else the largest tile of
-    _TILES (BLOCK_M at most M rounded up to a power of two) whose grid has two programs per
-    multiprocessor; on Hopper the largest quantizes x first and loads through TMA."""
+    """Up to 256 rows a decode tiling (x quantized first; swapped up to 64 rows), else the
+    largest tile of _TILES (BLOCK_M at most M rounded up to a power of two) whose grid has two
+    programs per multiprocessor; on Hopper the largest is 256 x 128 through TMA."""
     if M <= _DECODE_MAX_M:
-        return Fp8Config(max(16, triton.next_power_of_2(M)), 64, 256, 8, 4, 4)
+        block_m = max(16, triton.next_power_of_2(M))
+        return Fp8Config(block_m, 64, 128, 8, 4, 6, quantize_first=True, swap_ab=True)
     if M <= _SKINNY_MAX_M:
-        return Fp8Config(64, 128, 128, 8, 4, 4)
+        return Fp8Config(64, 128, 128, 8, 4, 4, quantize_first=True)
     m_cap = triton.next_power_of_2(M)
     tiles = [(bm, bn) for bm, bn in _TILES if bm <= m_cap]
     bm, bn = next(
@@ -218,7 +221,7 @@ def tiling(M, N, sms, hopper):
     )
     if bm * bn >= 128 * 256:
         if hopper:
-            return Fp8Config(bm, bn, 128, 8, 8, 4, quantize_first=True, tma=True)
+            return Fp8Config(256, 128, 128, 8, 8, 3, quantize_first=True, tma=True)
         return Fp8Config(bm, bn, 128, 8, 8, 3)
     return Fp8Config(bm, bn, 128, 8, 4, 4)
 

@@ -69,22 +69,18 @@ class Nvfp4Config(GemmConfig):
     ptx_dequant: bool = False
     # Weights as the MMA's first operand (acc^T = W x^T): Hopper's wgmma takes that operand
     # from registers, so the dequantized tile is not stored to shared memory behind a barrier
-    # each K step (compiled for sm_90 the loop then keeps 3 wgmmas in flight). Slower at decode
-    # (session 9: 0.73-0.97 against 1.18 TB/s, T = 64), where the transpose of the tiny x tile
-    # costs more than it saves.
+    # each K step (compiled for sm_90 the loop keeps 3 wgmmas in flight). The prefill tiling;
+    # slower at decode (session 9: 0.73-0.97 against 1.18 TB/s, T = 64).
     swap_ab: bool = False
-    # The K order inside a tile is free: the even k (low nibbles) and the odd k (high) as two
-    # half-K products against x's even and odd columns, split in registers from the one
-    # contiguous x tile. No interleaving of the two nibbles: 298 instead of 370 instructions
-    # a K step at the decode tile (sm_90 SASS, 16x128x64). Not with swap_ab.
-    nibble_halves: bool = False
 
 
-# Best of the second H100 sweep (2026-12-06, session 8): prefill 256x64x64 (230 TFLOP/s at
-# 16 K tokens, 217 with 256x128x64), decode 16x128x64 with 6 stages (1.18 TB/s of weights at
-# T = 64, 1.07 with 16x64x64). Reading the low and high nibbles as two half-K operands instead
-# of interleaving them was 2-5 x slower and is gone.
-_PREFILL = Nvfp4Config(256, 64, 64, 8, 8, 3, split_tail=True, ptx_dequant=True)
+# H100 sweeps (benchmarks/RESULTS.md): prefill swapped 256x128x128 (session 13: 258 TFLOP/s at
+# 16 K tokens against 236 with the plain 256x64x64 of session 8), decode 16x128x64 with 6
+# stages (1.19 TB/s of weights at T = 64, 1.05 with 16x64x64). Gone after measuring: the low
+# and high nibbles as two half-K operands (session 8 with strided x loads, 2-5 x slower;
+# session 13 with x split in registers, 92 fewer SASS instructions a K step at the decode tile
+# yet 1.16 against 1.19 TB/s, and 171 against 236 TFLOP/s at prefill).
+_PREFILL = Nvfp4Config(256, 128, 128, 8, 8, 3, split_tail=True, ptx_dequant=True, swap_ab=True)
 _DECODE = Nvfp4Config(16, 128, 64, 0, 4, 6, ptx_dequant=True)
 _INTERPRET = Nvfp4Config(16, 16, 32, 4, 4, 1, split_tail=True)
 _DECODE_ROWS_PER_EXPERT = 32
@@ -156,19 +152,6 @@ def _dequant_tile(
     return w * tl.reshape(tl.join(scale, scale), (BLOCK_N, BLOCK_K))
 
 
-@triton.jit
-def _dequant_halves(
-    p, s, INTERPRET: tl.constexpr, PTX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
-):
-    # p, s as _dequant_tile. Returns (even k, odd k), each [BN, BK/2]: column 8g + j holds
-    # k = 16g + 2j (+1 for the odd half), times block_scale * 2^-8.
-    lo, hi = _e2m1(p, INTERPRET, PTX)
-    scale = tl.broadcast_to(_scale(s, INTERPRET)[:, :, None], (BLOCK_N, BLOCK_K // 16, 8))
-    scale = tl.reshape(scale, (BLOCK_N, BLOCK_K // 2))
-    lo = tl.reshape(lo, (BLOCK_N, BLOCK_K // 2)) * scale
-    return lo, tl.reshape(hi, (BLOCK_N, BLOCK_K // 2)) * scale
-
-
 # batch-sized integers unspecialised: no recompile on the engine thread per batch shape
 @triton.jit(do_not_specialize=["num_valid", "num_blocks_m", "group_m"])
 def _moe_nvfp4_gemm_kernel(
@@ -198,7 +181,6 @@ def _moe_nvfp4_gemm_kernel(
     PTX: tl.constexpr,
     EVEN_K: tl.constexpr,
     SWAP_AB: tl.constexpr,
-    HALVES: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -248,14 +230,8 @@ def _moe_nvfp4_gemm_kernel(
             s = tl.load(s_ptrs, mask=g_ok[None, :], other=0.0)
         if INTERPRET:
             a = a.to(tl.float32)
-        if HALVES:
-            w_even, w_odd = _dequant_halves(p, s, INTERPRET, PTX, BLOCK_N, BLOCK_K)
-            a_even, a_odd = tl.split(tl.reshape(a, (BLOCK_M, BLOCK_K // 2, 2)))
-            acc = tl.dot(a_even, tl.trans(w_even), acc)
-            acc = tl.dot(a_odd, tl.trans(w_odd), acc)
-        else:
-            w = _dequant_tile(p, s, INTERPRET, PTX, BLOCK_N, BLOCK_K)
-            acc = tl.dot(w, tl.trans(a), acc) if SWAP_AB else tl.dot(a, tl.trans(w), acc)
+        w = _dequant_tile(p, s, INTERPRET, PTX, BLOCK_N, BLOCK_K)
+        acc = tl.dot(w, tl.trans(a), acc) if SWAP_AB else tl.dot(a, tl.trans(w), acc)
         a_ptrs += BLOCK_K
         p_ptrs += BLOCK_K // 2
         s_ptrs += G
@@ -293,7 +269,6 @@ def _gemm(a, w, c, routed, up, cfg):
             c.stride(0), cfg.group_m or num_blocks_m,
             TOP_K=top_k, UP=up, INTERPRET=interpreting(), PTX=cfg.ptx_dequant,
             EVEN_K=K % cfg.block_k == 0, SWAP_AB=cfg.swap_ab,
-            HALVES=cfg.nibble_halves,
             BLOCK_M=cfg.block_m, BLOCK_N=block_n, BLOCK_K=cfg.block_k,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
@@ -321,7 +296,6 @@ def _moe_experts_nvfp4_launch(x, up, down, topk_weights, topk_ids, config):
     cfg = config or pick_config(T, k, E)
     assert cfg.block_k % NVFP4_BLOCK == 0, cfg
     assert not (cfg.ptx_dequant and interpreting()), "inline PTX does not run in the interpreter"
-    assert not (cfg.swap_ab and cfg.nibble_halves), cfg
 
     sorted_ids, block_expert, _ = moe_align(topk_ids, E, cfg.block_m)
     routed = (sorted_ids, block_expert, topk_weights.contiguous(), T * k, k)
