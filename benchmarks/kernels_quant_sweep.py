@@ -83,6 +83,10 @@ MOE_FP8_PREFILL = [
     Fp8GemmConfig(128, 128, 128, 8, 8, 4, True, True),
     Fp8GemmConfig(128, 128, 128, 16, 8, 4, True, True),
     Fp8GemmConfig(128, 256, 128, 8, 8, 3, True, True),
+    # fp8_linear's best tile; its K loop here does not spill either (benchmarks/sass.py: the
+    # 136-544 spilled bytes a thread are in the prologue and the epilogue)
+    Fp8GemmConfig(256, 128, 128, 16, 8, 3, True, True),
+    Fp8GemmConfig(256, 128, 128, 16, 8, 4, True, True),
 ]
 MOE_FP8_DECODE = [
     Fp8GemmConfig(16, 64, 256, 0, 4, 4),
