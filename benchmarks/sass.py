@@ -23,7 +23,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from benchmarks import kernels_quant_sweep as sweep
-from kernels import fp8_linear, moe_experts_nvfp4
+from kernels import fp8_linear, moe_experts_fp8, moe_experts_nvfp4
 
 HOPPER = GPUTarget("cuda", 90, 32)
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -86,6 +86,21 @@ def nvfp4_kernel(cfg, up=True):
     return moe_experts_nvfp4._moe_nvfp4_gemm_kernel, sig, consts
 
 
+def moe_fp8_kernel(cfg):
+    """(fn, signature, constexprs) of the FP8 MoE up GEMM (x rows gathered by token) under
+    Fp8GemmConfig cfg."""
+    w_arg = f"tensordesc<fp8e4nv[{cfg.block_n}, {cfg.block_k}]>" if cfg.tma else "*fp8e4nv"
+    sig = {"a_ptr": "*fp8e4nv", "w_ptr": w_arg, "c_ptr": "*fp8e4nv", "sorted_ids_ptr": "*i32",
+           "block_expert_ptr": "*i32", "topk_w_ptr": "*fp32", "w_scale_ptr": "*fp32",
+           "a_scale_ptr": "*fp32", "c_scale_ptr": "*fp32"}  # fmt: skip
+    ints = ["num_valid", "n_start", "n_end", "N", "K", "num_blocks_m", "stride_am", "stride_we",
+            "stride_wn", "stride_cm", "group_m"]  # fmt: skip
+    sig |= dict.fromkeys(ints, "i32")
+    consts = {"TOP_K": 6, "UP": True, "TMA": cfg.tma, "INTERPRET": False, "EVEN_K": True,
+              "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}  # fmt: skip
+    return moe_experts_fp8._moe_fp8_gemm_kernel, sig, consts
+
+
 def fp8_linear_kernel(cfg):
     """(fn, signature, constexprs) of fp8_linear under Fp8Config cfg (x in E4M3 when the
     config quantizes it first, else bf16 quantized in the A load)."""
@@ -107,12 +122,16 @@ def fp8_linear_kernel(cfg):
 def tilings(default_only):
     """(label, cfg, (fn, signature, constexprs)) of every tiling to count."""
     nvfp4 = [moe_experts_nvfp4._PREFILL, moe_experts_nvfp4._DECODE]
+    moe_fp8 = [moe_experts_fp8._PREFILL, moe_experts_fp8._DECODE]
     fp8 = [fp8_linear.tiling(M, 10304, sms=132, hopper=True) for M in (1, 64, 256, 16384)]
     if not default_only:
         nvfp4 += sweep.MOE_NVFP4_PREFILL + sweep.MOE_NVFP4_DECODE
+        moe_fp8 += sweep.MOE_FP8_PREFILL + sweep.MOE_FP8_DECODE
         fp8 += sweep.FP8_LINEAR_PREFILL + sweep.FP8_LINEAR_MID + sweep.FP8_LINEAR_DECODE
     for cfg in dict.fromkeys(nvfp4):
         yield "moe_experts_nvfp4 up", cfg, nvfp4_kernel(cfg)
+    for cfg in dict.fromkeys(moe_fp8):
+        yield "moe_experts_fp8 up", cfg, moe_fp8_kernel(cfg)
     for cfg in dict.fromkeys(fp8):
         yield "fp8_linear", cfg, fp8_linear_kernel(cfg)
 
