@@ -21,8 +21,8 @@ from kernels.moe_experts_fp8 import Fp8GemmConfig, moe_experts_fp8
 from kernels.moe_experts_nvfp4 import Nvfp4Config, moe_experts_nvfp4
 from kernels.quant_formats import fp8_scale, quantize_fp8
 
-# Fp8Config(block_m, block_n, block_k, group_m, warps, stages[, quantize_first, tma]); decode rows
-# replace block_m by M rounded up (at least 16).
+# Fp8Config(block_m, block_n, block_k, group_m, warps, stages[, quantize_first, tma, swap_ab]);
+# decode rows replace block_m by M rounded up (at least 16).
 FP8_LINEAR_PREFILL = [
     Fp8Config(128, 256, 128, 8, 8, 3),
     Fp8Config(128, 256, 128, 16, 8, 3),
@@ -106,7 +106,6 @@ MOE_NVFP4_PREFILL = [
     Nvfp4Config(256, 128, 64, 8, 8, 3, True, True),
     Nvfp4Config(256, 128, 64, 8, 8, 3, True, False),
     Nvfp4Config(128, 128, 64, 8, 8, 3, True, True),
-    Nvfp4Config(256, 128, 128, 8, 8, 3, True, True),
     Nvfp4Config(128, 256, 64, 8, 8, 3, True, True),
     Nvfp4Config(128, 64, 64, 8, 4, 4, True, True),
     Nvfp4Config(256, 64, 64, 8, 8, 3, True, True),
