@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from benchmarks import sass
 from kernels.fp8_linear import Fp8Config
+from kernels.moe_experts_fp8 import _PREFILL as FP8_MOE
 from kernels.moe_experts_nvfp4 import _PREFILL
 
 plain = Fp8Config(16, 64, 256, 8, 4, 4, quantize_first=True)
@@ -22,6 +23,7 @@ cases = {
     "fp8 plain": (plain, sass.fp8_linear_kernel(plain)),
     "fp8 swapped": (replace(plain, swap_ab=True),
                     sass.fp8_linear_kernel(replace(plain, swap_ab=True))),
+    "fp8 moe": (FP8_MOE, sass.moe_fp8_kernel(FP8_MOE)),
     "nvfp4 swapped": (_PREFILL, sass.nvfp4_kernel(_PREFILL)),
     "nvfp4 plain": (replace(_PREFILL, swap_ab=False),
                     sass.nvfp4_kernel(replace(_PREFILL, swap_ab=False))),
@@ -47,7 +49,8 @@ def test_loop_counts_of_the_swapped_tilings():
     assert swapped.get("QGMMA", 0) > 0 and "F2FP" not in swapped
     assert sum(swapped.values()) < sum(plain.values())
     assert all(0 < r["regs"] <= 255 for r in c.values())
-    assert c["fp8 plain"]["stack"] == c["fp8 swapped"]["stack"] == 0
+    assert c["fp8 plain"]["stack"] == c["fp8 swapped"]["stack"] == c["fp8 moe"]["stack"] == 0
+    assert c["fp8 moe"]["ops"].get("QGMMA", 0) > 0  # the FP8 MoE prefill tile: FP8 wgmma
     # NVFP4 prefill: plain, the dequantized weight tile goes through shared memory (STS) to
     # wgmma each K step; swapped, wgmma takes it from registers
     plain, swapped = c["nvfp4 plain"]["ops"], c["nvfp4 swapped"]["ops"]
