@@ -3,9 +3,10 @@
 Rows (each checks the op against its torch reference first; max_rel_err = max|op - ref| /
 max|ref|; times are medians of triton.testing.do_bench, CUDA events, L2 flushed, warm-up):
   fp8_linear     prefill M=16384: FLOPs = 2*M*N*K, against torch._scaled_mm on the same FP8
-                 tensors (x quantized beforehand; the target is >= 70 % of its rate) and a
-                 bf16 cuBLAS matmul; at prefill also "x in E4M3", the GEMM alone on the
-                 same FP8 x. Decode M=1/64/256: bytes = N*K weight bytes.
+                 tensors (x quantized beforehand; the target is >= 70 % of its rate; also
+                 timed with its use_fast_accum) and a bf16 cuBLAS matmul; at prefill also
+                 "x in E4M3", the GEMM alone on the same FP8 x. Decode M=1/64/256: bytes =
+                 N*K weight bytes.
   moe_experts_fp8 / _nvfp4  T=16384: FLOPs = 2*T*k*(2*D*I) against our bf16 moe_experts on
                  the dequantized weights (target fp8 >= 1.6x). Decode T=1/64/256: bytes =
                  touched experts x 2*D*I x bytes per weight (fp8 1, nvfp4 0.5 + 1/16 of the
@@ -119,27 +120,31 @@ def bench_fp8_linear(sh, dev, copy):
             bf16 = time_ms(lambda x=x, wb=wb: F.linear(x, wb))
             xq = quantize_fp8(x, xs)
             scaled = _scaled_mm_ms(xq, wq, xs, ws)
+            scaled_fast = _scaled_mm_ms(xq, wq, xs, ws, fast_accum=True)
             shape = f"{name} {M}x{N}x{K}"
             if sh.prefill_tokens == M:
                 amount, kind = 2 * M * N * K, "TFLOP/s"
             else:
                 amount, kind = N * K, "TB/s"
             rows.append(qrow("fp8_linear", shape, ms, amount, kind, err, scaled, "_scaled_mm",
-                             copy, bf16_ms=bf16))  # fmt: skip
+                             copy, bf16_ms=bf16, scaled_mm_fast_accum_ms=scaled_fast))  # fmt: skip
             if sh.prefill_tokens == M:  # the GEMM alone, on the FP8 x _scaled_mm gets
                 args = (xq, wq, ws, xs)
                 err = rel_err(fp8_linear(*args), fp8_linear_ref(*args))
                 ms = time_ms(lambda a=args: fp8_linear(*a))
                 rows.append(qrow("fp8_linear, x in E4M3", shape, ms, amount, kind, err, scaled,
-                                 "_scaled_mm", copy))  # fmt: skip
+                                 "_scaled_mm", copy,
+                                 scaled_mm_fast_accum_ms=scaled_fast))  # fmt: skip
     return rows
 
 
-def _scaled_mm_ms(xq, wq, xs, ws):
+def _scaled_mm_ms(xq, wq, xs, ws, fast_accum=False):
     """torch._scaled_mm on the same FP8 tensors (x already quantized), or None where this
-    torch / device has none."""
+    torch / device has none. fast_accum: its use_fast_accum (no promotion into fp32)."""
     try:
-        fn = lambda: torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16)
+        fn = lambda: torch._scaled_mm(
+            xq, wq.t(), scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16, use_fast_accum=fast_accum
+        )
         fn()
     except (RuntimeError, NotImplementedError) as e:
         print(f"note: torch._scaled_mm unavailable ({str(e).splitlines()[0]})")

@@ -1,11 +1,15 @@
 """Where the GPU time of a decode step or of a W-video encode goes, kernel by kernel (GPU).
 
     python -m benchmarks.profile_gpu decode [--batch 64 256] [--ctx 1024]
+    python -m benchmarks.profile_gpu prefill [--lens 4096 4096 4096 4096] [--precision fp8]
     python -m benchmarks.profile_gpu encode [--clips 1 4]
 
 decode: the full-size LLM (random bf16 weights), `ctx` cached tokens per sequence, a few
 eager decode steps (embed, 52 layers, LM head); eager so each kernel shows (the CUDA-graph
 step is benchmarks.llm's number).
+prefill: the full-size LLM in the layout of `precision` (random weights, the KV cache in the
+model's own KV dtype), one prefill step of sequences of `lens` tokens from empty slots (W-video
+requests are ≈ 5.2 K tokens; the engine packs several into one step).
 encode: the full-size Omni model and synthetic W-video clips shaped as the media pool hands
 them over (60 uint8 720p frames in shared memory, channels last; 60 s of audio as two mel
 clips): `encode_items` + `splice_prompt_embeds` (EVS 0.5) for `clips` clips at once, as the
@@ -30,11 +34,13 @@ from benchmarks.llm import decode_inputs, timed
 from media.items import AudioItem, VideoItem
 from media.mel import N_MELS
 from media.resize import video_grid
+from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.fullsize import build_fullsize, build_fullsize_omni
+from workers.model.quant import BF16, PRECISIONS
 from workers.model.vision import frames_to_device
 
 REPEATS = 3
-TOP = 22
+TOP = 30
 GPU_WORK_MATMULS = 200  # ≈ 40 ms of queued GPU work on an H100 (137 GFLOP each), ahead of a copy
 H, W, FRAMES, AUDIO_S = 720, 1280, 60, 60
 
@@ -69,6 +75,17 @@ def profile_decode(llm, bsz: int, ctx: int) -> str:
     return kernel_table(
         lambda: llm.logits(llm(llm.embed(ids), batch, cache)), f"decode batch {bsz}, ctx {ctx}"
     )
+
+
+def profile_prefill(llm, lens: list[int]) -> str:
+    cfg = llm.config
+    total = sum(lens)
+    cache = HybridCache(cfg, len(lens), total, max(lens), "cuda", torch.bfloat16, llm.kv_dtype)
+    slots = list(range(len(lens)))
+    cache.reserve(slots, lens)
+    x = torch.randn(total, cfg.hidden_size, device="cuda", dtype=torch.bfloat16) * 0.02
+    batch = ForwardBatch.build(lens, slots, [0] * len(lens), "cuda")  # from the first token
+    return kernel_table(lambda: llm(x, batch, cache), f"prefill {lens} tokens, {llm.precision}")
 
 
 def synthetic_clip(gen: torch.Generator) -> VideoItem:
@@ -124,6 +141,9 @@ def main() -> None:
     dec = sub.add_parser("decode")
     dec.add_argument("--batch", type=int, nargs="+", default=[64, 256])
     dec.add_argument("--ctx", type=int, default=1024)
+    pre = sub.add_parser("prefill")
+    pre.add_argument("--lens", type=int, nargs="+", default=[4096] * 4)
+    pre.add_argument("--precision", choices=PRECISIONS, default=BF16)
     enc = sub.add_parser("encode")
     enc.add_argument("--clips", type=int, nargs="+", default=[1, 4])
     args = ap.parse_args()
@@ -134,6 +154,9 @@ def main() -> None:
             for bsz in args.batch:
                 print(profile_decode(llm, bsz, args.ctx), flush=True)
                 torch.cuda.empty_cache()
+            return
+        if args.what == "prefill":
+            print(profile_prefill(build_fullsize(precision=args.precision), args.lens))
             return
         from workers.model.prompt import PromptBuilder
         from workers.pipeline import demo_checkpoint_dir

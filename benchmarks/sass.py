@@ -97,7 +97,8 @@ def moe_fp8_kernel(cfg):
             "stride_wn", "stride_cm", "group_m"]  # fmt: skip
     sig |= dict.fromkeys(ints, "i32")
     consts = {"TOP_K": 6, "UP": True, "TMA": cfg.tma, "INTERPRET": False, "EVEN_K": True,
-              "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k}  # fmt: skip
+              "FAST_ACCUM": cfg.fast_accum, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
+              "BLOCK_K": cfg.block_k}  # fmt: skip
     return moe_experts_fp8._moe_fp8_gemm_kernel, sig, consts
 
 
@@ -114,8 +115,9 @@ def fp8_linear_kernel(cfg):
            "x_scale_ptr": "*fp32"}  # fmt: skip
     sig |= dict.fromkeys(["M", "N", "K", "stride_xm", "stride_wn", "stride_ym"], "i32")
     consts = {"QUANT_A": not cfg.quantize_first, "TMA": cfg.tma, "INTERPRET": False,
-              "EVEN_K": True, "SWAP_AB": cfg.swap_ab, "BLOCK_M": cfg.block_m,
-              "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "GROUP_M": cfg.group_m}  # fmt: skip
+              "EVEN_K": True, "SWAP_AB": cfg.swap_ab, "FAST_ACCUM": cfg.fast_accum,
+              "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k,
+              "GROUP_M": cfg.group_m}  # fmt: skip
     return fp8_linear._fp8_linear_kernel, sig, consts
 
 

@@ -43,6 +43,9 @@ class Fp8Config:
     # narrow N side. With BLOCK_M = 16 the plain product runs as mma.sync on weights upcast to
     # fp16 (sm_90 SASS: 128 F2FP a K step at 16x64x256); swapped it stays an FP8 wgmma.
     swap_ab: bool = False
+    # No promotion into an fp32 accumulator every BLOCK_K (kernels/moe_experts_fp8.py,
+    # Fp8GemmConfig.fast_accum: what that costs and buys).
+    fast_accum: bool = False
 
 
 # (BLOCK_M, BLOCK_N) from largest to smallest: above 256 rows `tiling` takes the first whose
@@ -103,6 +106,7 @@ def _fp8_linear_kernel(
     INTERPRET: tl.constexpr,
     EVEN_K: tl.constexpr,
     SWAP_AB: tl.constexpr,
+    FAST_ACCUM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -151,12 +155,14 @@ def _fp8_linear_kernel(
             w = w.to(tl.float32)
         if QUANT_A:
             x = quantize_e4m3(x, inv_x_scale, INTERPRET)
-        # Hopper's FP8 MMA accumulates with a short mantissa: promote into the fp32
-        # accumulator every BLOCK_K (as cuBLAS without fast accumulation; DeepSeek-V3 §3.3).
+        # Hopper's FP8 MMA accumulates with a short mantissa: unless FAST_ACCUM, promote into
+        # the fp32 accumulator every BLOCK_K (cuBLAS without fast accumulation; DeepSeek-V3
+        # §3.3). None: Triton's sm_90 default, no promotion.
         if SWAP_AB:
-            acc = tl.dot(tl.trans(w), tl.trans(x), acc, max_num_imprecise_acc=BLOCK_K)
+            a, b = tl.trans(w), tl.trans(x)
         else:
-            acc = tl.dot(x, w, acc, max_num_imprecise_acc=BLOCK_K)
+            a, b = x, w
+        acc = tl.dot(a, b, acc, max_num_imprecise_acc=None if FAST_ACCUM else BLOCK_K)
         if not TMA:
             x_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
@@ -249,7 +255,7 @@ def _fp8_linear_launch(x, weight, weight_scale, input_scale, config):
         a_arg, w_arg, y, weight_scale, input_scale, M, N, K,
         a.stride(0), weight.stride(0), y.stride(0),
         QUANT_A=a.dtype != torch.float8_e4m3fn, TMA=cfg.tma, INTERPRET=interpreting(),
-        EVEN_K=K % cfg.block_k == 0, SWAP_AB=cfg.swap_ab,
+        EVEN_K=K % cfg.block_k == 0, SWAP_AB=cfg.swap_ab, FAST_ACCUM=cfg.fast_accum,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip

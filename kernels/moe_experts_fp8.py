@@ -35,6 +35,11 @@ class Fp8GemmConfig(GemmConfig):
     # fp8_linear's fastest tiling; x's gathered rows stay pointer loads. Needs Hopper (sm_90+)
     # and rows of 16-byte multiples (K % 16 == 0: the checkpoint's 2688 and 1856 are).
     tma: bool = False
+    # Sum each tile over the whole K in the tensor core's own accumulator (Triton's default for
+    # FP8 on sm_90, torch._scaled_mm's use_fast_accum) instead of promoting it into an fp32
+    # accumulator every BLOCK_K: the promotion waits for each K step's wgmma before adding,
+    # so no MMA overlaps the next step's loads.
+    fast_accum: bool = False
 
 
 # Prefill T=16K, H100 sweeps of 2026-12-06 (benchmarks/kernels_quant_sweep.py): 128x128x128,
@@ -76,6 +81,7 @@ def _moe_fp8_gemm_kernel(
     TMA: tl.constexpr,
     INTERPRET: tl.constexpr,
     EVEN_K: tl.constexpr,
+    FAST_ACCUM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -107,14 +113,15 @@ def _moe_fp8_gemm_kernel(
         )
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    a_ok = valid[:, None]  # padding rows load nothing (most of a decode tile's rows)
     for k0 in range(0, K, BLOCK_K):
         k_ok = (k0 + offs_k) < K
         if A_TMA:
             a = a_ptr.load([pid_m * BLOCK_M, k0])
         elif EVEN_K:
-            a = tl.load(a_ptrs)
+            a = tl.load(a_ptrs, mask=a_ok, other=0.0)
         else:
-            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+            a = tl.load(a_ptrs, mask=a_ok & k_ok[None, :], other=0.0)
         if TMA:
             w = w_ptr.load([expert * N + n_start + pid_n * BLOCK_N, k0]).T
         elif EVEN_K:
@@ -124,9 +131,10 @@ def _moe_fp8_gemm_kernel(
         if INTERPRET:
             a = a.to(tl.float32)
             w = w.to(tl.float32)
-        # Hopper's FP8 MMA accumulates with a short mantissa: promote into the fp32
-        # accumulator every BLOCK_K (as cuBLAS without fast accumulation; DeepSeek-V3 §3.3).
-        acc = tl.dot(a, w, acc, max_num_imprecise_acc=BLOCK_K)
+        # Hopper's FP8 MMA accumulates with a short mantissa: unless FAST_ACCUM, promote into
+        # the fp32 accumulator every BLOCK_K (cuBLAS without fast accumulation; DeepSeek-V3
+        # §3.3). None: Triton's sm_90 default, no promotion.
+        acc = tl.dot(a, w, acc, max_num_imprecise_acc=None if FAST_ACCUM else BLOCK_K)
         if not A_TMA:
             a_ptrs += BLOCK_K
         if not TMA:
@@ -162,6 +170,7 @@ def _gemm(a, w, w_scale, a_scale, c_scale, c, routed, up, cfg):
             num_valid, n_start, n_end, N, K, num_blocks_m,
             a.stride(0), w.stride(0), w.stride(1), c.stride(0), cfg.group_m or num_blocks_m,
             TOP_K=top_k, UP=up, TMA=tma, INTERPRET=interpreting(), EVEN_K=K % cfg.block_k == 0,
+            FAST_ACCUM=cfg.fast_accum,
             BLOCK_M=cfg.block_m, BLOCK_N=block_n, BLOCK_K=cfg.block_k,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip

@@ -205,29 +205,33 @@ def _moe_nvfp4_gemm_kernel(
     a_rows_ptr = a_ptr + a_rows[:, None].to(tl.int64) * stride_am
     offs_k = tl.arange(0, BLOCK_K)
     offs_g = tl.arange(0, G)
-    offs_j = tl.arange(0, 8)
+    offs_b = tl.arange(0, BLOCK_K // 2)
     a_ptrs = a_rows_ptr + offs_k[None, :]
-    p_ptrs = (
-        w_ptr + e * stride_we + w_rows[:, None, None] * stride_wn
-        + offs_g[None, :, None] * 8 + offs_j[None, None, :]
-    )  # fmt: skip
+    # A row's BLOCK_K / 2 bytes as one 2-D row (16-byte loads; indexed [BN, G, 8] the loads
+    # were 8 bytes wide), reshaped to [BN, G, 8] in registers.
+    p_ptrs = w_ptr + e * stride_we + w_rows[:, None] * stride_wn + offs_b[None, :]
     s_ptrs = s_ptr + e * stride_se + w_rows[:, None] * stride_sn + offs_g[None, :]
 
     if SWAP_AB:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # Padding rows load nothing: at decode most of a tile's rows are padding (≈ 3 of 16 at
+    # T = 64), and their x (2 KiB a K step at 16 x 128 x 64) went through L1 beside the
+    # 4.5 KiB of weights and scales.
+    a_ok = valid[:, None]
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
-            a = tl.load(a_ptrs)
+            a = tl.load(a_ptrs, mask=a_ok, other=0.0)
             p = tl.load(p_ptrs)
             s = tl.load(s_ptrs)
         else:
             # K is a multiple of 16: whole scale groups are in or out.
             g_ok = (k0 // 16 + offs_g) < K // 16
-            a = tl.load(a_ptrs, mask=(k0 + offs_k)[None, :] < K, other=0.0)
-            p = tl.load(p_ptrs, mask=g_ok[None, :, None], other=0)
+            a = tl.load(a_ptrs, mask=a_ok & ((k0 + offs_k)[None, :] < K), other=0.0)
+            p = tl.load(p_ptrs, mask=(k0 // 2 + offs_b)[None, :] < K // 2, other=0)
             s = tl.load(s_ptrs, mask=g_ok[None, :], other=0.0)
+        p = tl.reshape(p, (BLOCK_N, G, 8))
         if INTERPRET:
             a = a.to(tl.float32)
         w = _dequant_tile(p, s, INTERPRET, PTX, BLOCK_N, BLOCK_K)

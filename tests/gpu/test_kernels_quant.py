@@ -18,6 +18,7 @@ from kernels.attention import (
     attention_prefill_ref,
 )
 from kernels.fp8_linear import fp8_linear, fp8_linear_ref
+from kernels.fp8_linear import pick_config as fp8_linear_config
 from kernels.moe_experts_fp8 import moe_experts_fp8, moe_experts_fp8_ref
 from kernels.moe_experts_fp8 import pick_config as fp8_moe_config
 from kernels.moe_experts_nvfp4 import (
@@ -59,16 +60,20 @@ def fp8_weight(N, K, g):
     return quantize_fp8(w, scale), scale
 
 
+@pytest.mark.parametrize("fast_accum", [False, True])
 @pytest.mark.parametrize("M", TOKENS)
 @pytest.mark.parametrize("layer", list(DENSE))
-def test_fp8_linear(layer, M):
+def test_fp8_linear(layer, M, fast_accum):
+    """pick_config's tiling, with and without fast accumulation (no promotion into fp32
+    every BLOCK_K): the same bound either way."""
     N, K = DENSE[layer]
     g = gen(M + N)
     x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
     w, ws = fp8_weight(N, K, g)
     xs = fp8_scale(x) * 0.8  # a static scale that clips the largest activations
     args = (x, w, ws, xs)
-    assert_rel(f"{layer} M={M}", fp8_linear(*args), fp8_linear_ref(*args))
+    cfg = replace(fp8_linear_config(M, N, x.device), fast_accum=fast_accum)
+    assert_rel(f"{layer} M={M}", fp8_linear(*args, config=cfg), fp8_linear_ref(*args))
 
 
 def test_fp8_linear_quantizes_like_torch():
@@ -100,19 +105,22 @@ def fp8_experts():
     return up_q, down_q, up_s, down_s, x_s, h_s
 
 
+@pytest.mark.parametrize("fast_accum", [False, True])
 @pytest.mark.parametrize("tma", [False, True])
 @pytest.mark.parametrize("T", TOKENS)
-def test_moe_experts_fp8(T, tma, fp8_experts):
+def test_moe_experts_fp8(T, tma, fast_accum, fp8_experts):
     """h = relu(.)^2 is rounded to E4M3 (3 mantissa bits) between the GEMMs: where the kernel's
     and the reference's fp32 sums of an up output differ in the last bits, h can round one E4M3
     step apart (up to 12.5 % of that element). Over 44 M outputs at 16 K tokens the largest
     such deviation reached 1.1 % of max|out| on the H100; the mean stays at 3.5e-4. `tma`:
     pick_config's tiling with the weight (and h) tiles through TMA or pointer loads (the
-    prefill default takes TMA on Hopper), the same bounds."""
+    prefill default takes TMA on Hopper), with and without fast accumulation: the same
+    bounds."""
     g = gen(T)
     x = torch.randn(T, D, device="cuda", generator=g).to(torch.bfloat16)
     args = (x, *fp8_experts, *routing(T, g))
-    cfg = replace(fp8_moe_config(T, TOP_K, E, (D, INNER), x.device), tma=tma)
+    cfg = fp8_moe_config(T, TOP_K, E, (D, INNER), x.device)
+    cfg = replace(cfg, tma=tma, fast_accum=fast_accum)
     out, ref = moe_experts_fp8(*args, config=cfg), moe_experts_fp8_ref(*args)
     assert_rel(f"T={T}", out, ref, bound=2e-2)
     mean = (out.float() - ref.float()).abs().mean().item()
