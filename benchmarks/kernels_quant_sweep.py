@@ -22,40 +22,38 @@ from kernels.moe_experts_nvfp4 import Nvfp4Config, moe_experts_nvfp4
 from kernels.quant_formats import fp8_scale, quantize_fp8
 
 # The lists hold each kernel's default beside the variants in question; rows swept and
-# dropped in earlier sessions are in benchmarks/RESULTS.md. Session 14: every FP8 default
-# with fast accumulation (no promotion into fp32 every BLOCK_K, whose wait keeps each K step's
-# wgmma from overlapping the next step's loads), and NVFP4 decode tiles that read x from
-# shared memory fewer times a weight byte (each warp reads the whole x tile every K step).
+# dropped in earlier sessions are in benchmarks/RESULTS.md. Session 14: fast accumulation (the
+# default since) against promotion into fp32 every BLOCK_K (fast_accum=False), and NVFP4
+# decode tiles that read x from shared memory fewer times a weight byte.
 # Fp8Config(block_m, block_n, block_k, group_m, warps, stages[, quantize_first, tma, swap_ab,
 # fast_accum]); decode rows replace block_m by M rounded up (at least 16).
 FP8_LINEAR_PREFILL = [
+    Fp8Config(256, 128, 128, 8, 8, 4, quantize_first=True, tma=True),
     Fp8Config(256, 128, 128, 8, 8, 3, quantize_first=True, tma=True),
-    Fp8Config(256, 128, 128, 8, 8, 3, quantize_first=True, tma=True, fast_accum=True),
-    Fp8Config(256, 128, 128, 8, 8, 4, quantize_first=True, tma=True, fast_accum=True),
-    Fp8Config(128, 256, 128, 8, 8, 3, quantize_first=True, tma=True, fast_accum=True),
-    Fp8Config(128, 128, 128, 8, 8, 4, quantize_first=True, tma=True, fast_accum=True),
+    Fp8Config(256, 128, 128, 8, 8, 3, quantize_first=True, tma=True, fast_accum=False),
+    Fp8Config(128, 256, 128, 8, 8, 3, quantize_first=True, tma=True),
+    Fp8Config(128, 128, 128, 8, 8, 4, quantize_first=True, tma=True),
 ]
 FP8_LINEAR_MID = [
     Fp8Config(64, 128, 128, 8, 4, 4, quantize_first=True),
-    Fp8Config(64, 128, 128, 8, 4, 4, quantize_first=True, fast_accum=True),
-    Fp8Config(128, 128, 128, 8, 8, 4, quantize_first=True, tma=True, fast_accum=True),
+    Fp8Config(64, 128, 128, 8, 4, 4, quantize_first=True, fast_accum=False),
+    Fp8Config(128, 128, 128, 8, 8, 4, quantize_first=True, tma=True),
 ]
 FP8_LINEAR_DECODE = [
     Fp8Config(16, 64, 128, 8, 4, 6, quantize_first=True, swap_ab=True),
-    Fp8Config(16, 64, 128, 8, 4, 6, quantize_first=True, swap_ab=True, fast_accum=True),
+    Fp8Config(16, 64, 128, 8, 4, 6, quantize_first=True, swap_ab=True, fast_accum=False),
 ]
 # Fp8GemmConfig(block_m, block_n, block_k, group_m, warps, stages, split_tail, tma, fast_accum).
 MOE_FP8_PREFILL = [
-    Fp8GemmConfig(128, 128, 128, 16, 8, 4, True, True),
-    Fp8GemmConfig(128, 128, 128, 16, 8, 4, True, True, True),
-    Fp8GemmConfig(128, 128, 128, 16, 8, 3, True, True, True),
-    Fp8GemmConfig(256, 128, 128, 16, 8, 3, True, True, True),
-    Fp8GemmConfig(128, 256, 128, 16, 8, 3, True, True, True),
-    Fp8GemmConfig(128, 128, 128, 8, 8, 4, True, True, True),
+    Fp8GemmConfig(128, 256, 128, 16, 8, 3, True, True),
+    Fp8GemmConfig(128, 256, 128, 16, 8, 4, True, True),
+    Fp8GemmConfig(128, 256, 128, 8, 8, 3, True, True),
+    Fp8GemmConfig(128, 128, 128, 16, 8, 3, True, True),
+    Fp8GemmConfig(128, 128, 128, 16, 8, 4, True, True, False),
 ]
 MOE_FP8_DECODE = [
     Fp8GemmConfig(16, 64, 256, 0, 4, 4),
-    Fp8GemmConfig(16, 64, 256, 0, 4, 4, fast_accum=True),
+    Fp8GemmConfig(16, 64, 256, 0, 4, 4, fast_accum=False),
 ]
 # Nvfp4Config(..., split_tail, ptx_dequant, swap_ab).
 MOE_NVFP4_PREFILL = [

@@ -36,18 +36,23 @@ class Fp8GemmConfig(GemmConfig):
     # and rows of 16-byte multiples (K % 16 == 0: the checkpoint's 2688 and 1856 are).
     tma: bool = False
     # Sum each tile over the whole K in the tensor core's own accumulator (Triton's default for
-    # FP8 on sm_90, torch._scaled_mm's use_fast_accum) instead of promoting it into an fp32
-    # accumulator every BLOCK_K: the promotion waits for each K step's wgmma before adding,
-    # so no MMA overlaps the next step's loads.
-    fast_accum: bool = False
+    # FP8 on sm_90, torch._scaled_mm's use_fast_accum, vLLM's FP8 MoE). False: promote it
+    # into an fp32 accumulator every BLOCK_K (cuBLAS without fast accumulation; DeepSeek-V3
+    # §3.3), which waits for each K step's wgmma before adding, so no MMA overlaps the next
+    # step's loads (sm_90 SASS: WARPGROUP.DEPBAR 0 and 64 FADD a K step at 128 x 128). On the
+    # H100 at 16 K tokens (session 14) fast accumulation ran the op 1.32 x faster at
+    # 128 x 128 and let 128 x 256 fit (one accumulator, no spill): 2.29 ms against 3.08; its
+    # mean deviation from the fp32 reference grew from 3.5e-4 to 1.2e-3 of max|out|, below
+    # bf16's 3.9e-3 step (most of it: h rounding to the neighbouring E4M3 value).
+    fast_accum: bool = True
 
 
-# Prefill T=16K, H100 sweeps of 2026-12-06 (benchmarks/kernels_quant_sweep.py): 128x128x128,
-# 8 warps, 4 stages, weight tiles through TMA, 16 row blocks a group: 628 TFLOP/s in
-# session 9 against 592 with pointer loads and groups of 8 (vLLM's H200 tile 128x256x128:
-# 355 in session 7). Decode T=64/256: 16x64x256, all tiles of a column block together,
-# 2.5 TB/s of weights (TMA within 1 %).
-_PREFILL = Fp8GemmConfig(128, 128, 128, 16, 8, 4, split_tail=True, tma=True)
+# H100 sweeps (benchmarks/kernels_quant_sweep.py, benchmarks/RESULTS.md). Prefill T=16K:
+# 128x256x128, fast accumulation, 8 warps, 3 stages, weight tiles through TMA, 16 row blocks a
+# group: 856 TFLOP/s in session 14 (promoted 128x128x128, 4 stages: 637; vLLM's H200 tile
+# 128x256x128 with pointer loads and promotion: 355 in session 7). Decode T=64/256: 16x64x256,
+# all tiles of a column block together, 2.7 TB/s of weights at T = 64 (TMA within 1 %).
+_PREFILL = Fp8GemmConfig(128, 256, 128, 16, 8, 3, split_tail=True, tma=True)
 _DECODE = Fp8GemmConfig(16, 64, 256, 0, 4, 4)
 _INTERPRET = Fp8GemmConfig(16, 16, 32, 4, 4, 1, split_tail=True)
 _DECODE_ROWS_PER_EXPERT = 32

@@ -75,8 +75,10 @@ class Nvfp4Config(GemmConfig):
 
 
 # H100 sweeps (benchmarks/RESULTS.md): prefill swapped 256x128x128 (session 13: 258 TFLOP/s at
-# 16 K tokens against 236 with the plain 256x64x64 of session 8), decode 16x128x64 with 6
-# stages (1.19 TB/s of weights at T = 64, 1.05 with 16x64x64). Gone after measuring: the low
+# 16 K tokens against 236 with the plain 256x64x64 of session 8; 310 in session 14 with the
+# 16-byte weight loads), decode 16x128x64 with 6 stages (1.19 TB/s of weights at T = 64, 1.05
+# with 16x64x64; session 14, padding rows unloaded and 16-byte weight loads: 1.46, where 16 x
+# 256 tiles, 2 warps or BLOCK_K 128 gave 1.37-1.41). Gone after measuring: the low
 # and high nibbles as two half-K operands (session 8 with strided x loads, 2-5 x slower;
 # session 13 with x split in registers, 92 fewer SASS instructions a K step at the decode tile
 # yet 1.16 against 1.19 TB/s, and 171 against 236 TFLOP/s at prefill).

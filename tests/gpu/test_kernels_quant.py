@@ -112,10 +112,11 @@ def test_moe_experts_fp8(T, tma, fast_accum, fp8_experts):
     """h = relu(.)^2 is rounded to E4M3 (3 mantissa bits) between the GEMMs: where the kernel's
     and the reference's fp32 sums of an up output differ in the last bits, h can round one E4M3
     step apart (up to 12.5 % of that element). Over 44 M outputs at 16 K tokens the largest
-    such deviation reached 1.1 % of max|out| on the H100; the mean stays at 3.5e-4. `tma`:
-    pick_config's tiling with the weight (and h) tiles through TMA or pointer loads (the
-    prefill default takes TMA on Hopper), with and without fast accumulation: the same
-    bounds."""
+    such deviation reached 1.1 % of max|out| on the H100; the mean 3.5e-4 with promotion into
+    fp32 every BLOCK_K, 1.2e-3 with fast accumulation (the tensor core's shorter accumulator
+    puts more up sums across an E4M3 rounding boundary): its bound is half of bf16's relative
+    step (2^-8), the promoted one stays at 1e-3. `tma`: pick_config's tiling with the weight
+    (and h) tiles through TMA or pointer loads (the prefill default takes TMA on Hopper)."""
     g = gen(T)
     x = torch.randn(T, D, device="cuda", generator=g).to(torch.bfloat16)
     args = (x, *fp8_experts, *routing(T, g))
@@ -124,7 +125,8 @@ def test_moe_experts_fp8(T, tma, fast_accum, fp8_experts):
     out, ref = moe_experts_fp8(*args, config=cfg), moe_experts_fp8_ref(*args)
     assert_rel(f"T={T}", out, ref, bound=2e-2)
     mean = (out.float() - ref.float()).abs().mean().item()
-    assert mean <= 1e-3 * ref.float().abs().max().item(), f"T={T}: mean diff {mean:.3e}"
+    bound = 2**-9 if fast_accum else 1e-3
+    assert mean <= bound * ref.float().abs().max().item(), f"T={T}: mean diff {mean:.3e}"
 
 
 def random_nvfp4(N, K, g):

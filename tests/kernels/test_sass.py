@@ -49,8 +49,11 @@ def test_loop_counts_of_the_swapped_tilings():
     assert swapped.get("QGMMA", 0) > 0 and "F2FP" not in swapped
     assert sum(swapped.values()) < sum(plain.values())
     assert all(0 < r["regs"] <= 255 for r in c.values())
-    assert c["fp8 plain"]["stack"] == c["fp8 swapped"]["stack"] == c["fp8 moe"]["stack"] == 0
-    assert c["fp8 moe"]["ops"].get("QGMMA", 0) > 0  # the FP8 MoE prefill tile: FP8 wgmma
+    assert c["fp8 plain"]["stack"] == c["fp8 swapped"]["stack"] == 0
+    # the FP8 MoE prefill tile: FP8 wgmma, no local-memory traffic in its K loop (its 128 x 256
+    # accumulator spills a few registers around the loop only)
+    moe = c["fp8 moe"]["ops"]
+    assert moe.get("QGMMA", 0) > 0 and "LDL" not in moe and "STL" not in moe
     # NVFP4 prefill: plain, the dequantized weight tile goes through shared memory (STS) to
     # wgmma each K step; swapped, wgmma takes it from registers
     plain, swapped = c["nvfp4 plain"]["ops"], c["nvfp4 swapped"]["ops"]
