@@ -1,8 +1,10 @@
-"""Where the GPU time of a decode step or of a W-video encode goes, kernel by kernel (GPU).
+"""Where the GPU time of a decode step, a prefill forward, a W-video encode or the routed experts
+goes, kernel by kernel (GPU).
 
     python -m benchmarks.profile_gpu decode [--batch 64 256] [--ctx 1024]
     python -m benchmarks.profile_gpu prefill [--lens 4096 4096 4096 4096] [--precision fp8]
     python -m benchmarks.profile_gpu encode [--clips 1 4]
+    python -m benchmarks.profile_gpu moe [--tokens 64 16384] [--precision nvfp4]
 
 decode: the full-size LLM (random bf16 weights), `ctx` cached tokens per sequence, a few
 eager decode steps (embed, 52 layers, LM head); eager so each kernel shows (the CUDA-graph
@@ -17,6 +19,12 @@ engine's admission runs them (prompts tokenized beforehand, as `Engine.submit` d
 Also times the host-to-device copy of one clip's frames behind queued GPU work, from pageable
 memory and through pinned memory (`frames_to_device`, what the engine does): how long the
 host is held, and whether the copy overlapped the work.
+
+moe: the routed experts alone at full size, with benchmarks.kernels_quant's random weights and
+routing (bf16: the FP8 weights dequantized, as there), at each token count; after the tables
+one more call of each between cudaProfilerStart and Stop, the calls Nsight Compute profiles
+with `ncu --profile-from-start off [--set full] python -m benchmarks.profile_gpu moe ...`
+(how session 14 found the NVFP4 decode kernel's L1 traffic and scale loads).
 
 Each prints the step's wall time, the kernels' total GPU time (the gap is GPU idle: host
 work, synchronous copies) and the kernels holding the most GPU time.
@@ -36,7 +44,7 @@ from media.mel import N_MELS
 from media.resize import video_grid
 from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.fullsize import build_fullsize, build_fullsize_omni
-from workers.model.quant import BF16, PRECISIONS
+from workers.model.quant import BF16, NVFP4, PRECISIONS
 from workers.model.vision import frames_to_device
 
 REPEATS = 3
@@ -86,6 +94,43 @@ def profile_prefill(llm, lens: list[int]) -> str:
     x = torch.randn(total, cfg.hidden_size, device="cuda", dtype=torch.bfloat16) * 0.02
     batch = ForwardBatch.build(lens, slots, [0] * len(lens), "cuda")  # from the first token
     return kernel_table(lambda: llm(x, batch, cache), f"prefill {lens} tokens, {llm.precision}")
+
+
+def moe_calls(precision: str, tokens: list[int]) -> list[tuple[str, object]]:
+    """(title, call) of the routed experts in `precision` at each token count."""
+    from benchmarks import kernels_quant as kq
+    from kernels.moe_experts import moe_experts
+    from kernels.moe_experts_fp8 import moe_experts_fp8
+    from kernels.moe_experts_nvfp4 import moe_experts_nvfp4
+    from kernels.quant_formats import dequant_fp8
+
+    sh, dev = kq.FULL, torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(1)
+    if precision == NVFP4:
+        fn, weights = moe_experts_nvfp4, kq.moe_nvfp4_weights(sh, dev, g)
+    else:
+        fn, weights = moe_experts_fp8, kq.moe_fp8_weights(sh, dev, g)
+        if precision == BF16:
+            up, down, up_s, down_s = weights[:4]
+            fn = moe_experts
+            weights = (dequant_fp8(up, up_s).bfloat16(), dequant_fp8(down, down_s).bfloat16())
+    calls = []
+    for T in tokens:
+        x = torch.randn(T, sh.D, device=dev, generator=g).to(torch.bfloat16)
+        args = (x, *weights, *kq._routing(sh, T, dev, g))
+        calls.append((f"{precision} routed experts, T = {T}", lambda a=args: fn(*a)))
+    return calls
+
+
+def profile_moe(precision: str, tokens: list[int]) -> None:
+    calls = moe_calls(precision, tokens)
+    for title, call in calls:
+        print(kernel_table(call, title), flush=True)
+    torch.cuda.profiler.start()  # the window `ncu --profile-from-start off` profiles
+    for _, call in calls:
+        call()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
 
 
 def synthetic_clip(gen: torch.Generator) -> VideoItem:
@@ -144,6 +189,9 @@ def main() -> None:
     pre = sub.add_parser("prefill")
     pre.add_argument("--lens", type=int, nargs="+", default=[4096] * 4)
     pre.add_argument("--precision", choices=PRECISIONS, default=BF16)
+    moe = sub.add_parser("moe")
+    moe.add_argument("--tokens", type=int, nargs="+", default=[64, 16384])
+    moe.add_argument("--precision", choices=PRECISIONS, default=NVFP4)
     enc = sub.add_parser("encode")
     enc.add_argument("--clips", type=int, nargs="+", default=[1, 4])
     args = ap.parse_args()
@@ -157,6 +205,9 @@ def main() -> None:
             return
         if args.what == "prefill":
             print(profile_prefill(build_fullsize(precision=args.precision), args.lens))
+            return
+        if args.what == "moe":
+            profile_moe(args.precision, args.tokens)
             return
         from workers.model.prompt import PromptBuilder
         from workers.pipeline import demo_checkpoint_dir
