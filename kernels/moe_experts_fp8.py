@@ -40,8 +40,8 @@ class Fp8GemmConfig(GemmConfig):
     # into an fp32 accumulator every BLOCK_K (cuBLAS without fast accumulation; DeepSeek-V3
     # §3.3), which waits for each K step's wgmma before adding, so no MMA overlaps the next
     # step's loads (sm_90 SASS: WARPGROUP.DEPBAR 0 and 64 FADD a K step at 128 x 128). On the
-    # H100 at 16 K tokens (session 14) fast accumulation ran the op 1.32 x faster at
-    # 128 x 128 and let 128 x 256 fit (one accumulator, no spill): 2.29 ms against 3.08; its
+    # H100 at 16 K tokens (session 14) the op took 2.51 ms instead of 3.08 at 128 x 128, and
+    # 128 x 256 fits (one accumulator, no spill in the K loop): 2.29 ms; its
     # mean deviation from the fp32 reference grew from 3.5e-4 to 1.2e-3 of max|out|, below
     # bf16's 3.9e-3 step (most of it: h rounding to the neighbouring E4M3 value).
     fast_accum: bool = True
