@@ -8,9 +8,9 @@ E4M3 [N, K] (nn.Linear layout) and both scales are fp32 0-d tensors from the che
 The kernel quantizes x as it loads each A tile (no separate pass over x, no FP8 copy of it),
 multiplies FP8 x FP8 into an fp32 accumulator (the tensor core's, fast accumulation, unless the
 config promotes every BLOCK_K) and applies both scales once after the K loop.
-A config with quantize_first (every default tiling since session 13) instead quantizes x in
-one pass (`fp8_quantize`, also used by kernels/moe_experts_fp8.py) and runs the GEMM on FP8 A
-tiles: same values, other speed.
+A config with quantize_first (since session 13 the defaults up to 256 rows and Hopper's
+largest tile) instead quantizes x in one pass (`fp8_quantize`, also used by
+kernels/moe_experts_fp8.py) and runs the GEMM on FP8 A tiles: same values, other speed.
 The quantization multiplies by the correctly rounded reciprocal of the scale; quantize_fp8
 divides, which can differ by one E4M3 step where x / scale falls within an fp32 ulp of a
 rounding midpoint (bit-identical for power-of-two scales).
