@@ -172,6 +172,13 @@ def moe_fp8_weights(sh, dev, g):
     return up_q, down_q, up_s, down_s, x_s, h_s
 
 
+def moe_bf16_twin(fp8):
+    """The FP8 experts (moe_fp8_weights) dequantized to bf16: (up, down), the bf16 kernel's
+    baseline of the same sizes."""
+    up, down, up_s, down_s = fp8[:4]
+    return dequant_fp8(up, up_s).bfloat16(), dequant_fp8(down, down_s).bfloat16()
+
+
 def moe_nvfp4_weights(sh, dev, g):
     def one(N, K):
         shape = (sh.E, N, K // 2)
@@ -188,7 +195,7 @@ def bench_moe(sh, dev, copy):
     fp8 = moe_fp8_weights(sh, dev, g)
     nv = moe_nvfp4_weights(sh, dev, g)
     # The bf16 kernel on the FP8 weights dequantized: same sizes, same routing.
-    bf16 = (dequant_fp8(fp8[0], fp8[2]).bfloat16(), dequant_fp8(fp8[1], fp8[3]).bfloat16())
+    bf16 = moe_bf16_twin(fp8)
     rows = []
     for T in (sh.prefill_tokens, *sh.decode_tokens):
         x = torch.randn(T, sh.D, device=dev, generator=g).to(torch.bfloat16)

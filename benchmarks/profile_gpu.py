@@ -102,7 +102,6 @@ def moe_calls(precision: str, tokens: list[int]) -> list[tuple[str, object]]:
     from kernels.moe_experts import moe_experts
     from kernels.moe_experts_fp8 import moe_experts_fp8
     from kernels.moe_experts_nvfp4 import moe_experts_nvfp4
-    from kernels.quant_formats import dequant_fp8
 
     sh, dev = kq.FULL, torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(1)
@@ -111,9 +110,7 @@ def moe_calls(precision: str, tokens: list[int]) -> list[tuple[str, object]]:
     else:
         fn, weights = moe_experts_fp8, kq.moe_fp8_weights(sh, dev, g)
         if precision == BF16:
-            up, down, up_s, down_s = weights[:4]
-            fn = moe_experts
-            weights = (dequant_fp8(up, up_s).bfloat16(), dequant_fp8(down, down_s).bfloat16())
+            fn, weights = moe_experts, kq.moe_bf16_twin(weights)
     calls = []
     for T in tokens:
         x = torch.randn(T, sh.D, device=dev, generator=g).to(torch.bfloat16)

@@ -84,6 +84,9 @@ def _flaw_kept_in_form(case):
     return case
 
 
+_body_validators: dict = {}  # (path, media type) -> its body schema's validator
+
+
 def _valid_body(case) -> bool:
     """Whether the case's body satisfies its media type's schema in the document (file parts
     judged as the strings the document describes; schemathesis itself does not judge bodies
@@ -110,9 +113,6 @@ def _as_text(value):
     if isinstance(value, list):
         return [_as_text(item) for item in value]
     return value
-
-
-_body_validators: dict = {}
 
 
 @schemathesis.hook
