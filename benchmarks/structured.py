@@ -61,9 +61,9 @@ def build(args):
 
         llm, graphs = build_fullsize(), DecodeGraphs
     if args.tokenizer:
-        return llm, llm.embeddings.weight.device, graphs, Path(args.tokenizer).read_text()
+        return llm, llm.device, graphs, Path(args.tokenizer).read_text()
     text = build_tokenizer(VOCAB_SIZE).to_str()
-    return llm, llm.embeddings.weight.device, graphs, text
+    return llm, llm.device, graphs, text
 
 
 class Rows:

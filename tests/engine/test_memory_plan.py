@@ -11,6 +11,7 @@ import torch
 from workers.engine.engine import Engine, EngineConfig
 from workers.engine.memory_plan import (
     FRAGMENTATION_SHARE,
+    HOST_EMBEDDINGS_BELOW_SLOTS,
     MIN_SEQ_LEN,
     GiB,
     MemoryPlanError,
@@ -168,3 +169,19 @@ def test_demo_model_plan_and_engine_budgets(tmp_path):
     assert eng.cache.kv_capacity_tokens == plan.kv_rows
     assert eng.scheduler.config.prefill_token_budget == plan.prefill_token_budget
     assert eng.steps.sample_rows == plan.sample_rows
+
+
+def test_weights_on_the_gpu_leave_out_a_table_in_host_memory():
+    """plan_for counts the tensors on the model's device only: with the embedding table in
+    host memory (a cap under HOST_EMBEDDINGS_BELOW_SLOTS slots) the plan gets its bytes."""
+    m = torch.nn.Module()
+    m.table = torch.nn.Parameter(torch.zeros(100, 8), requires_grad=False)
+    m.w = torch.nn.Parameter(torch.zeros(10, 8, device="meta"), requires_grad=False)
+    assert weight_bytes(m) == 110 * 8 * 4
+    assert weight_bytes(m, torch.device("meta")) == 10 * 8 * 4
+    table = FULL.llm.vocab_size * FULL.llm.hidden_size * 2
+    on_gpu = plan_memory(FULL, int(21.32 * GiB), 25 * GiB, 2, kv_itemsize=1)
+    on_host = plan_memory(FULL, int(21.32 * GiB) - table, 25 * GiB, 2, kv_itemsize=1)
+    assert on_gpu.max_running < HOST_EMBEDDINGS_BELOW_SLOTS
+    assert on_host.max_running >= on_gpu.max_running + 6
+    assert on_host.prefill_token_budget > on_gpu.prefill_token_budget

@@ -50,7 +50,8 @@ def test_graph_decode_equals_eager_with_padding(llm):
             cache.reserve(slots, [c + 1 for c in ctx])
             batch = ForwardBatch.build([1] * len(lens), slots, ctx, "cuda")
             ids = tokens[s]
-            hidden = graphs.run(ids, batch) if graphs else llm(llm.embed(ids), batch, cache)
+            embeds = llm.embed(ids)
+            hidden = graphs.run(embeds, batch) if graphs else llm(embeds, batch, cache)
             logits.append(llm.logits(hidden))
         outs.append(torch.stack(logits))
     eager, graph = outs

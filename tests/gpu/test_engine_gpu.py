@@ -116,3 +116,31 @@ def test_a_planned_engine_caps_the_allocator_and_grows_segments_in_place(tmp_pat
         torch._C._accelerator_setAllocatorSettings("expandable_segments:False")
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
+
+
+def test_embedding_table_in_host_memory_gives_the_same_outputs(tmp_path):
+    """A small cap moves the embedding table to pinned host memory (memory_plan.plan_for):
+    prompts and decode steps (through the CUDA graphs) then gather their rows on the host.
+    Greedy outputs equal those with the table on the GPU, and the GPU no longer holds it."""
+    write_demo_checkpoint(tmp_path)
+    model, _ = load_model(tmp_path, "cuda", torch.bfloat16)
+    pb = PromptBuilder.from_dir(tmp_path)
+    reqs = mixed_requests(pb, 6)
+    outputs = []
+    for on_host in (False, True):
+        if on_host:
+            model.llm.keep_embeddings_on_host()
+            table = model.llm.embeddings.weight
+            assert table.device.type == "cpu" and table.is_pinned()
+            assert model.device.type == "cuda"
+        cfg = EngineConfig(max_running=8, kv_capacity_tokens=1 << 14, max_seq_len=4096,
+                           decode_graph_sizes=(1, 2, 4, 8))  # fmt: skip
+        eng = Engine(model, pb.tokenizer, cfg)
+        try:
+            futures = [eng.submit(Prepared(t, items, GREEDY, EVS)) for t, items in reqs]
+            eng.start()
+            outputs.append([f.result(timeout=120)[0].output_ids for f in futures])
+        finally:
+            eng.close()
+    assert outputs[0] == outputs[1]
+    assert all(len(ids) == GREEDY.max_tokens for ids in outputs[0])

@@ -20,10 +20,11 @@ class DecodeGraphs:
     def __init__(self, llm: NemotronH, cache: HybridCache, sizes: list[int]):
         self.llm, self.cache = llm, cache
         self.sizes = sorted(sizes)
-        dev = llm.embeddings.weight.device
+        dev = llm.device
         n = self.sizes[-1]
         self.scratch = cache.scratch_slot
-        self.ids = torch.zeros(n, dtype=torch.int64, device=dev)
+        # Embeddings, not ids, enter the graph: the table may be in host memory (embed).
+        self.embeds = llm.embed(torch.zeros(n, dtype=torch.int64))
         self.slots = torch.full((n,), self.scratch, dtype=torch.int64, device=dev)
         self.context = torch.zeros(n, dtype=torch.int32, device=dev)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -37,25 +38,25 @@ class DecodeGraphs:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # warm-up: autotuning and lazy init outside capture
                 for _ in range(2):
-                    llm(llm.embed(self.ids[:size]), batch, cache)
+                    llm(self.embeds[:size], batch, cache)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.outputs[size] = llm(llm.embed(self.ids[:size]), batch, cache)
+                self.outputs[size] = llm(self.embeds[:size], batch, cache)
             self.graphs[size] = graph
 
     def _batch(self, size: int) -> ForwardBatch:
-        cu = torch.arange(size + 1, dtype=torch.int32, device=self.ids.device)
+        cu = torch.arange(size + 1, dtype=torch.int32, device=self.embeds.device)
         return ForwardBatch(cu, self.slots[:size], self.context[:size], is_decode=True)
 
     def covers(self, n: int) -> bool:
         return n <= self.sizes[-1]
 
-    def run(self, ids: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        """ids [B], a decode batch -> hidden [B, D] (a view into the graph's output)."""
-        n = ids.shape[0]
+    def run(self, embeds: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """embeds [B, D] of a decode batch -> hidden [B, D] (a view into the graph's output)."""
+        n = embeds.shape[0]
         size = self.sizes[bisect.bisect_left(self.sizes, n)]
-        self.ids[:n] = ids
+        self.embeds[:n] = embeds
         self.slots[:n] = batch.slots
         self.context[:n] = batch.context_lens
         self.slots[n:size] = self.scratch

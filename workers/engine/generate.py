@@ -38,7 +38,7 @@ def generate(
 
     Stop ids end a sequence and are not part of its output. `cancelled` is polled every step.
     """
-    device = llm.embeddings.weight.device
+    device = llm.device
     totals = [p.shape[0] + sp.max_tokens for p, sp in zip(prompts, params, strict=True)]
     dtype = llm.embeddings.weight.dtype
     cache = HybridCache(

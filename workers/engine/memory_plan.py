@@ -2,7 +2,8 @@
 
 Made at start from the cap (GPU_MEMORY_GB, or 95 % of the card) and the loaded weights'
 real bytes (parameters and buffers, whatever their dtype: FP8 and NVFP4 weights count what
-they hold). What stays the whole time:
+they hold; under a small cap the embedding table waits in host memory, see plan_for). What
+stays the whole time:
 
     runtime    CUDA context, cuBLAS / cuDNN handles, Triton's loaded kernels (outside torch)
     weights    + slack for the allocator's rounding and split blocks
@@ -23,7 +24,7 @@ with the numbers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
@@ -63,6 +64,11 @@ LONG_SEQ_SHARE = 0.25
 PREFILL_SEQS = 8
 PREFILL_AHEAD_STEPS = 16  # prefill steps' worth of encoded prompts waiting, at most
 UPLOAD_BYTES = 4 * GiB
+# Under a cap whose plan holds fewer slots than this, the embedding table (0.66 GiB at full
+# size) waits in host memory: at 25 GiB with NVFP4 weights 20 -> 26 slots and a 5 120-token
+# prefill instead of 3 840, at 64 GiB with bf16 weights 1 -> 10 slots; an 80 GB card's bf16
+# plan (97 slots) keeps it on the GPU.
+HOST_EMBEDDINGS_BELOW_SLOTS = 32
 # What each captured decode graph keeps in the graph pool beyond one forward at the largest
 # batch (its static buffers, the allocator's block rounding of its small intermediates):
 # tests/gpu/test_memory_gpu.py measured a 92 MiB pool for 7 sizes up to 64 sequences, where
@@ -102,6 +108,7 @@ class MemoryPlan:
     sample_rows: int  # rows per LM head + sampling call
     headroom: int  # left unplanned for the allocator (FRAGMENTATION_SHARE)
     costs: StageCosts
+    host_embeddings: int = 0  # bytes of the embedding table kept in host memory (plan_for)
 
     @property
     def torch_cap(self) -> int:
@@ -114,7 +121,7 @@ class MemoryPlan:
         slots = self.max_running + 1  # + the scratch slot of padded graph rows
         return [
             ("runtime", self.runtime, "CUDA context, library handles, kernels"),
-            ("weights", self.weights, "parameters and buffers as loaded"),
+            ("weights", self.weights, "parameters and buffers as loaded" + self._host()),
             ("slack", self.slack, "allocator rounding and split blocks"),
             ("cache slots", slots * (c.slot + self.max_seq_len * c.seq_row_index),
              f"{self.max_running} slots: conv + SSM state, row table"),
@@ -130,6 +137,11 @@ class MemoryPlan:
 
     def total(self) -> int:
         return sum(b for _, b, _ in self.parts())
+
+    def _host(self) -> str:
+        if not self.host_embeddings:
+            return ""
+        return f"; the embedding table ({self.host_embeddings / GiB:.2f} GiB) in host memory"
 
     def _stages(self) -> str:
         p = encode_pieces(self.costs, self.workspace)
@@ -181,25 +193,42 @@ def encode_room(costs: StageCosts, workspace: int, prompt_budget: int) -> int:
     return workspace + prompt_budget * costs.prompt_row - min_piece_bytes(costs)
 
 
-def weight_bytes(model: nn.Module) -> int:
+def weight_bytes(model: nn.Module, device: torch.device | None = None) -> int:
     """Bytes of the model's parameters and buffers as they are: an FP8 or packed NVFP4 tensor
-    counts its own element size, fp32 router weights and norms theirs."""
+    counts its own element size, fp32 router weights and norms theirs. Given a `device`, only
+    the tensors there (the embedding table may wait in host memory)."""
     tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+    here = [t for t in tensors.values() if device is None or t.device == device]
+    return sum(t.numel() * t.element_size() for t in here)
 
 
 def plan_for(model, gpu_memory_gb: float | None) -> MemoryPlan:
-    """The plan of an OmniModel loaded on its CUDA device. The cap is GPU_MEMORY_GB (GiB) or
-    `CARD_SHARE` of the card, and never more than the card has beside other processes; the
-    weights count their tensor bytes, or the allocator's reserve after loading when that is larger
-    (its rounding)."""
+    """The plan of an OmniModel loaded on its CUDA device; under a cap that leaves fewer than
+    `HOST_EMBEDDINGS_BELOW_SLOTS` slots, the embedding table moves to pinned host memory first
+    (each prompt and decode step then copies its rows: T x 5.25 KiB at full size)."""
+    llm = model.llm
+    if llm.embeddings.weight.is_cuda:
+        try:
+            plan = _plan_for(model, gpu_memory_gb)
+            if plan.max_running >= HOST_EMBEDDINGS_BELOW_SLOTS:
+                return plan
+        except MemoryPlanError:
+            pass  # the table's room may be what the cap lacks
+        llm.keep_embeddings_on_host()
+    return replace(_plan_for(model, gpu_memory_gb), host_embeddings=llm.embeddings.weight.nbytes)
+
+
+def _plan_for(model, gpu_memory_gb: float | None) -> MemoryPlan:
+    """The cap is GPU_MEMORY_GB (GiB) or `CARD_SHARE` of the card, and never more than the
+    card has beside other processes; the weights count their tensor bytes, or the allocator's
+    reserve after loading when that is larger (its rounding)."""
     dev = model.device
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info(dev)
     reserved = torch.cuda.memory_reserved(dev)
     cap = int(gpu_memory_gb * GiB) if gpu_memory_gb else int(CARD_SHARE * total)
     cap = min(cap, free + reserved + RUNTIME_BYTES)
-    weights = max(weight_bytes(model), reserved)
+    weights = max(weight_bytes(model, dev), reserved)
     itemsize = model.llm.embeddings.weight.element_size()
     return plan_memory(
         model.config, weights, cap, itemsize, kv_itemsize=model.llm.kv_dtype.itemsize

@@ -41,7 +41,7 @@ class ModelRunner:
     ):
         self.llm = llm
         self.cache = cache
-        self.device = llm.embeddings.weight.device
+        self.device = llm.device
         self.graphs = graphs
         self.stats = stats or StageStats()
         self.costs, self.workspace = costs, workspace  # None: every step one prefill forward
@@ -81,12 +81,12 @@ class ModelRunner:
             slots = [r.slot for r in reqs]
             context = [r.num_computed for r in reqs]
             self.cache.reserve(slots, [n + 1 for n in context])
-            ids = torch.tensor([r.output_ids[-1] for r in reqs], device=self.device)
+            embeds = self.llm.embed(torch.tensor([r.output_ids[-1] for r in reqs]))
             batch = ForwardBatch.build([1] * len(reqs), slots, context, self.device)
             if self.decode_is_atomic(len(reqs)):
-                hidden = self.graphs.run(ids, batch)
+                hidden = self.graphs.run(embeds, batch)
             else:
-                hidden = self.llm(self.llm.embed(ids), batch, self.cache)
+                hidden = self.llm(embeds, batch, self.cache)
         self.stats.decode_tokens += len(reqs)
         self.stats.decode_steps += 1
         return hidden

@@ -88,7 +88,7 @@ def calibrate(llm: NemotronH, num_tokens: int = CALIBRATION_TOKENS, seed: int = 
     if not hooks:
         return
     c = llm.config
-    device, dtype = llm.embeddings.weight.device, llm.embeddings.weight.dtype
+    device, dtype = llm.device, llm.embeddings.weight.dtype
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, c.vocab_size, (num_tokens,), generator=gen).to(device)
     lens = [num_tokens // 2, num_tokens - num_tokens // 2]

@@ -99,10 +99,27 @@ class NemotronH(nn.Module):
         """The dtype of the KV cache pools this model writes (HybridCache's kv_dtype)."""
         return torch.float8_e4m3fn if self.plan.kv_fp8 else self.embeddings.weight.dtype
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model computes (the embedding table may wait in host memory)."""
+        return self.norm_f.weight.device
+
     @torch.no_grad()
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids[T] -> [T,D]."""
-        return self.embeddings(ids)
+        """ids[T] on any device -> [T,D] on the model's device."""
+        table = self.embeddings.weight
+        if table.device == self.device:
+            return self.embeddings(ids.to(self.device))
+        # The table is in pinned host memory (`keep_embeddings_on_host`): gather the rows
+        # there, then copy T x D values instead of holding V x D on the GPU.
+        rows = nn.functional.embedding(ids.cpu(), table)
+        return rows.pin_memory().to(self.device, non_blocking=True)
+
+    def keep_embeddings_on_host(self) -> None:
+        """Move the embedding table (V x D: 0.66 GiB at full size) to pinned host memory, for
+        a GPU memory cap that needs the room (memory_plan.plan_for); `embed` serves it."""
+        table = self.embeddings.weight.detach().cpu()
+        self.embeddings.weight = nn.Parameter(table.pin_memory(), requires_grad=False)
 
     @torch.no_grad()
     def forward(

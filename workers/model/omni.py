@@ -82,7 +82,7 @@ class OmniModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.llm.embeddings.weight.device
+        return self.llm.device
 
     @torch.no_grad()
     def encode_visual(
