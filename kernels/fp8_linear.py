@@ -15,9 +15,14 @@ The quantization multiplies by the correctly rounded reciprocal of the scale; qu
 divides, which can differ by one E4M3 step where x / scale falls within an fp32 ulp of a
 rounding midpoint (bit-identical for power-of-two scales).
 
+With `relu2_out_scale` the epilogue computes the shared expert's activation: relu(y)², y and
+then the square rounded to bf16 as torch computes `F.relu(y).square()` on bf16 y, quantized to
+E4M3 by that scale (the down projection's input_scale), which the down projection takes as is.
+
 The Triton interpreter (CPU tests) casts fp32 -> fp8 with the wrong rounding and computes
-bf16 arithmetic on raw bits: there `quantize_e4m3` rounds to the E4M3 grid in fp32 and every
-loaded tile is upcast to fp32 right after its load; the values are the same.
+bf16 arithmetic on raw bits: there `quantize_e4m3` rounds to the E4M3 grid in fp32, every
+loaded tile is upcast to fp32 right after its load and `_round_bf16` rounds in fp32 (its own
+fp32 -> bf16 cast truncates); the values are the same.
 """
 
 from dataclasses import dataclass
@@ -83,6 +88,16 @@ def _round_to_e4m3_grid(x):
 
 
 @triton.jit
+def _round_bf16(x, INTERPRET: tl.constexpr):
+    # fp32 -> the nearest bf16 (ties to even), as fp32.
+    if INTERPRET:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    return x.to(tl.bfloat16).to(tl.float32)
+
+
+@triton.jit
 def quantize_e4m3(x, inv_scale, INTERPRET: tl.constexpr):
     """x * inv_scale rounded to E4M3 (nearest even), saturating at +-448: float8e4nv on the
     GPU; in the interpreter the same values in fp32 (its own fp32 -> fp8 cast is wrong)."""
@@ -116,6 +131,8 @@ def _fp8_linear_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    # Optional, so last: None (compiled out) stores y, a pointer relu(y)² quantized by it.
+    relu2_scale_ptr=None,
 ):
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -175,6 +192,12 @@ def _fp8_linear_kernel(
     if SWAP_AB:
         acc = tl.trans(acc)
     acc = acc * (tl.load(w_scale_ptr) * x_scale)
+    if relu2_scale_ptr is not None:
+        # The unfused path stores y in bf16 (this cast is the store's), then torch squares in
+        # fp32 and rounds to bf16 again.
+        h = tl.maximum(acc.to(tl.bfloat16).to(tl.float32), 0.0)
+        inv_scale = tl.math.div_rn(1.0, tl.load(relu2_scale_ptr))
+        acc = quantize_e4m3(_round_bf16(h * h, INTERPRET), inv_scale, INTERPRET)
     y_ptrs = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :]
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
@@ -237,9 +260,9 @@ def tiling(M, N, sms, hopper):
     return Fp8Config(bm, bn, 128, 8, 4, 4)
 
 
-def _fp8_linear_launch(x, weight, weight_scale, input_scale, config):
+def _fp8_linear_launch(x, weight, weight_scale, input_scale, relu2_out_scale, config):
     """x [M, K] bf16 (or e4m3, quantized by input_scale); weight [N, K] e4m3; weight_scale,
-    input_scale fp32 0-d."""
+    input_scale, relu2_out_scale fp32 0-d."""
     M, K = x.shape
     N = weight.shape[0]
     assert weight.shape == (N, K) and weight.dtype == torch.float8_e4m3fn, (weight.shape, K)
@@ -249,7 +272,12 @@ def _fp8_linear_launch(x, weight, weight_scale, input_scale, config):
     x = x if x.stride(1) == 1 else x.contiguous()
     cfg = config or pick_config(M, N, x.device)
     given_fp8 = x.dtype == torch.float8_e4m3fn
-    y = torch.empty(M, N, device=x.device, dtype=torch.bfloat16 if given_fp8 else x.dtype)
+    dtype = torch.bfloat16 if given_fp8 else x.dtype
+    if relu2_out_scale is not None:
+        assert dtype == torch.bfloat16, "the relu² epilogue rounds as torch does on bf16"
+        assert relu2_out_scale.numel() == 1 and relu2_out_scale.dtype == torch.float32
+        dtype = torch.float8_e4m3fn
+    y = torch.empty(M, N, device=x.device, dtype=dtype)
     a = fp8_quantize(x, input_scale) if cfg.quantize_first and not given_fp8 else x
     a_arg, w_arg = a, weight
     if cfg.tma:
@@ -262,28 +290,32 @@ def _fp8_linear_launch(x, weight, weight_scale, input_scale, config):
         QUANT_A=a.dtype != torch.float8_e4m3fn, TMA=cfg.tma, INTERPRET=interpreting(),
         EVEN_K=K % cfg.block_k == 0, SWAP_AB=cfg.swap_ab, FAST_ACCUM=cfg.fast_accum,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        relu2_scale_ptr=relu2_out_scale, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return y
 
 
-def fp8_linear(x, weight, weight_scale, input_scale, config: Fp8Config | None = None):
+def fp8_linear(
+    x, weight, weight_scale, input_scale, relu2_out_scale=None, config: Fp8Config | None = None
+):
     """x [M, K] bf16 -> [M, N] bf16 through an E4M3 weight [N, K] with per-tensor fp32 scales
     weight_scale and input_scale (static: x is quantized by it, saturating at +-448). x may
     come already in E4M3, quantized by input_scale (what a producer with the quantization in
     its epilogue would hand over; the benchmark's GEMM-only row, as torch._scaled_mm gets it).
+    relu2_out_scale (fp32 0-d): return relu(y)² quantized to E4M3 by it instead (float8_e4m3fn,
+    the values of `fp8_quantize(F.relu(y).square(), relu2_out_scale)`).
     `config` None picks the tiling by size (pick_config); benchmarks pass others to compare.
     """
-    return _fp8_linear_launch(x, weight, weight_scale, input_scale, config)
+    return _fp8_linear_launch(x, weight, weight_scale, input_scale, relu2_out_scale, config)
 
 
-def fp8_linear_ref(x, weight, weight_scale, input_scale):
+def fp8_linear_ref(x, weight, weight_scale, input_scale, relu2_out_scale=None):
     """Plain PyTorch twin of `fp8_linear`: x [M, K] bf16 (or e4m3, already quantized),
     weight [N, K] e4m3, weight_scale / input_scale fp32 0-d. Returns [M, N] in x's dtype, bf16
-    for e4m3 x (fp32 math)."""
+    for e4m3 x (fp32 math); with relu2_out_scale relu(y)² quantized by it, float8_e4m3fn."""
     if x.dtype == torch.float8_e4m3fn:
         xq, dtype = x.float(), torch.bfloat16
     else:
         xq, dtype = quantize_fp8(x, input_scale).float(), x.dtype
-    y = xq @ weight.float().t() * (weight_scale.float() * input_scale.float())
-    return y.to(dtype)
+    y = (xq @ weight.float().t() * (weight_scale.float() * input_scale.float())).to(dtype)
+    return y if relu2_out_scale is None else quantize_fp8(torch.relu(y).square(), relu2_out_scale)

@@ -1,5 +1,6 @@
 """Quantized kernels (FP8 dense / MoE, NVFP4 MoE, FP8 KV attention) against their torch
-references at the real shapes (docs/model.md), decode and prefill sizes, on CUDA.
+references at the real shapes (docs/model.md), decode and prefill sizes, on CUDA; the producers
+that quantize for an FP8 linear (norms, the relu² epilogue) against the unfused ops.
 
 Run with `pytest -m gpu tests/gpu/test_kernels_quant.py`. Skipped under TRITON_INTERPRET=1,
 which the root conftest sets only on machines without CUDA.
@@ -10,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kernels.attention import (
     attention_decode,
@@ -17,7 +19,7 @@ from kernels.attention import (
     attention_prefill,
     attention_prefill_ref,
 )
-from kernels.fp8_linear import fp8_linear, fp8_linear_ref
+from kernels.fp8_linear import fp8_linear, fp8_linear_ref, fp8_quantize
 from kernels.fp8_linear import pick_config as fp8_linear_config
 from kernels.moe_experts_fp8 import moe_experts_fp8, moe_experts_fp8_ref
 from kernels.moe_experts_fp8 import pick_config as fp8_moe_config
@@ -28,6 +30,7 @@ from kernels.moe_experts_nvfp4 import (
     pick_config,
 )
 from kernels.quant_formats import fp8_scale, quantize_fp8
+from kernels.rmsnorm import gated_group_rmsnorm, rmsnorm
 from tests.gpu.test_kernels_moe_attn import HEAD_DIM, HQ, SCALE, assert_rel, paged
 
 pytestmark = [
@@ -84,6 +87,55 @@ def test_fp8_linear_quantizes_like_torch():
     eye = torch.eye(D, device="cuda").to(torch.float8_e4m3fn)
     one, xs = torch.tensor(1.0, device="cuda"), torch.tensor(0.125, device="cuda")
     assert torch.equal(fp8_linear(x, eye, one, xs).float(), quantize_fp8(x, xs).float() * xs)
+
+
+def e4m3_equal(a, b):
+    return a.dtype == b.dtype == torch.float8_e4m3fn and torch.equal(
+        a.view(torch.uint8), b.view(torch.uint8)
+    )
+
+
+@pytest.mark.parametrize("T", [64, 16384])
+def test_rmsnorm_e4m3_out_equals_quantized_unfused(T):
+    """The norm before Mamba's FP8 in_proj: bit for bit fp8_quantize of its bf16 output."""
+    g = gen(T + 1)
+    x, res = (torch.randn(T, D, device="cuda", generator=g).to(torch.bfloat16) for _ in range(2))
+    w = (1 + 0.2 * torch.randn(D, device="cuda", generator=g)).to(torch.bfloat16)
+    out, res_out = rmsnorm(x, w, 1e-5, res)
+    scale = fp8_scale(out) * 0.8  # a static scale that clips the largest outputs
+    q, q_res_out = rmsnorm(x, w, 1e-5, res, out_scale=scale)
+    assert e4m3_equal(q, fp8_quantize(out, scale))
+    assert torch.equal(q_res_out, res_out)
+
+
+@pytest.mark.parametrize("T", [64, 16384])
+def test_gated_group_rmsnorm_e4m3_out_equals_quantized_unfused(T):
+    """Mamba's gated norm before its FP8 out_proj (d_inner 4096, groups of 512), z read in
+    place from in_proj's output: bit for bit fp8_quantize of the bf16 output."""
+    inner, group = DENSE["out_proj"][1], 512
+    g = gen(T + 2)
+    proj = torch.randn(T, DENSE["in_proj"][0], device="cuda", generator=g).to(torch.bfloat16)
+    z = proj[:, :inner]
+    y = torch.randn(T, inner, device="cuda", generator=g).to(torch.bfloat16)
+    w = (1 + 0.2 * torch.randn(inner, device="cuda", generator=g)).to(torch.bfloat16)
+    out = gated_group_rmsnorm(y, z, w, group, 1e-5)
+    assert torch.equal(out, gated_group_rmsnorm(y, z.contiguous(), w, group, 1e-5))
+    scale = fp8_scale(out) * 0.8
+    assert e4m3_equal(gated_group_rmsnorm(y, z, w, group, 1e-5, scale), fp8_quantize(out, scale))
+
+
+@pytest.mark.parametrize("M", [1, 64, 256, 16384])
+def test_fp8_linear_relu2_epilogue_equals_unfused(M):
+    """The shared expert's up projection (pick_config's tiling): relu(y)² quantized by down's
+    input scale in the epilogue is bit for bit fp8_quantize(F.relu(y).square()) of bf16 y."""
+    N, K = DENSE["shared_up"]
+    g = gen(M + 3)
+    x = torch.randn(M, K, device="cuda", generator=g).to(torch.bfloat16)
+    w, ws = fp8_weight(N, K, g)
+    xs = fp8_scale(x) * 0.8
+    h = F.relu(fp8_linear(x, w, ws, xs)).square()
+    hs = fp8_scale(h) * 0.8
+    assert e4m3_equal(fp8_linear(x, w, ws, xs, relu2_out_scale=hs), fp8_quantize(h, hs))
 
 
 def routing(T, g):

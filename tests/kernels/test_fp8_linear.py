@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kernels.fp8_linear import (
     Fp8Config,
@@ -9,6 +10,7 @@ from kernels.fp8_linear import (
     fp8_linear_ref,
     fp8_quantize,
     fp8_quantize_ref,
+    tiling,
 )
 from kernels.quant_formats import dequant_fp8, fp8_scale, quantize_fp8
 from tests.kernels.moe_attn_helpers import assert_close
@@ -98,3 +100,30 @@ def test_fp8_quantize_equals_ref_for_power_of_two_scales():
     x = randn(3, 50, seed=5, scale=30.0).to(torch.bfloat16)
     xs = torch.tensor(0.25)
     assert torch.equal(fp8_quantize(x, xs).float(), fp8_quantize_ref(x, xs).float())
+
+
+# pick_config's tilings on an H100 (decode: swapped up to 64 rows, 64 x 128 up to 256; prefill:
+# 256 x 128 through TMA, x quantized first), then the in-load quantization of the interpreter's
+# default and of a plain swapped tile.
+RELU2_TILINGS = [(M, tiling(M, 72, sms=132, hopper=True)) for M in (1, 40, 200, 300)] + [
+    (9, None),
+    (9, Fp8Config(16, 16, 32, 2, 4, 1, swap_ab=True)),
+]
+
+
+@pytest.mark.parametrize("M, cfg", RELU2_TILINGS)
+def test_relu2_epilogue_equals_unfused(M, cfg):
+    """relu(y)² in E4M3 by a scale that clips the largest: bit for bit fp8_quantize of torch's
+    relu().square() of the bf16 output, from bf16 and from E4M3 x; the reference likewise."""
+    x, wq, ws, xs, _ = layer(M, 160, 72, seed=M)  # K = 1.25 x BLOCK_K 128: an edge in K
+    y = fp8_linear(x, wq, ws, xs, config=cfg)
+    hs = fp8_scale(F.relu(y).square()) * 0.6
+    want = fp8_quantize(F.relu(y).square(), hs)  # the shared expert without the epilogue
+    for a in (x, fp8_quantize(x, xs)):
+        out = fp8_linear(a, wq, ws, xs, relu2_out_scale=hs, config=cfg)
+        assert torch.equal(out.view(torch.uint8), want.view(torch.uint8)), a.dtype
+    y_ref = fp8_linear_ref(x, wq, ws, xs)
+    ref = fp8_linear_ref(x, wq, ws, xs, relu2_out_scale=hs)
+    assert torch.equal(
+        ref.view(torch.uint8), quantize_fp8(F.relu(y_ref).square(), hs).view(torch.uint8)
+    )

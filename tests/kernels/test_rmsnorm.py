@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from kernels.fp8_linear import fp8_quantize, fp8_quantize_ref
+from kernels.quant_formats import fp8_scale
 from kernels.rmsnorm import gated_group_rmsnorm, gated_group_rmsnorm_ref, rmsnorm, rmsnorm_ref
 from tests.kernels.mamba_helpers import assert_close
 
@@ -60,3 +62,68 @@ def test_gated_norm_is_per_group_and_gate_first():
     plain = y.view(2, 2, 8)
     plain = plain / torch.sqrt((plain * plain).mean(-1, keepdim=True) + EPS)
     assert_close("constant gate cancels", base, plain.view(2, 16) * w, torch.float32)
+
+
+def e4m3_equal(a, b):
+    """Bit for bit (an E4M3 NaN or signed zero compares too)."""
+    assert a.dtype == b.dtype == torch.float8_e4m3fn
+    return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_residual", [True, False])
+@pytest.mark.parametrize("T, D", [(1, 48), (5, 100)])
+def test_rmsnorm_e4m3_out_is_the_quantized_output(T, D, with_residual, dtype):
+    """out_scale (not a power of two, clipping the largest outputs): fp8_quantize of the
+    unfused output bit for bit, residual_out unchanged; the reference likewise."""
+    g = torch.Generator().manual_seed(T * D + 1)
+    x = torch.randn(T, D, generator=g).to(dtype)
+    res = torch.randn(T, D, generator=g).to(dtype) if with_residual else None
+    w = torch.randn(D, generator=g).to(dtype)
+    out, res_out = rmsnorm(x, w, EPS, res)
+    scale = fp8_scale(out) * 0.7
+    q, q_res_out = rmsnorm(x, w, EPS, res, out_scale=scale)
+    assert e4m3_equal(q, fp8_quantize(out, scale))
+    assert torch.equal(q_res_out, res_out)
+    out_ref, res_out_ref = rmsnorm_ref(x, w, EPS, res)
+    q_ref, _ = rmsnorm_ref(x, w, EPS, res, out_scale=scale)
+    assert e4m3_equal(q_ref, fp8_quantize_ref(out_ref, scale))
+
+
+def strided(t, seed):
+    """t's values in columns 3.. of a wider tensor: row stride != t's width, last stride 1."""
+    g = torch.Generator().manual_seed(seed)
+    wide = torch.randn(t.shape[0], 2 * t.shape[1] + 5, generator=g).to(t.dtype)
+    wide[:, 3 : 3 + t.shape[1]] = t
+    return wide[:, 3 : 3 + t.shape[1]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T, C, group", [(1, 32, 8), (7, 48, 12), (3, 24, 24)])
+def test_gated_group_rmsnorm_reads_strided_rows(T, C, group, dtype):
+    """z as the model hands it over (a column slice of in_proj's output), y too: the kernel
+    gives the same output as from contiguous copies, the reference agrees."""
+    g = torch.Generator().manual_seed(T * C + 2)
+    y, z = (torch.randn(T, C, generator=g).to(dtype) for _ in range(2))
+    w = torch.randn(C, generator=g).to(dtype)
+    ys, zs = strided(y, 0), strided(z, 1)
+    assert zs.stride(0) != C and zs.stride(1) == 1
+    out = gated_group_rmsnorm(ys, zs, w, group, EPS)
+    assert torch.equal(out, gated_group_rmsnorm(y, z, w, group, EPS))
+    assert_close("strided", out, gated_group_rmsnorm_ref(ys, zs, w, group, EPS), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T, C, group", [(1, 32, 8), (7, 48, 12), (3, 24, 24)])
+def test_gated_group_rmsnorm_e4m3_out_is_the_quantized_output(T, C, group, dtype):
+    """out_scale, z strided: fp8_quantize of the unfused output bit for bit; the reference
+    likewise."""
+    g = torch.Generator().manual_seed(T * C + 3)
+    y, z = (torch.randn(T, C, generator=g).to(dtype) for _ in range(2))
+    w = torch.randn(C, generator=g).to(dtype)
+    z = strided(z, 2)
+    out = gated_group_rmsnorm(y, z, w, group, EPS)
+    scale = fp8_scale(out) * 0.7
+    assert e4m3_equal(gated_group_rmsnorm(y, z, w, group, EPS, scale), fp8_quantize(out, scale))
+    q_ref = gated_group_rmsnorm_ref(y, z, w, group, EPS, scale)
+    assert e4m3_equal(q_ref, fp8_quantize_ref(gated_group_rmsnorm_ref(y, z, w, group, EPS), scale))

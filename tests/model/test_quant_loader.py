@@ -26,6 +26,7 @@ from workers.model.checkpoint_info import parse_quant, read_checkpoint_info
 from workers.model.checkpoint_keys import published_shapes
 from workers.model.demo import write_demo_checkpoint
 from workers.model.hf_config import CheckpointConfigError
+from workers.model.linear import Linear, inputs_unfused
 from workers.model.loader import CheckpointError, load_model
 from workers.model.omni import build_prompt_embeds
 from workers.model.prompt import PromptBuilder
@@ -157,6 +158,57 @@ def test_quantized_path_equals_the_dequantized_path(precision, loaded):
         fp8_experts = llm.config.pattern[i] == "E" and precision == FP8
         assert cos.mean() > (0.999 if fp8_experts else 0.9999), (i, cos.mean())
         assert cos.min() > 0.999, (i, cos.min())
+
+
+def _prefill_and_decode(llm) -> torch.Tensor:
+    """Logits [66, V] of a prefill of two sequences (40 and 24 tokens) and a decode step."""
+    gen = torch.Generator().manual_seed(3)
+    e = llm.embed(torch.randint(0, llm.config.vocab_size, (66,), generator=gen))
+    dtype = llm.embeddings.weight.dtype
+    cache = HybridCache(llm.config, 2, 66, 66, "cpu", dtype, llm.kv_dtype)
+    slots = [cache.alloc_slot() for _ in range(2)]
+    cache.reserve(slots, [41, 25])
+    steps = [(e[:64], [40, 24], [0, 0]), (e[64:], [1, 1], [40, 24])]
+    return torch.cat([
+        llm.logits(llm(x, ForwardBatch.build(lens, slots, ctx, "cpu"), cache))
+        for x, lens, ctx in steps
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("precision", [FP8, NVFP4])
+def test_fused_activation_quantization_changes_no_logit(precision, published):
+    """A bf16 model (CPU refs): the norms hand Mamba's FP8 in_proj and out_proj their input in
+    E4M3, the shared expert's up projection hands down relu² in E4M3; the logits are bit for
+    bit those of the unfused path (`inputs_unfused`)."""
+    llm = load_model(published[precision], "cpu", torch.bfloat16)[0].llm
+    seen = []  # (input dtype, output dtype) of every FP8 linear's call
+    fp8 = [m for m in llm.modules() if isinstance(m, Linear) and m.fmt == FP8]
+    hooks = [m.register_forward_hook(lambda m, a, out: seen.append((a[0].dtype, out.dtype)))
+             for m in fp8]  # fmt: skip
+    fused = _prefill_and_decode(llm)
+    mamba, moe = (2 * llm.config.pattern.count(k) for k in "ME")  # layers x 2 steps
+    e4m3, bf16 = torch.float8_e4m3fn, torch.bfloat16
+    assert seen.count((e4m3, bf16)) == 2 * mamba + moe  # in_proj, out_proj, shared down
+    assert seen.count((bf16, e4m3)) == moe  # shared up with the relu² epilogue
+    seen.clear()
+    with inputs_unfused():
+        unfused = _prefill_and_decode(llm)
+    for h in hooks:
+        h.remove()
+    assert set(seen) == {(bf16, bf16)}
+    assert torch.equal(fused, unfused)
+
+
+def test_calibrating_a_bf16_model_reads_unquantized_inputs(bf16_dir, loaded):
+    """Quantize at load into bf16, where norms and the shared expert's up projection could
+    quantize for the FP8 linears: calibration's hooks still see the bf16 activations (the
+    scales are the fp32 model's up to bf16 rounding), not E4M3 codes of a zeroed scale."""
+    llm = load_model(bf16_dir, "cpu", torch.bfloat16, quantize=FP8)[0].llm
+    want = loaded[FP8].llm
+    for name, m in llm.named_modules():
+        if isinstance(m, Linear) and m.fmt == FP8:
+            ref = want.get_submodule(name).input_scale
+            assert abs(m.input_scale / ref - 1) < 0.25, (name, m.input_scale, ref)
 
 
 @pytest.mark.parametrize("precision", [FP8, NVFP4])

@@ -27,7 +27,7 @@ from torch.utils.hooks import RemovableHandle
 from kernels.quant_formats import E2M1_MAX, E4M3_MAX
 from workers.model.attention import Attention
 from workers.model.cache import ForwardBatch, HybridCache
-from workers.model.linear import Linear
+from workers.model.linear import Linear, inputs_unfused
 from workers.model.moe import RoutedExperts
 from workers.model.nemotron_h import NemotronH
 from workers.model.quant import BF16, FP8
@@ -96,7 +96,8 @@ def calibrate(llm: NemotronH, num_tokens: int = CALIBRATION_TOKENS, seed: int = 
     slots = [cache.alloc_slot() for _ in lens]
     cache.reserve(slots, lens)
     try:
-        llm(llm.embed(ids), ForwardBatch.build(lens, slots, [0, 0], device), cache)
+        with inputs_unfused():  # the hooks read each FP8 layer's input in bf16
+            llm(llm.embed(ids), ForwardBatch.build(lens, slots, [0, 0], device), cache)
     finally:
         for h in hooks:
             h.remove()

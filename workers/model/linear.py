@@ -5,12 +5,17 @@ Letters: M rows, K in-features, N out-features.
 Parameters carry the checkpoint's leaf names, so `…in_proj.weight_scale` loads into
 `in_proj.weight_scale`. BF16: `weight` [N, K] in the model dtype. FP8: `weight` E4M3 [N, K],
 `weight_scale` and `input_scale` fp32 0-d; the forward quantizes x with the static
-`input_scale` inside the W8A8 kernel (ops.fp8_linear). NVFP4 holds routed experts only
-(moe.ExpertStack): no published checkpoint has a dense NVFP4 layer.
+`input_scale` inside the W8A8 kernel (ops.fp8_linear), or takes x already in E4M3 from a
+producer that quantized it by `fused_input_scale` in its epilogue. NVFP4 holds routed experts
+only (moe.ExpertStack): no published checkpoint has a dense NVFP4 layer.
 Quantized tensors are frozen Parameters, so whatever sums a model's parameters counts them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +24,19 @@ from torch import nn
 from kernels.quant_formats import dequant_fp8, fp8_scale, quantize_fp8
 from workers.model import ops
 from workers.model.quant import BF16, FP8
+
+_FUSED_INPUTS: ContextVar[bool] = ContextVar("omnibatch_fused_fp8_inputs", default=True)
+
+
+@contextmanager
+def inputs_unfused() -> Iterator[None]:
+    """Inside this block producers hand FP8 layers their input unquantized (calibration
+    measures it before the layer's input_scale exists)."""
+    token = _FUSED_INPUTS.set(False)
+    try:
+        yield
+    finally:
+        _FUSED_INPUTS.reset(token)
 
 
 def frozen(shape: tuple[int, ...], dtype: torch.dtype, device) -> nn.Parameter:
@@ -45,11 +63,23 @@ class Linear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.fmt}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [M, K] -> [M, N] in x's dtype."""
+    def forward(self, x: torch.Tensor, relu2_out_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """x [M, K] -> [M, N] in x's dtype (bf16 for E4M3 x); FP8 only: with relu2_out_scale
+        relu(y)² quantized to E4M3 by it (ops.fp8_linear's epilogue)."""
         if self.fmt == FP8:
-            return ops.fp8_linear(x, self.weight, self.weight_scale, self.input_scale)
+            return ops.fp8_linear(
+                x, self.weight, self.weight_scale, self.input_scale, relu2_out_scale
+            )
+        assert relu2_out_scale is None, "the relu² epilogue is FP8's"
         return F.linear(x, self.weight)
+
+    def fused_input_scale(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The scale by which the producer of this layer's input, in `dtype`, may hand it over
+        quantized to E4M3 (see ops.rmsnorm's out_scale), else None. Only FP8 layers of a bf16
+        model (an E4M3 input gives bf16 outputs), and not inside `inputs_unfused`."""
+        if self.fmt == FP8 and dtype == torch.bfloat16 and _FUSED_INPUTS.get():
+            return self.input_scale
+        return None
 
     @torch.no_grad()
     def set_weight(self, w: torch.Tensor) -> None:

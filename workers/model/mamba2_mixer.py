@@ -27,8 +27,12 @@ class GatedGroupRMSNorm(nn.Module):
         self.group_size = group_size
         self.eps = eps
 
-    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return ops.gated_group_rmsnorm(y, z, self.weight, self.group_size, self.eps)
+    def forward(
+        self, y: torch.Tensor, z: torch.Tensor, out_scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """y[T,C], z[T,C] (any row stride) -> [T,C]; in E4M3, quantized by out_scale, when
+        given."""
+        return ops.gated_group_rmsnorm(y, z, self.weight, self.group_size, self.eps, out_scale)
 
 
 class Mamba2Mixer(nn.Module):
@@ -101,5 +105,5 @@ class Mamba2Mixer(nn.Module):
             )
             ssm_state.index_copy_(0, batch.slots, final)
 
-        y = self.norm(y.reshape(T, self.d_inner), z)
+        y = self.norm(y.reshape(T, self.d_inner), z, self.out_proj.fused_input_scale(y.dtype))
         return self.out_proj(y)

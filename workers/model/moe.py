@@ -173,7 +173,11 @@ class SharedExpert(nn.Module):
         self.down_proj = Linear(inner_size, hidden_size, formats[1], **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.relu(self.up_proj(x)).square())
+        up, down = self.up_proj, self.down_proj
+        h_scale = down.fused_input_scale(x.dtype)
+        if up.fmt == FP8 and h_scale is not None:
+            return down(up(x, relu2_out_scale=h_scale))  # relu² and down's quantization fused
+        return down(F.relu(up(x)).square())
 
 
 class MoE(nn.Module):

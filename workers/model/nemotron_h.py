@@ -39,10 +39,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        out_scale: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x[T,D], residual[T,D] | None -> (normed x + residual, x + residual)."""
-        return ops.rmsnorm(x, self.weight, self.eps, residual)
+        """x[T,D], residual[T,D] | None -> (normed x + residual, x + residual); the normed
+        output in E4M3, quantized by out_scale, when given."""
+        return ops.rmsnorm(x, self.weight, self.eps, residual, out_scale)
 
 
 class Block(nn.Module):
@@ -64,7 +68,13 @@ class Block(nn.Module):
         batch: ForwardBatch,
         cache: HybridCache,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        normed, residual = self.norm(x, residual)
+        # Mamba's first op is one linear: an FP8 in_proj gets its input quantized by the norm.
+        # Attention's q, k, v and the MoE's router and experts read the normed x with
+        # different scales or in bf16.
+        scale = None
+        if isinstance(self.mixer, Mamba2Mixer):
+            scale = self.mixer.in_proj.fused_input_scale(x.dtype)
+        normed, residual = self.norm(x, residual, scale)
         return self.mixer(normed, batch, cache), residual
 
 

@@ -46,14 +46,14 @@ def _triton(t: torch.Tensor) -> bool:
     return t.is_cuda and not _FORCE_REFERENCE.get()
 
 
-def rmsnorm(x, weight, eps, residual=None):
+def rmsnorm(x, weight, eps, residual=None, out_scale=None):
     op = _rmsnorm.rmsnorm if _triton(x) else _rmsnorm.rmsnorm_ref
-    return op(x, weight, eps, residual)
+    return op(x, weight, eps, residual, out_scale)
 
 
-def gated_group_rmsnorm(y, z, weight, group_size, eps):
+def gated_group_rmsnorm(y, z, weight, group_size, eps, out_scale=None):
     op = _rmsnorm.gated_group_rmsnorm if _triton(y) else _rmsnorm.gated_group_rmsnorm_ref
-    return op(y, z, weight, group_size, eps)
+    return op(y, z, weight, group_size, eps, out_scale)
 
 
 def ssd_scan(x, dt, A, B, C, D, dt_bias, cu_seqlens, initial_states, chunk_size):
@@ -100,9 +100,9 @@ def moe_experts_nvfp4(x, up, down, topk_weights, topk_ids):
     return op(x, up, down, topk_weights, topk_ids)
 
 
-def fp8_linear(x, weight, weight_scale, input_scale):
+def fp8_linear(x, weight, weight_scale, input_scale, relu2_out_scale=None):
     op = _fp8_linear.fp8_linear if _triton(x) else _fp8_linear.fp8_linear_ref
-    return op(x, weight, weight_scale, input_scale)
+    return op(x, weight, weight_scale, input_scale, relu2_out_scale)
 
 
 def fp8_quantize(x, scale):
