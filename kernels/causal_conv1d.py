@@ -18,8 +18,9 @@ _BLOCK_C = 128
 # batch-sized integers unspecialised: no recompile on the engine thread per batch shape
 @triton.jit(do_not_specialize=["n_seqs"])
 def _causal_conv1d_varlen_kernel(
-    x_ptr, w_ptr, bias_ptr, cu_ptr, blk_seq_ptr, blk_start_ptr, n_seqs, state_ptr, slots_ptr,
-    has_init_ptr, y_ptr, C, K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    x_ptr, stride_xt, w_ptr, bias_ptr, cu_ptr, blk_seq_ptr, blk_start_ptr, n_seqs, state_ptr,
+    slots_ptr, has_init_ptr, y_ptr, C, K: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     b = tl.load(blk_seq_ptr + tl.program_id(0))
     if b >= n_seqs:  # an unused slot of the block table
@@ -39,7 +40,9 @@ def _causal_conv1d_varlen_kernel(
     for k in tl.static_range(K):
         src = rows - (K - 1) + k
         in_seq = (src >= seq_start)[:, None] & rmask[:, None] & cmask[None, :]
-        v = tl.load(x_ptr + src.to(tl.int64)[:, None] * C + cols[None, :], mask=in_seq, other=0.0)
+        v = tl.load(
+            x_ptr + src.to(tl.int64)[:, None] * stride_xt + cols[None, :], mask=in_seq, other=0.0
+        )
         # Taps reaching before the sequence start read the slot's previous inputs.
         from_state = (src < seq_start)[:, None] & rmask[:, None] & cmask[None, :] & has_init
         s_idx = (K - 1) + src - seq_start
@@ -59,7 +62,8 @@ def _causal_conv1d_varlen_kernel(
         seq_len = seq_end - seq_start
         for j in tl.static_range(K - 1):
             rel = seq_len - (K - 1) + j
-            xv = tl.load(x_ptr + (seq_start + rel).to(tl.int64) * C + cols, mask=cmask & (rel >= 0))
+            x_row = x_ptr + (seq_start + rel).to(tl.int64) * stride_xt
+            xv = tl.load(x_row + cols, mask=cmask & (rel >= 0))
             sv = tl.load(state_row + seq_len + j, mask=cmask & (rel < 0) & has_init, other=0.0)
             new = tl.where(rel >= 0, xv.to(tl.float32), sv.to(tl.float32))
             tl.store(state_row + j, new.to(state_ptr.dtype.element_ty), mask=cmask)
@@ -67,14 +71,15 @@ def _causal_conv1d_varlen_kernel(
 
 @triton.jit
 def _causal_conv1d_update_kernel(
-    x_ptr, state_ptr, w_ptr, bias_ptr, slots_ptr, y_ptr, C, K: tl.constexpr, BLOCK_C: tl.constexpr
-):
+    x_ptr, stride_xb, state_ptr, w_ptr, bias_ptr, slots_ptr, y_ptr, C, K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     slot = tl.load(slots_ptr + b).to(tl.int64)
     state_row = state_ptr + slot * C * (K - 1) + cols * (K - 1)
-    x = tl.load(x_ptr + b * C + cols, mask=cmask, other=0.0)
+    x = tl.load(x_ptr + b * stride_xb + cols, mask=cmask, other=0.0)
     acc = tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
     for k in tl.static_range(K - 1):
         s = tl.load(state_row + k, mask=cmask, other=0.0)
@@ -87,41 +92,42 @@ def _causal_conv1d_update_kernel(
 
 
 def _causal_conv1d_varlen_launch(x, weight, bias, cu_seqlens, conv_state, slots, has_initial_state):
-    """x[T,C], weight[C,K], bias[C], cu_seqlens[B+1] int32, conv_state[S,C,K-1], slots[B] int64,
-    has_initial_state[B] bool -> y[T,C]."""
+    """x[T,C] (rows may be strided), weight[C,K], bias[C], cu_seqlens[B+1] int32,
+    conv_state[S,C,K-1], slots[B] int64, has_initial_state[B] bool -> y[T,C] contiguous."""
     T, C = x.shape
     K = weight.shape[1]
     B = cu_seqlens.shape[0] - 1
     assert weight.shape == (C, K) and bias.shape == (C,) and K - 1 <= _BLOCK_T
     assert conv_state.shape[1:] == (C, K - 1) and conv_state.is_contiguous()
     assert slots.shape == (B,) and has_initial_state.shape == (B,)
-    x = x.contiguous()
-    y = torch.empty_like(x)
+    assert x.stride(1) == 1, "channels must be contiguous"
+    y = torch.empty(T, C, device=x.device, dtype=x.dtype)
     if B == 0:
         return y
     # an empty sequence still gets a block: it must rewrite its conv state
     blk_seq, blk_start, _, _ = block_table(cu_seqlens, T, _BLOCK_T, min_one=True)
     grid = (blk_seq.shape[0], triton.cdiv(C, _BLOCK_C))
     _causal_conv1d_varlen_kernel[grid](
-        x, weight.contiguous(), bias.contiguous(), cu_seqlens, blk_seq, blk_start, B, conv_state,
-        slots, has_initial_state.to(torch.int32), y, C,
+        x, x.stride(0), weight.contiguous(), bias.contiguous(), cu_seqlens, blk_seq, blk_start, B,
+        conv_state, slots, has_initial_state.to(torch.int32), y, C,
         K=K, BLOCK_T=_BLOCK_T, BLOCK_C=_BLOCK_C,
     )  # fmt: skip
     return y
 
 
 def _causal_conv1d_update_launch(x, conv_state, weight, bias, slots):
-    """x[B,C], conv_state[S,C,K-1], weight[C,K], bias[C], slots[B] int64 -> y[B,C]."""
+    """x[B,C] (rows may be strided), conv_state[S,C,K-1], weight[C,K], bias[C], slots[B] int64
+    -> y[B,C] contiguous."""
     B, C = x.shape
     K = weight.shape[1]
     assert weight.shape == (C, K) and bias.shape == (C,) and slots.shape == (B,)
     assert conv_state.shape[1:] == (C, K - 1) and conv_state.is_contiguous()
-    x = x.contiguous()
-    y = torch.empty_like(x)
+    assert x.stride(1) == 1, "channels must be contiguous"
+    y = torch.empty(B, C, device=x.device, dtype=x.dtype)
     if B > 0:
         grid = (B, triton.cdiv(C, _BLOCK_C))
         _causal_conv1d_update_kernel[grid](
-            x, conv_state, weight.contiguous(), bias.contiguous(), slots, y, C,
+            x, x.stride(0), conv_state, weight.contiguous(), bias.contiguous(), slots, y, C,
             K=K, BLOCK_C=_BLOCK_C,
         )  # fmt: skip
     return y

@@ -36,15 +36,15 @@ def _dot(a, b, acc, IEEE: tl.constexpr):
 # batch-sized integers unspecialised: no recompile on the engine thread per batch shape
 @triton.jit(do_not_specialize=["n_chunks"])
 def _ssd_cumsum_kernel(
-    dt_ptr, A_ptr, dt_bias_ptr, chunk_start_ptr, chunk_len_ptr, dt_out_ptr, a_cs_ptr, n_chunks,
-    H: tl.constexpr, L: tl.constexpr, BLOCK_H: tl.constexpr,
+    dt_ptr, stride_dtt, A_ptr, dt_bias_ptr, chunk_start_ptr, chunk_len_ptr, dt_out_ptr, a_cs_ptr,
+    n_chunks, H: tl.constexpr, L: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
     c = tl.program_id(0)
     hs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     t = tl.arange(0, L)
     start = tl.load(chunk_start_ptr + c).to(tl.int64)
     mask = (t < tl.load(chunk_len_ptr + c))[:, None] & (hs < H)[None, :]
-    dt = tl.load(dt_ptr + (start + t)[:, None] * H + hs[None, :], mask=mask, other=0.0)
+    dt = tl.load(dt_ptr + (start + t)[:, None] * stride_dtt + hs[None, :], mask=mask, other=0.0)
     dt = dt.to(tl.float32) + tl.load(dt_bias_ptr + hs, mask=hs < H, other=0.0).to(tl.float32)
     dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus, torch's threshold
     dt = tl.where(mask, dt, 0.0)  # [L, BLOCK_H]; padding steps neither decay nor add
@@ -56,9 +56,10 @@ def _ssd_cumsum_kernel(
 
 @triton.jit(do_not_specialize=["n_chunks"])
 def _ssd_state_kernel(
-    x_ptr, B_ptr, dt_ptr, a_cs_ptr, chunk_start_ptr, chunk_len_ptr, states_ptr, n_chunks,
-    H: tl.constexpr, P: tl.constexpr, G: tl.constexpr, N: tl.constexpr, L: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
+    x_ptr, stride_xt, B_ptr, stride_Bt, dt_ptr, a_cs_ptr, chunk_start_ptr, chunk_len_ptr,
+    states_ptr, n_chunks, H: tl.constexpr, P: tl.constexpr, G: tl.constexpr, N: tl.constexpr,
+    L: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    IEEE: tl.constexpr,
 ):  # fmt: skip
     h = tl.program_id(0) // tl.cdiv(P, BLOCK_P)
     p = (tl.program_id(0) % tl.cdiv(P, BLOCK_P)) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -71,6 +72,9 @@ def _ssd_state_kernel(
         return
     row = (h * n_chunks + c).to(tl.int64) * L
     a_end = tl.load(a_cs_ptr + row + clen - 1)
+    # the chunk's first row in int64; inside the chunk k * stride < L * stride stays in int32
+    x_chunk = x_ptr + start * stride_xt + h * P
+    B_chunk = B_ptr + start * stride_Bt + g * N
 
     acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, clen, BLOCK_K):
@@ -79,11 +83,11 @@ def _ssd_state_kernel(
         w = tl.exp(a_end - tl.load(a_cs_ptr + row + k, mask=kmask, other=0.0))
         w *= tl.load(dt_ptr + row + k, mask=kmask, other=0.0)
         xT = tl.load(
-            x_ptr + ((start + k) * H + h)[None, :] * P + p[:, None],
+            x_chunk + k[None, :] * stride_xt + p[:, None],
             mask=kmask[None, :] & (p < P)[:, None], other=0.0,
         ).to(tl.float32)  # fmt: skip
         Bk = tl.load(
-            B_ptr + ((start + k) * G + g)[:, None] * N + n[None, :],
+            B_chunk + k[:, None] * stride_Bt + n[None, :],
             mask=kmask[:, None] & (n < N)[None, :], other=0.0,
         )  # fmt: skip
         acc = _dot(xT * w[None, :], Bk.to(tl.float32), acc, IEEE)
@@ -117,9 +121,9 @@ def _ssd_pass_kernel(
 
 @triton.jit
 def _ssd_cb_kernel(
-    B_ptr, C_ptr, chunk_start_ptr, chunk_len_ptr, cb_ptr, G: tl.constexpr, N: tl.constexpr,
-    L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-    IEEE: tl.constexpr,
+    B_ptr, stride_Bt, C_ptr, stride_Ct, chunk_start_ptr, chunk_len_ptr, cb_ptr, G: tl.constexpr,
+    N: tl.constexpr, L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     g = tl.program_id(0)
     m0 = (tl.program_id(1) // tl.cdiv(L, BLOCK_K)) * BLOCK_M
@@ -133,11 +137,11 @@ def _ssd_cb_kernel(
     k = k0 + tl.arange(0, BLOCK_K)
     n = tl.arange(0, BLOCK_N)
     Cm = tl.load(
-        C_ptr + ((start + m) * G + g)[:, None] * N + n[None, :],
+        C_ptr + (start + m)[:, None] * stride_Ct + g * N + n[None, :],
         mask=(m < clen)[:, None] & (n < N)[None, :], other=0.0,
     ).to(tl.float32)  # fmt: skip
     BkT = tl.load(
-        B_ptr + ((start + k) * G + g)[None, :] * N + n[:, None],
+        B_ptr + (start + k)[None, :] * stride_Bt + g * N + n[:, None],
         mask=(k < clen)[None, :] & (n < N)[:, None], other=0.0,
     ).to(tl.float32)  # fmt: skip
     cb = _dot(Cm, BkT, tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32), IEEE)
@@ -147,10 +151,10 @@ def _ssd_cb_kernel(
 
 @triton.jit(do_not_specialize=["n_chunks"])
 def _ssd_out_kernel(
-    x_ptr, cb_ptr, C_ptr, D_ptr, dt_ptr, a_cs_ptr, entering_ptr, chunk_start_ptr, chunk_len_ptr,
-    y_ptr, n_chunks, H: tl.constexpr, P: tl.constexpr, G: tl.constexpr, N: tl.constexpr,
-    L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    x_ptr, stride_xt, cb_ptr, C_ptr, stride_Ct, D_ptr, dt_ptr, a_cs_ptr, entering_ptr,
+    chunk_start_ptr, chunk_len_ptr, y_ptr, n_chunks, H: tl.constexpr, P: tl.constexpr,
+    G: tl.constexpr, N: tl.constexpr, L: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     h = tl.program_id(0) // tl.cdiv(P, BLOCK_P)
     p = (tl.program_id(0) % tl.cdiv(P, BLOCK_P)) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -168,7 +172,7 @@ def _ssd_out_kernel(
     pmask = p < P
     a_m = tl.load(a_cs_ptr + row + m, mask=mmask, other=0.0)
     Cm = tl.load(
-        C_ptr + ((start + m) * G + g)[:, None] * N + n[None, :],
+        C_ptr + (start + m)[:, None] * stride_Ct + g * N + n[None, :],
         mask=mmask[:, None] & (n < N)[None, :], other=0.0,
     ).to(tl.float32)  # fmt: skip
 
@@ -194,21 +198,24 @@ def _ssd_out_kernel(
         causal = m[:, None] >= k[None, :]
         cb *= tl.exp(tl.where(causal, a_m[:, None] - a_k[None, :], -float("inf"))) * dt_k[None, :]
         xk = tl.load(
-            x_ptr + ((start + k) * H + h)[:, None] * P + p[None, :],
+            x_ptr + (start + k)[:, None] * stride_xt + h * P + p[None, :],
             mask=kmask[:, None] & pmask[None, :], other=0.0,
         ).to(tl.float32)  # fmt: skip
         acc = _dot(cb, xk, acc, IEEE)
 
-    ptrs = ((start + m) * H + h)[:, None] * P + p[None, :]
     omask = mmask[:, None] & pmask[None, :]
-    xm = tl.load(x_ptr + ptrs, mask=omask, other=0.0).to(tl.float32)
+    x_ptrs = x_ptr + (start + m)[:, None] * stride_xt + h * P + p[None, :]
+    xm = tl.load(x_ptrs, mask=omask, other=0.0).to(tl.float32)
     acc += tl.load(D_ptr + h).to(tl.float32) * xm
-    tl.store(y_ptr + ptrs, acc.to(y_ptr.dtype.element_ty), mask=omask)
+    y_ptrs = y_ptr + ((start + m) * H + h)[:, None] * P + p[None, :]
+    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=omask)
 
 
 def _ssd_scan_launch(x, dt, A, B, C, D, dt_bias, cu_seqlens, initial_states, chunk_size):
     """x[T,H,P], dt[T,H], A[H] fp32, B[T,G,N], C[T,G,N], D[H], dt_bias[H], cu_seqlens[B+1] int32,
-    initial_states[B,H,P,N] fp32 | None -> (y[T,H,P], final_states[B,H,P,N] fp32)."""
+    initial_states[B,H,P,N] fp32 | None -> (y[T,H,P] contiguous, final_states[B,H,P,N] fp32).
+    x, dt, B and C may have any token stride (column slices of a wider tensor); the dims after
+    the token dim must be contiguous."""
     T, H, P = x.shape
     G, N = B.shape[1:]
     nseq = cu_seqlens.shape[0] - 1
@@ -217,7 +224,8 @@ def _ssd_scan_launch(x, dt, A, B, C, D, dt_bias, cu_seqlens, initial_states, chu
     assert B.shape == C.shape == (T, G, N) and H % G == 0
     assert initial_states is None or initial_states.shape == (nseq, H, P, N)
     assert L >= 16 and L & (L - 1) == 0, "chunk_size must be a power of two >= 16"
-    x, dt, B, C = x.contiguous(), dt.contiguous(), B.contiguous(), C.contiguous()
+    assert x.stride()[1:] == (P, 1) and dt.stride(1) == 1
+    assert B.stride()[1:] == C.stride()[1:] == (N, 1)
     A, D, dt_bias = A.float().contiguous(), D.contiguous(), dt_bias.contiguous()
     dev = x.device
     _, chunk_start, chunk_len, seq_chunks = block_table(cu_seqlens, T, L)
@@ -229,7 +237,7 @@ def _ssd_scan_launch(x, dt, A, B, C, D, dt_bias, cu_seqlens, initial_states, chu
     # tiles, warps and stages below: the fastest measured on the H200 at L = 16K and 64K
     BLOCK_M, BLOCK_K = min(64, L), min(32, L)
 
-    y = torch.empty_like(x)
+    y = torch.empty(T, H, P, device=dev, dtype=x.dtype)
     final = torch.empty(nseq, H, P, N, device=dev, dtype=torch.float32)
     dt_sp = torch.empty(H, nc, L, device=dev, dtype=torch.float32)
     a_cs = torch.empty_like(dt_sp)
@@ -239,15 +247,17 @@ def _ssd_scan_launch(x, dt, A, B, C, D, dt_bias, cu_seqlens, initial_states, chu
     entering = torch.empty(nc, H, P, N, device=dev, dtype=x.dtype)
     if nc > 0:
         _ssd_cumsum_kernel[(nc, triton.cdiv(H, _BLOCK_H))](
-            dt, A, dt_bias, chunk_start, chunk_len, dt_sp, a_cs, nc, H=H, L=L, BLOCK_H=_BLOCK_H
-        )
+            dt, dt.stride(0), A, dt_bias, chunk_start, chunk_len, dt_sp, a_cs, nc, H=H, L=L,
+            BLOCK_H=_BLOCK_H,
+        )  # fmt: skip
         _ssd_state_kernel[(H * triton.cdiv(P, BLOCK_P), nc)](
-            x, B, dt_sp, a_cs, chunk_start, chunk_len, states, nc, H=H, P=P, G=G, N=N, L=L,
-            BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, IEEE=ieee, num_stages=3,
+            x, x.stride(0), B, B.stride(0), dt_sp, a_cs, chunk_start, chunk_len, states, nc,
+            H=H, P=P, G=G, N=N, L=L, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, IEEE=ieee,
+            num_stages=3,
         )  # fmt: skip
         _ssd_cb_kernel[(G, triton.cdiv(L, BLOCK_M) ** 2, nc)](
-            B, C, chunk_start, chunk_len, cb, G=G, N=N, L=L, BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_M,
-            BLOCK_N=BLOCK_N, IEEE=ieee, num_warps=8,
+            B, B.stride(0), C, C.stride(0), chunk_start, chunk_len, cb, G=G, N=N, L=L,
+            BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_M, BLOCK_N=BLOCK_N, IEEE=ieee, num_warps=8,
         )  # fmt: skip
     if nseq > 0:
         init = initial_states.float().contiguous() if initial_states is not None else final
@@ -257,9 +267,9 @@ def _ssd_scan_launch(x, dt, A, B, C, D, dt_bias, cu_seqlens, initial_states, chu
         )  # fmt: skip
     if nc > 0:
         _ssd_out_kernel[(H * triton.cdiv(P, BLOCK_P), nc * triton.cdiv(L, BLOCK_M))](
-            x, cb, C, D, dt_sp, a_cs, entering, chunk_start, chunk_len, y, nc, H=H, P=P, G=G,
-            N=N, L=L, BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
-            IEEE=ieee, num_stages=2,
+            x, x.stride(0), cb, C, C.stride(0), D, dt_sp, a_cs, entering, chunk_start, chunk_len,
+            y, nc, H=H, P=P, G=G, N=N, L=L, BLOCK_M=BLOCK_M, BLOCK_K=BLOCK_K, BLOCK_P=BLOCK_P,
+            BLOCK_N=BLOCK_N, IEEE=ieee, num_stages=2,
         )  # fmt: skip
     return y, final
 

@@ -17,3 +17,10 @@ def assert_close(name, actual, expected, dtype):
         f"{name}: {int(bad.sum())}/{bad.numel()} off; max diff {diff.max().item():.3e}, "
         f"mean diff {diff.mean().item():.3e}"
     )
+
+
+def column_slices(rows, widths, dtype, generator):
+    """Views of one random [rows, sum(widths)] tensor split by columns, as Mamba2Mixer splits
+    in_proj's output: each view has row stride sum(widths) and column stride 1."""
+    wide = torch.randn(rows, sum(widths), generator=generator).to(dtype)
+    return wide.split(widths, dim=-1)

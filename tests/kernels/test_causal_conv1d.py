@@ -10,7 +10,7 @@ from kernels.causal_conv1d import (
     causal_conv1d_varlen,
     causal_conv1d_varlen_ref,
 )
-from tests.kernels.mamba_helpers import assert_close
+from tests.kernels.mamba_helpers import assert_close, column_slices
 
 C, K, SLOTS = 20, 4, 7
 
@@ -66,3 +66,32 @@ def test_update_equals_ref(batch, dtype):
     y_ref = causal_conv1d_update_ref(x, s_ref, w, bias, slots)
     assert_close("y", y, y_ref, dtype)
     assert_close("conv_state", s_tri, s_ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_strided_rows_equal_contiguous(dtype):
+    """x as the xBC column slice of an in_proj output (odd widths: rows strided and unaligned)
+    gives exactly what its contiguous copy gives, prefill and decode."""
+    g = torch.Generator().manual_seed(5)
+    w, bias = make_weights(dtype, g)
+    lens = [3, 0, 1, 21]
+    cu = F.pad(torch.tensor(lens).cumsum(0), (1, 0)).to(torch.int32)
+    state = torch.randn(SLOTS, C, K - 1, generator=g).to(dtype)
+    slots = torch.randperm(SLOTS, generator=g)[: len(lens)]
+    has_init = torch.tensor([True, False, True, False])
+    _, x, _ = column_slices(sum(lens), [7, C, 5], dtype, g)
+    states = [state.clone() for _ in range(3)]
+    y = causal_conv1d_varlen(x, w, bias, cu, states[0], slots, has_init)
+    y_copy = causal_conv1d_varlen(x.contiguous(), w, bias, cu, states[1], slots, has_init)
+    y_ref = causal_conv1d_varlen_ref(x, w, bias, cu, states[2], slots, has_init)
+    assert y.is_contiguous() and torch.equal(y, y_copy) and torch.equal(states[0], states[1])
+    assert_close("y", y, y_ref, dtype)
+    assert_close("conv_state", states[0], states[2], dtype)
+
+    _, xb, _ = column_slices(len(lens), [7, C, 5], dtype, g)
+    y = causal_conv1d_update(xb, states[0], w, bias, slots)
+    y_copy = causal_conv1d_update(xb.contiguous(), states[1], w, bias, slots)
+    y_ref = causal_conv1d_update_ref(xb, states[2], w, bias, slots)
+    assert y.is_contiguous() and torch.equal(y, y_copy) and torch.equal(states[0], states[1])
+    assert_close("y decode", y, y_ref, dtype)
+    assert_close("conv_state decode", states[0], states[2], dtype)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from kernels.ssd_minimal import ssd_chunked, ssd_recurrence
 from kernels.ssd_scan import ssd_scan, ssd_scan_ref
-from tests.kernels.mamba_helpers import assert_close
+from tests.kernels.mamba_helpers import assert_close, column_slices
 
 H, P, G, N, CHUNK = 4, 8, 2, 16, 16
 
@@ -111,3 +111,22 @@ def test_triton_equals_ref_chunk_64():
     y_ref, final_ref = ssd_scan_ref(*args, chunk_size=64)
     assert_close("y", y, y_ref, torch.float32)
     assert_close("final_states", final, final_ref, torch.float32)
+
+
+@pytest.mark.parametrize("chunk", [CHUNK, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_strided_inputs_equal_contiguous(dtype, chunk):
+    """x, B, C and dt as column slices of one in_proj-like output (odd widths: rows strided and
+    unaligned) give exactly what their contiguous copies give."""
+    lens = [19, 3, 70]
+    _, _, A, _, _, D, dt_bias, cu, init = make_inputs(lens, dtype, True, seed=7)
+    g = torch.Generator().manual_seed(7)
+    _, x, B, C, dt = column_slices(sum(lens), [5, H * P, G * N, G * N, H], dtype, g)
+    x, B, C = x.reshape(-1, H, P), B.reshape(-1, G, N), C.reshape(-1, G, N)
+    y, final = ssd_scan(x, dt, A, B, C, D, dt_bias, cu, init, chunk)
+    x_c, dt_c, B_c, C_c = (t.contiguous() for t in (x, dt, B, C))
+    y_copy, final_copy = ssd_scan(x_c, dt_c, A, B_c, C_c, D, dt_bias, cu, init, chunk)
+    y_ref, final_ref = ssd_scan_ref(x, dt, A, B, C, D, dt_bias, cu, init, chunk)
+    assert y.is_contiguous() and torch.equal(y, y_copy) and torch.equal(final, final_copy)
+    assert_close("y", y, y_ref, dtype)
+    assert_close("final_states", final, final_ref, dtype)
