@@ -4,7 +4,11 @@ Letters: T tokens, D hidden, C channels. All statistics are computed in fp32.
 
 With `out_scale` (the static input_scale of the FP8 linear the output feeds) the normed output
 is rounded to the input's dtype and then quantized to E4M3 as kernels/fp8_linear.py does:
-bit-identical to `fp8_quantize` of the unfused output, without its separate pass over it.
+`fp8_quantize` of the unfused output, without its separate pass over it. Compiled, the fused
+RMSNorm may sum a row's squares in another order (its E4M3 store gives it a layout of 16
+values a thread, the plain kernel's 8): where rstd's last bit moves, a code moves by one step
+(the H100 test of session 15 bounds how often); the gated norm and the interpreter match bit
+for bit.
 """
 
 import torch

@@ -95,16 +95,32 @@ def e4m3_equal(a, b):
     )
 
 
+def e4m3_steps(a, b):
+    """How many E4M3 grid steps apart each pair of codes is (+0 and -0 the same point)."""
+
+    def ordinal(q):
+        code = q.view(torch.uint8).int()
+        return torch.where(code >= 128, 128 - code, code)
+
+    return (ordinal(a) - ordinal(b)).abs()
+
+
 @pytest.mark.parametrize("T", [64, 16384])
 def test_rmsnorm_e4m3_out_equals_quantized_unfused(T):
-    """The norm before Mamba's FP8 in_proj: bit for bit fp8_quantize of its bf16 output."""
+    """The norm before Mamba's FP8 in_proj: fp8_quantize of its bf16 output, up to the order
+    in which a row's squares are summed (the fused kernel's layout holds 16 values a thread,
+    the plain one 8): a code may move by one step where rstd's last bit moved, rarely."""
     g = gen(T + 1)
     x, res = (torch.randn(T, D, device="cuda", generator=g).to(torch.bfloat16) for _ in range(2))
     w = (1 + 0.2 * torch.randn(D, device="cuda", generator=g)).to(torch.bfloat16)
     out, res_out = rmsnorm(x, w, 1e-5, res)
     scale = fp8_scale(out) * 0.8  # a static scale that clips the largest outputs
     q, q_res_out = rmsnorm(x, w, 1e-5, res, out_scale=scale)
-    assert e4m3_equal(q, fp8_quantize(out, scale))
+    steps = e4m3_steps(q, fp8_quantize(out, scale))
+    moved = int((steps > 0).sum())
+    print(f"rmsnorm E4M3 out, T = {T}: {moved} of {steps.numel()} codes one step apart")
+    assert q.dtype == torch.float8_e4m3fn and int(steps.max()) <= 1
+    assert moved <= 1e-4 * steps.numel()
     assert torch.equal(q_res_out, res_out)
 
 
