@@ -32,6 +32,7 @@ from kernels.moe_experts_nvfp4 import (
 from kernels.quant_formats import fp8_scale, quantize_fp8
 from kernels.rmsnorm import gated_group_rmsnorm, rmsnorm
 from tests.gpu.test_kernels_moe_attn import HEAD_DIM, HQ, SCALE, assert_rel, paged
+from tests.kernels.quant_helpers import e4m3_equal
 
 pytestmark = [
     pytest.mark.gpu,
@@ -87,12 +88,6 @@ def test_fp8_linear_quantizes_like_torch():
     eye = torch.eye(D, device="cuda").to(torch.float8_e4m3fn)
     one, xs = torch.tensor(1.0, device="cuda"), torch.tensor(0.125, device="cuda")
     assert torch.equal(fp8_linear(x, eye, one, xs).float(), quantize_fp8(x, xs).float() * xs)
-
-
-def e4m3_equal(a, b):
-    return a.dtype == b.dtype == torch.float8_e4m3fn and torch.equal(
-        a.view(torch.uint8), b.view(torch.uint8)
-    )
 
 
 def e4m3_steps(a, b):

@@ -31,6 +31,12 @@ def nvfp4(w):
     return Nvfp4Weight(*quantize_nvfp4(w))
 
 
+def e4m3_equal(a, b):
+    """Both float8_e4m3fn and equal bit for bit (an E4M3 NaN or signed zero compares too)."""
+    assert a.dtype == b.dtype == torch.float8_e4m3fn, (a.dtype, b.dtype)
+    return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
 def rel_err(out, ref):
     """max|out - ref| / max|ref| in fp32; NaN never passes."""
     assert torch.isfinite(out).all(), "non-finite output"

@@ -14,7 +14,7 @@ from kernels.fp8_linear import (
 )
 from kernels.quant_formats import dequant_fp8, fp8_scale, quantize_fp8
 from tests.kernels.moe_attn_helpers import assert_close
-from tests.kernels.quant_helpers import cosine, randn
+from tests.kernels.quant_helpers import cosine, e4m3_equal, randn
 
 
 def layer(M, K, N, seed, x_scale=1.0):
@@ -121,9 +121,7 @@ def test_relu2_epilogue_equals_unfused(M, cfg):
     want = fp8_quantize(F.relu(y).square(), hs)  # the shared expert without the epilogue
     for a in (x, fp8_quantize(x, xs)):
         out = fp8_linear(a, wq, ws, xs, relu2_out_scale=hs, config=cfg)
-        assert torch.equal(out.view(torch.uint8), want.view(torch.uint8)), a.dtype
+        assert e4m3_equal(out, want), a.dtype
     y_ref = fp8_linear_ref(x, wq, ws, xs)
     ref = fp8_linear_ref(x, wq, ws, xs, relu2_out_scale=hs)
-    assert torch.equal(
-        ref.view(torch.uint8), quantize_fp8(F.relu(y_ref).square(), hs).view(torch.uint8)
-    )
+    assert e4m3_equal(ref, quantize_fp8(F.relu(y_ref).square(), hs))

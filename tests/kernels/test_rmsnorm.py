@@ -6,7 +6,8 @@ import torch
 from kernels.fp8_linear import fp8_quantize, fp8_quantize_ref
 from kernels.quant_formats import fp8_scale
 from kernels.rmsnorm import gated_group_rmsnorm, gated_group_rmsnorm_ref, rmsnorm, rmsnorm_ref
-from tests.kernels.mamba_helpers import assert_close
+from tests.kernels.mamba_helpers import assert_close, column_slices
+from tests.kernels.quant_helpers import e4m3_equal
 
 EPS = 1e-5
 
@@ -64,12 +65,6 @@ def test_gated_norm_is_per_group_and_gate_first():
     assert_close("constant gate cancels", base, plain.view(2, 16) * w, torch.float32)
 
 
-def e4m3_equal(a, b):
-    """Bit for bit (an E4M3 NaN or signed zero compares too)."""
-    assert a.dtype == b.dtype == torch.float8_e4m3fn
-    return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_residual", [True, False])
 @pytest.mark.parametrize("T, D", [(1, 48), (5, 100)])
@@ -90,26 +85,17 @@ def test_rmsnorm_e4m3_out_is_the_quantized_output(T, D, with_residual, dtype):
     assert e4m3_equal(q_ref, fp8_quantize_ref(out_ref, scale))
 
 
-def strided(t, seed):
-    """t's values in columns 3.. of a wider tensor: row stride != t's width, last stride 1."""
-    g = torch.Generator().manual_seed(seed)
-    wide = torch.randn(t.shape[0], 2 * t.shape[1] + 5, generator=g).to(t.dtype)
-    wide[:, 3 : 3 + t.shape[1]] = t
-    return wide[:, 3 : 3 + t.shape[1]]
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("T, C, group", [(1, 32, 8), (7, 48, 12), (3, 24, 24)])
 def test_gated_group_rmsnorm_reads_strided_rows(T, C, group, dtype):
     """z as the model hands it over (a column slice of in_proj's output), y too: the kernel
     gives the same output as from contiguous copies, the reference agrees."""
     g = torch.Generator().manual_seed(T * C + 2)
-    y, z = (torch.randn(T, C, generator=g).to(dtype) for _ in range(2))
+    _, ys, _, zs, _ = column_slices(T, [3, C, 5, C, 2], dtype, g)
     w = torch.randn(C, generator=g).to(dtype)
-    ys, zs = strided(y, 0), strided(z, 1)
     assert zs.stride(0) != C and zs.stride(1) == 1
     out = gated_group_rmsnorm(ys, zs, w, group, EPS)
-    assert torch.equal(out, gated_group_rmsnorm(y, z, w, group, EPS))
+    assert torch.equal(out, gated_group_rmsnorm(ys.contiguous(), zs.contiguous(), w, group, EPS))
     assert_close("strided", out, gated_group_rmsnorm_ref(ys, zs, w, group, EPS), dtype)
 
 
@@ -119,9 +105,9 @@ def test_gated_group_rmsnorm_e4m3_out_is_the_quantized_output(T, C, group, dtype
     """out_scale, z strided: fp8_quantize of the unfused output bit for bit; the reference
     likewise."""
     g = torch.Generator().manual_seed(T * C + 3)
-    y, z = (torch.randn(T, C, generator=g).to(dtype) for _ in range(2))
+    y = torch.randn(T, C, generator=g).to(dtype)
+    _, z, _ = column_slices(T, [3, C, 5], dtype, g)
     w = torch.randn(C, generator=g).to(dtype)
-    z = strided(z, 2)
     out = gated_group_rmsnorm(y, z, w, group, EPS)
     scale = fp8_scale(out) * 0.7
     assert e4m3_equal(gated_group_rmsnorm(y, z, w, group, EPS, scale), fp8_quantize(out, scale))
