@@ -33,17 +33,16 @@ _ALIGNED = {"N", "K", "n_end", "stride_xm", "stride_wn", "stride_ym", "stride_am
             "stride_se", "stride_sn", "stride_cm"}  # fmt: skip
 
 
-def compile_sm90(fn, signature, constexprs, num_warps, num_stages, max_registers=None):
+def compile_sm90(fn, signature, constexprs, num_warps, num_stages):
     """Compile a @triton.jit function for sm_90. signature: {arg: Triton type}, constexprs:
-    {arg: value}, max_registers: ptxas's cap a thread (None: its own choice). Returns the
-    compiled kernel (asm["cubin"], metadata.shared)."""
+    {arg: value}. Returns the compiled kernel (asm["cubin"], metadata.shared)."""
     sig = {**signature, **dict.fromkeys(constexprs, "constexpr")}
     names = list(sig)
     attrs = {(names.index(n),): [["tt.divisibility", 16]]
              for n, t in sig.items() if t.startswith("*") or n in _ALIGNED}  # fmt: skip
     consts = {(names.index(n),): v for n, v in constexprs.items()}
     src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    options = {"num_warps": num_warps, "num_stages": num_stages, "maxnreg": max_registers}
+    options = {"num_warps": num_warps, "num_stages": num_stages}
     return triton.compile(src, target=HOPPER, options=options)
 
 
@@ -149,8 +148,7 @@ def main(argv=None):
     print("| kernel | tiling | regs | stack B | shared KiB | loop instr | top opcodes |")
     print("|---|---|---|---|---|---|---|")
     for label, cfg, (fn, sig, consts) in tilings(args.default):
-        cap = getattr(cfg, "max_registers", None)  # only the NVFP4 config has one
-        compiled = compile_sm90(fn, sig, consts, cfg.num_warps, cfg.num_stages, cap)
+        compiled = compile_sm90(fn, sig, consts, cfg.num_warps, cfg.num_stages)
         regs, stack, ops = loop_counts(compiled.asm["cubin"], args.workdir)
         top = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
         kib = compiled.metadata.shared / 1024

@@ -72,9 +72,6 @@ class Nvfp4Config(GemmConfig):
     # each K step (compiled for sm_90 the loop keeps 3 wgmmas in flight). The prefill tiling;
     # slower at decode (session 9: 0.73-0.97 against 1.18 TB/s, T = 64).
     swap_ab: bool = False
-    # A register cap per thread (ptxas maxnreg): more programs per multiprocessor for the
-    # latency-bound decode tile (85 registers: 5 of 128 threads; 80: 6; 72: 7 at 5 stages).
-    max_registers: int | None = None
 
 
 # H100 sweeps (benchmarks/RESULTS.md): prefill swapped 256x128x128 (session 13: 258 TFLOP/s at
@@ -279,7 +276,7 @@ def _gemm(a, w, c, routed, up, cfg):
             TOP_K=top_k, UP=up, INTERPRET=interpreting(), PTX=cfg.ptx_dequant,
             EVEN_K=K % cfg.block_k == 0, SWAP_AB=cfg.swap_ab,
             BLOCK_M=cfg.block_m, BLOCK_N=block_n, BLOCK_K=cfg.block_k,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=cfg.max_registers,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )  # fmt: skip
 
 
