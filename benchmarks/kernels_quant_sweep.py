@@ -61,6 +61,7 @@ MOE_NVFP4_PREFILL = [
     Nvfp4Config(256, 128, 64, 8, 8, 3, True, True, True),
 ]
 MOE_NVFP4_DECODE = [
+    Nvfp4Config(16, 128, 64, 0, 4, 4, False, True),
     Nvfp4Config(16, 128, 64, 0, 4, 6, False, True),
     Nvfp4Config(16, 256, 64, 0, 4, 4, False, True),
     Nvfp4Config(16, 128, 64, 0, 2, 6, False, True),
