@@ -79,12 +79,13 @@ class Nvfp4Config(GemmConfig):
 # 16-byte weight loads), decode 16x128x64 (6 stages: 1.19 TB/s of weights at T = 64, 1.05
 # with 16x64x64; session 14, padding rows unloaded and 16-byte weight loads: 1.46, where 16 x
 # 256 tiles, 2 warps or BLOCK_K 128 gave 1.37-1.41; session 16: 4 stages 2.3-2.7 % faster
-# than 6, 3 and 5 within 1 % of 4). Gone after measuring: the low and high nibbles as two half-K operands
-# (session 8 with strided x loads, 2-5 x slower; session 13 with x split in registers, 92 fewer
-# SASS instructions a K step at the decode tile yet 1.16 against 1.19 TB/s, and 171 against
-# 236 TFLOP/s at prefill); the nibbles repacked at load so that no byte permute interleaves low
-# and high codes (session 16: 33 fewer instructions a decode K step, decode 2-3 % faster,
-# prefill 4 % slower, its wgmma operand then converted through shared memory).
+# than 6, 3 and 5 within 1 % of 4). Gone after measuring: the low and high nibbles as two
+# half-K operands (session 8 with strided x loads, 2-5 x slower; session 13 with x split in
+# registers, 92 fewer SASS instructions a K step at the decode tile yet 1.16 against 1.19
+# TB/s, and 171 against 236 TFLOP/s at prefill); the nibbles repacked at load so that no byte
+# permute interleaves low and high codes (session 16: 33 fewer instructions a decode K step,
+# decode 2-3 % faster, prefill 4 % slower, its wgmma operand then converted through shared
+# memory).
 _PREFILL = Nvfp4Config(256, 128, 128, 8, 8, 3, split_tail=True, ptx_dequant=True, swap_ab=True)
 _DECODE = Nvfp4Config(16, 128, 64, 0, 4, 4, ptx_dequant=True)
 _INTERPRET = Nvfp4Config(16, 16, 32, 4, 4, 1, split_tail=True)
