@@ -73,11 +73,13 @@ def decode_inputs(llm, bsz: int, ctx: int) -> tuple[HybridCache, torch.Tensor, F
     """A cache holding `bsz` sequences of `ctx` random cached tokens (+ a scratch slot), one
     input token each, and their decode batch."""
     cfg = llm.config
-    cache = HybridCache(cfg, bsz + 1, (bsz + 1) * (ctx + 8), ctx + 8, "cuda", torch.bfloat16)
+    cache = HybridCache(
+        cfg, bsz + 1, (bsz + 1) * (ctx + 8), ctx + 8, "cuda", torch.bfloat16, llm.kv_dtype
+    )
     slots = list(range(bsz))
     cache.reserve(slots, [ctx + 1] * bsz)
     for pool in (*cache.k_pool, *cache.v_pool):
-        pool.normal_(0, 1)
+        pool.copy_(torch.randn(pool.shape, device="cuda"))  # FP8 pools have no normal_
     ids = torch.randint(0, cfg.vocab_size, (bsz,), device="cuda")
     return cache, ids, ForwardBatch.build([1] * bsz, slots, [ctx] * bsz, "cuda")
 

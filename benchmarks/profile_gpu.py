@@ -1,14 +1,14 @@
 """Where the GPU time of a decode step, a prefill forward, a W-video encode or the routed experts
 goes, kernel by kernel (GPU).
 
-    python -m benchmarks.profile_gpu decode [--batch 64 256] [--ctx 1024]
+    python -m benchmarks.profile_gpu decode [--batch 64 256] [--ctx 1024] [--precision fp8]
     python -m benchmarks.profile_gpu prefill [--lens 4096 4096 4096 4096] [--precision fp8]
     python -m benchmarks.profile_gpu encode [--clips 1 4]
     python -m benchmarks.profile_gpu moe [--tokens 64 16384] [--precision nvfp4]
 
-decode: the full-size LLM (random bf16 weights), `ctx` cached tokens per sequence, a few
-eager decode steps (embed, 52 layers, LM head); eager so each kernel shows (the CUDA-graph
-step is benchmarks.llm's number).
+decode: the full-size LLM in the layout of `precision` (random weights, the KV cache in the
+model's own KV dtype), `ctx` cached tokens per sequence, a few eager decode steps (embed, 52
+layers, LM head); eager so each kernel shows (the CUDA-graph step is benchmarks.llm's number).
 prefill: the full-size LLM in the layout of `precision` (random weights, the KV cache in the
 model's own KV dtype), one prefill step of sequences of `lens` tokens from empty slots (W-video
 requests are ≈ 5.2 K tokens; the engine packs several into one step).
@@ -183,6 +183,7 @@ def main() -> None:
     dec = sub.add_parser("decode")
     dec.add_argument("--batch", type=int, nargs="+", default=[64, 256])
     dec.add_argument("--ctx", type=int, default=1024)
+    dec.add_argument("--precision", choices=PRECISIONS, default=BF16)
     pre = sub.add_parser("prefill")
     pre.add_argument("--lens", type=int, nargs="+", default=[4096] * 4)
     pre.add_argument("--precision", choices=PRECISIONS, default=BF16)
@@ -195,7 +196,7 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.no_grad():
         if args.what == "decode":
-            llm = build_fullsize()
+            llm = build_fullsize(precision=args.precision)
             for bsz in args.batch:
                 print(profile_decode(llm, bsz, args.ctx), flush=True)
                 torch.cuda.empty_cache()
