@@ -15,6 +15,10 @@ import torch
 import triton
 import triton.language as tl
 
+# Up to this many assignments (T * k; decode batches of up to 682 tokens at k = 6) one program
+# does the whole sort. One block size for all of them: no compile per batch size.
+ONE_PROGRAM_MAX_A = 4096
+
 
 # batch-sized integers unspecialised: no recompile on the engine thread per batch shape
 @triton.jit(do_not_specialize=["A"])
@@ -25,23 +29,13 @@ def _moe_count_kernel(ids_ptr, counts_ptr, A, BLOCK: tl.constexpr):
     tl.atomic_add(counts_ptr + ids, 1, mask=mask)
 
 
-@triton.jit(do_not_specialize=["A", "num_blocks"])
-def _moe_offsets_kernel(
-    counts_ptr,
-    offsets_ptr,
-    cursor_ptr,
-    sorted_ids_ptr,
-    block_expert_ptr,
-    A,
-    num_blocks,
-    E: tl.constexpr,
-    BLOCK_E: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-):
-    experts = tl.arange(0, BLOCK_E)
-    e_ok = experts < E
-    counts = tl.load(counts_ptr + experts, mask=e_ok, other=0)
+@triton.jit
+def _tile_layout(
+    counts, experts, e_ok, offsets_ptr, cursor_ptr, sorted_ids_ptr, block_expert_ptr, A,
+    num_blocks, E: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_B: tl.constexpr,
+):  # fmt: skip
+    # counts [BLOCK_E] -> expert offsets, each expert's first row in cursor, the padding rows'
+    # sentinel and the tiles' experts.
     padded = tl.cdiv(counts, BLOCK_M) * BLOCK_M
     ends = tl.cumsum(padded, axis=0)
     starts = ends - padded
@@ -65,6 +59,63 @@ def _moe_offsets_kernel(
         tl.store(block_expert_ptr + blocks, expert, mask=blocks < num_blocks)
 
 
+@triton.jit(do_not_specialize=["A", "num_blocks"])
+def _moe_offsets_kernel(
+    counts_ptr,
+    offsets_ptr,
+    cursor_ptr,
+    sorted_ids_ptr,
+    block_expert_ptr,
+    A,
+    num_blocks,
+    E: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    experts = tl.arange(0, BLOCK_E)
+    e_ok = experts < E
+    counts = tl.load(counts_ptr + experts, mask=e_ok, other=0)
+    _tile_layout(counts, experts, e_ok, offsets_ptr, cursor_ptr, sorted_ids_ptr,
+                 block_expert_ptr, A, num_blocks, E, BLOCK_M, BLOCK_B)  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["A", "num_blocks"])
+def _moe_align_one_kernel(
+    ids_ptr,
+    counts_ptr,
+    offsets_ptr,
+    cursor_ptr,
+    sorted_ids_ptr,
+    block_expert_ptr,
+    A,
+    num_blocks,
+    E: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    # The three kernels' steps in one program, for decode-sized A: no memset, one launch. The
+    # barriers order each step's global writes before the next step's reads (one block);
+    # volatile loads read what the atomics left in L2.
+    experts = tl.arange(0, BLOCK_E)
+    e_ok = experts < E
+    tl.store(counts_ptr + experts, tl.zeros_like(experts), mask=e_ok)
+    tl.debug_barrier()
+    offs = tl.arange(0, BLOCK_A)
+    mask = offs < A
+    ids = tl.load(ids_ptr + offs, mask=mask, other=0)
+    rank = tl.atomic_add(counts_ptr + ids, 1, mask=mask)  # place inside the expert
+    tl.debug_barrier()
+    counts = tl.load(counts_ptr + experts, mask=e_ok, other=0, volatile=True)
+    _tile_layout(counts, experts, e_ok, offsets_ptr, cursor_ptr, sorted_ids_ptr,
+                 block_expert_ptr, A, num_blocks, E, BLOCK_M, BLOCK_B)  # fmt: skip
+    tl.debug_barrier()
+    start = tl.load(cursor_ptr + ids, mask=mask, other=0, volatile=True)
+    tl.store(sorted_ids_ptr + start + rank, offs, mask=mask)
+
+
 @triton.jit(do_not_specialize=["A"])
 def _moe_scatter_kernel(ids_ptr, cursor_ptr, sorted_ids_ptr, A, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -83,26 +134,24 @@ def _moe_align_launch(topk_ids, num_experts, block_m):
     max_rows = A + E * (block_m - 1)
     num_blocks = triton.cdiv(max_rows, block_m)
     dev = ids.device
-    counts = torch.zeros(E, device=dev, dtype=torch.int32)
     cursor = torch.empty(E, device=dev, dtype=torch.int32)
     offsets = torch.empty(E + 1, device=dev, dtype=torch.int32)
     sorted_ids = torch.empty(max_rows, device=dev, dtype=torch.int32)
     block_expert = torch.empty(num_blocks, device=dev, dtype=torch.int32)
+    shape = dict(E=E, BLOCK_E=triton.next_power_of_2(E), BLOCK_M=block_m, BLOCK_B=64)
+    if A <= ONE_PROGRAM_MAX_A:
+        counts = torch.empty(E, device=dev, dtype=torch.int32)
+        _moe_align_one_kernel[(1,)](
+            ids, counts, offsets, cursor, sorted_ids, block_expert, A, num_blocks,
+            BLOCK_A=ONE_PROGRAM_MAX_A, **shape,
+        )  # fmt: skip
+        return sorted_ids, block_expert, offsets
+    counts = torch.zeros(E, device=dev, dtype=torch.int32)
     block = 1024
     grid = (triton.cdiv(A, block),)
     _moe_count_kernel[grid](ids, counts, A, BLOCK=block)
     _moe_offsets_kernel[(1,)](
-        counts,
-        offsets,
-        cursor,
-        sorted_ids,
-        block_expert,
-        A,
-        num_blocks,
-        E=E,
-        BLOCK_E=triton.next_power_of_2(E),
-        BLOCK_M=block_m,
-        BLOCK_B=64,
+        counts, offsets, cursor, sorted_ids, block_expert, A, num_blocks, **shape
     )
     _moe_scatter_kernel[grid](ids, cursor, sorted_ids, A, BLOCK=block)
     return sorted_ids, block_expert, offsets

@@ -93,39 +93,32 @@ _DECODE_ROWS_PER_EXPERT = 32
 _TWO_POW_118 = tl.constexpr(2.0**118)
 
 
-def _nibbles_ptx(lo_shift, sign_shift):
-    # 4 bytes in one register -> 4 bf16 bit patterns of one nibble each, 2 per register:
-    # prmt spreads bytes 0,1 (2,3) to the two 16-bit halves; a shift moves the magnitude bits
-    # to bf16 bits 6-8, another the sign to bit 15.
-    return "".join(
-        f"prmt.b32 t, $4, z, {sel}; shl.b32 u, t, {lo_shift}; and.b32 u, u, 0x01C001C0; "
-        f"shl.b32 v, t, {sign_shift}; and.b32 v, v, 0x80008000; or.b32 {out}, u, v; "
-        for sel, out in (("0x4140", "{0}"), ("0x4342", "{1}"))
-    )
-
-
-# Outputs $0 $1: low nibbles (magnitude bits 0-2, sign bit 3); $2 $3: high (4-6, 7).
+# One byte and its block scale -> a 32-bit register holding its two codes times the scale as
+# bf16, low nibble in the low half: k and k + 1 paired as the MMA operand wants them. u = p >> 4
+# puts each high nibble where its low nibble was; prmt builds [p byte j, 0, u byte j, 0]
+# (selector 0xF: the sign of u's top byte, always 0); two shifts move the sign to bit 15 (31)
+# and the magnitude to bits 6-8 (22-24), one mask keeps those bits, one bf16x2 multiply scales.
 _E2M1_PTX = tl.constexpr(
-    "{ .reg .b32 z, t, u, v; mov.b32 z, 0; "
-    + _nibbles_ptx(6, 12).format("$0", "$1")
-    + _nibbles_ptx(2, 8).format("$2", "$3")
+    "{ .reg .b32 u, t, a, b, s; .reg .b16 h0, h1, h2, h3; shr.b32 u, $4, 4; "
+    "mov.b32 {h0, h1}, $5; mov.b32 {h2, h3}, $6; "
+    + "".join(
+        f"prmt.b32 t, $4, u, 0xF{4 + j}F{j}; shl.b32 a, t, 6; shl.b32 b, t, 12; "
+        f"or.b32 a, a, b; and.b32 a, a, 0x81C081C0; mov.b32 s, {{h{j}, h{j}}}; "
+        f"mul.rn.bf16x2 ${j}, a, s; "
+        for j in range(4)
+    )
     + "}"
 )
 
 
 @triton.jit
-def _e2m1(p, INTERPRET: tl.constexpr, PTX: tl.constexpr):
+def _e2m1(p, INTERPRET: tl.constexpr):
     # p uint8, any shape -> (low nibbles, high nibbles) as code * 2^-126 in p's shape: bf16,
     # fp32 interpreted (the module docstring).
     if INTERPRET:
         q = p.to(tl.uint32)
         lo = (((q << 28) & 0x80000000) | ((q << 22) & 0x01C00000)).to(tl.float32, bitcast=True)
         hi = (((q << 24) & 0x80000000) | ((q << 18) & 0x01C00000)).to(tl.float32, bitcast=True)
-    elif PTX:
-        lo, hi = tl.inline_asm_elementwise(
-            _E2M1_PTX, "=r,=r,=r,=r,r", [p], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True,
-            pack=4,
-        )  # fmt: skip
     else:
         q = p.to(tl.uint16)
         lo = (((q << 12) & 0x8000) | ((q << 6) & 0x1C0)).to(tl.bfloat16, bitcast=True)
@@ -148,14 +141,23 @@ def _dequant_tile(
 ):
     # p uint8 [BN, G, 8]: byte j of group g holds k = 16g + 2j (low nibble) and 16g + 2j + 1;
     # s e4m3 [BN, G]. Returns code * block_scale * 2^-8 as [BN, BK], bf16 (fp32 interpreted).
-    lo, hi = _e2m1(p, INTERPRET, PTX)
     scale = _scale(s, INTERPRET)
-    # k = 16g + 2j + nibble. The scale multiplies after the reshape: Triton 3.6 fails
-    # ("Illegal shared layout") when the MMA operand's shared-memory copy is a reshape of the
-    # 4-D join; the multiply keeps the reshape in registers.
-    w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
     scale = tl.broadcast_to(scale[:, :, None], (BLOCK_N, BLOCK_K // 16, 8))
-    return w * tl.reshape(tl.join(scale, scale), (BLOCK_N, BLOCK_K))
+    if PTX:
+        pair = tl.inline_asm_elementwise(
+            _E2M1_PTX, "=r,=r,=r,=r,r,r,r", [p, scale], dtype=tl.uint32, is_pure=True, pack=4
+        )
+        lo = pair.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        hi = (pair >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
+    else:
+        lo, hi = _e2m1(p, INTERPRET)
+        # k = 16g + 2j + nibble. The scale multiplies after the reshape: Triton 3.6 fails
+        # ("Illegal shared layout") when the MMA operand's shared-memory copy is a reshape of
+        # the 4-D join; the multiply keeps the reshape in registers.
+        w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
+        w = w * tl.reshape(tl.join(scale, scale), (BLOCK_N, BLOCK_K))
+    return w
 
 
 # batch-sized integers unspecialised: no recompile on the engine thread per batch shape

@@ -5,7 +5,7 @@ import torch
 from transformers import NemotronHConfig
 from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHExperts
 
-from kernels.moe_align import moe_align, moe_align_ref
+from kernels.moe_align import ONE_PROGRAM_MAX_A, moe_align, moe_align_ref
 from kernels.moe_experts import moe_experts, moe_experts_ref
 from tests.kernels.moe_attn_helpers import assert_close
 
@@ -27,7 +27,11 @@ def weights(dtype, seed=0):
     return up.to(dtype), down.to(dtype)
 
 
-@pytest.mark.parametrize("T", [1, 5, 17, 64])
+def test_align_sizes_take_both_paths():
+    assert 64 * K <= ONE_PROGRAM_MAX_A < 1400 * K  # one program / the three kernels
+
+
+@pytest.mark.parametrize("T", [1, 5, 17, 64, 1400])
 def test_align_groups_by_expert(T):
     _, ids = routing(T, seed=T, skip_experts=(2,))
     M = 16
