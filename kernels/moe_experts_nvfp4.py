@@ -63,9 +63,10 @@ class Nvfp4Weight:
 
 @dataclass(frozen=True)
 class Nvfp4Config(GemmConfig):
-    # Nibbles -> bf16 bits by inline PTX (4 bytes a 32-bit register, ~2 instructions an
-    # element) instead of Triton integer ops on each element; same values. The H100 sweep
-    # of 2026-12-06 (session 8) timed both within 3 %; the best tilings ran with it.
+    # Codes -> scaled bf16 by inline PTX (_E2M1_PTX: a byte's two codes times their block
+    # scale in one register, 2.5 instructions an element) instead of Triton integer ops on
+    # each element; same values. The H100 sweep of 2026-12-06 (session 8) timed an earlier
+    # PTX version and the integer ops within 3 %; the best tilings ran with the PTX.
     ptx_dequant: bool = False
     # Weights as the MMA's first operand (acc^T = W x^T): Hopper's wgmma takes that operand
     # from registers, so the dequantized tile is not stored to shared memory behind a barrier
