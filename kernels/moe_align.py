@@ -49,14 +49,16 @@ def _tile_layout(
     pad_mask = e_ok[:, None] & (pad_rows < ends[:, None])
     tl.store(sorted_ids_ptr + pad_rows, tl.zeros_like(pad_rows) + A, mask=pad_mask)
 
-    # Tile b belongs to the expert whose padded range holds row b*M; none past the total.
-    ends_valid = tl.where(e_ok, ends, 2147483647)
-    for b0 in range(0, num_blocks, BLOCK_B):
+    # Expert e owns tiles [starts / M, ends / M): one masked store of every expert's i-th tile
+    # a step (most experts have one or two at decode); tiles past the total get -1.
+    first = starts // BLOCK_M
+    tiles = padded // BLOCK_M
+    for i in range(0, tl.max(tiles, axis=0)):
+        tl.store(block_expert_ptr + first + i, experts, mask=e_ok & (i < tiles))
+    for b0 in range(tl.sum(tiles, axis=0), num_blocks, BLOCK_B):
         blocks = b0 + tl.arange(0, BLOCK_B)
-        row = blocks * BLOCK_M
-        expert = tl.sum((ends_valid[None, :] <= row[:, None]).to(tl.int32), axis=1)
-        expert = tl.where(expert < E, expert, -1)
-        tl.store(block_expert_ptr + blocks, expert, mask=blocks < num_blocks)
+        tl.store(block_expert_ptr + blocks, tl.full((BLOCK_B,), -1, tl.int32),
+                 mask=blocks < num_blocks)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["A", "num_blocks"])

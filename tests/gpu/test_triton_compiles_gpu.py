@@ -38,6 +38,7 @@ def test_new_batch_shapes_do_not_recompile_the_varlen_and_moe_kernels():
     the block table's columns stay 16-byte aligned (the kernels W-doc compiled 34 times inside
     its timed run, RESULTS.md session 11)."""
     from kernels.causal_conv1d import causal_conv1d_varlen
+    from kernels.moe_align import ONE_PROGRAM_MAX_A
     from kernels.moe_experts import GemmConfig, moe_experts
     from kernels.ssd_scan import ssd_scan
 
@@ -66,7 +67,11 @@ def test_new_batch_shapes_do_not_recompile_the_varlen_and_moe_kernels():
         weights = torch.rand(T, top_k, device=dev)
         moe_experts(torch.randn(T, D, device=dev, dtype=bf16), up, down, weights, ids, gemm)
 
-    batch([300, 17])  # compiles what the others reuse
+    # compile what the others reuse: moe_align's one program (up to ONE_PROGRAM_MAX_A
+    # assignments) and its three kernels (past it)
+    assert 317 * top_k <= ONE_PROGRAM_MAX_A < 2117 * top_k
+    batch([300, 17])
+    batch([2100, 17])
     with TritonCompiles() as compiles:
         for lens in ([1], [16], [512, 512], [333, 1, 70], [4096, 17, 5, 5, 5]):
             batch(lens)
