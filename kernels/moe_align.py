@@ -16,7 +16,9 @@ import triton
 import triton.language as tl
 
 # Up to this many assignments (T * k; decode batches of up to 682 tokens at k = 6) one program
-# does the whole sort. One block size for all of them: no compile per batch size.
+# of 16 warps does the whole sort. One block size for all of them: no compile per batch size.
+# H100, CUDA graph, M = 16 (session 17): 5.4 / 8.1 / 12.4 us at T = 64 / 256 / 512 against
+# 12.3 / 19.9 / 21.8 for the memset and three kernels (4 warps: 7.7 / 15.5 / 26.4).
 ONE_PROGRAM_MAX_A = 4096
 
 
@@ -145,7 +147,7 @@ def _moe_align_launch(topk_ids, num_experts, block_m):
         counts = torch.empty(E, device=dev, dtype=torch.int32)
         _moe_align_one_kernel[(1,)](
             ids, counts, offsets, cursor, sorted_ids, block_expert, A, num_blocks,
-            BLOCK_A=ONE_PROGRAM_MAX_A, **shape,
+            BLOCK_A=ONE_PROGRAM_MAX_A, **shape, num_warps=16,
         )  # fmt: skip
         return sorted_ids, block_expert, offsets
     counts = torch.zeros(E, device=dev, dtype=torch.int32)

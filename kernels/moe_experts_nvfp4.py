@@ -80,13 +80,15 @@ class Nvfp4Config(GemmConfig):
 # 16-byte weight loads), decode 16x128x64 (6 stages: 1.19 TB/s of weights at T = 64, 1.05
 # with 16x64x64; session 14, padding rows unloaded and 16-byte weight loads: 1.46, where 16 x
 # 256 tiles, 2 warps or BLOCK_K 128 gave 1.37-1.41; session 16: 4 stages 2.3-2.7 % faster
-# than 6, 3 and 5 within 1 % of 4). Gone after measuring: the low and high nibbles as two
-# half-K operands (session 8 with strided x loads, 2-5 x slower; session 13 with x split in
-# registers, 92 fewer SASS instructions a K step at the decode tile yet 1.16 against 1.19
-# TB/s, and 171 against 236 TFLOP/s at prefill); the nibbles repacked at load so that no byte
-# permute interleaves low and high codes (session 16: 33 fewer instructions a decode K step,
-# decode 2-3 % faster, prefill 4 % slower, its wgmma operand then converted through shared
-# memory).
+# than 6, 3 and 5 within 1 % of 4; session 17, this PTX: 16x128x64 w4 s4 still the best at
+# T = 64, 16x64x64 on 2 warps 2.4 % faster at T = 256 and 1 % slower at 64). Gone after
+# measuring: the low and high nibbles as two half-K operands (session 8 with strided x loads,
+# 2-5 x slower; session 13 with x split in registers, 92 fewer SASS instructions a K step at
+# the decode tile yet 1.16 against 1.19 TB/s, and 171 against 236 TFLOP/s at prefill); the
+# nibbles repacked at load so that no byte permute interleaves low and high codes (session
+# 16: 33 fewer instructions a decode K step, decode 2-3 % faster, prefill 4 % slower, its
+# wgmma operand then converted through shared memory; the PTX of session 17 pairs the codes
+# in registers instead, with no cost at prefill).
 _PREFILL = Nvfp4Config(256, 128, 128, 8, 8, 3, split_tail=True, ptx_dequant=True, swap_ab=True)
 _DECODE = Nvfp4Config(16, 128, 64, 0, 4, 4, ptx_dequant=True)
 _INTERPRET = Nvfp4Config(16, 16, 32, 4, 4, 1, split_tail=True)
@@ -99,8 +101,9 @@ _TWO_POW_118 = tl.constexpr(2.0**118)
 # hold the low and the high nibble of each byte; prmt builds [l byte j, 0, u byte j, 0]
 # (selector 0xF: a zero byte); t * 4160 = (t << 6) + (t << 12) (no bits overlap) puts each
 # code's magnitude at bf16 bits 6-8 (22-24) and its sign at bit 15 (31), one mask keeps
-# those bits, one bf16x2 multiply scales. H100, session 17: 3 % faster than two shifts and an
-# or (and 1-2 % than the two-registers-a-nibble-half PTX before it) at decode and prefill.
+# those bits, one bf16x2 multiply scales. H100, session 17 (the op, T = 64 / 256 / 16 K):
+# 1.7 / 2.0 / 0.5 % faster than two shifts and an or; with moe_align's one program 3-5 % faster
+# than the PTX before, which gave each nibble half its own register and interleaved them.
 _E2M1_PTX = tl.constexpr(
     "{ .reg .b32 l, u, t, a, s; .reg .b16 h0, h1, h2, h3; shr.b32 u, $4, 4; "
     "and.b32 l, $4, 0x0F0F0F0F; and.b32 u, u, 0x0F0F0F0F; "
