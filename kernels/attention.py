@@ -369,7 +369,12 @@ def decode_splits(batch, kv_heads, device, fp8=False):
     sms = _sm_count(device.index or 0)
     if not fp8:
         return max(1, min(16, triton.cdiv(2 * sms, programs)))
-    resident = _FP8_DECODE_PROGRAMS_PER_SM * sms
+    return wave_splits(programs, _FP8_DECODE_PROGRAMS_PER_SM * sms)
+
+
+def wave_splits(programs, resident):
+    """The fewest splits (1-16) within 10 % of the fewest waves of `resident` programs per
+    unit of work, for `programs` programs a split."""
     waves = {n: triton.cdiv(programs * n, resident) / n for n in range(1, 17)}
     fewest = min(waves.values())
     return min(n for n, w in waves.items() if w <= 1.1 * fewest)

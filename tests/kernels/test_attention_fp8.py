@@ -9,6 +9,7 @@ from kernels.attention import (
     attention_decode_ref,
     attention_prefill,
     attention_prefill_ref,
+    wave_splits,
 )
 from kernels.quant_formats import dequant_fp8, fp8_scale, quantize_fp8
 from tests.kernels.moe_attn_helpers import assert_close
@@ -91,3 +92,17 @@ def test_pool_dtype_and_scales_must_agree():
         attention_prefill(q, kq, vq, pool.req_to_token, s, cu, c, SCALE)
     with pytest.raises(AssertionError, match="E4M3 pool needs"):
         attention_prefill(q, *pool.args(), s, cu, c, SCALE, ks, vs)
+
+
+@pytest.mark.parametrize(
+    "batch, want",
+    # an H100's 132 multiprocessors x 3 programs; each the best measured (RESULTS.md, session 17)
+    [(256, 3), (92, 2), (64, 3)],
+)
+def test_wave_splits_pick_the_measured_best(batch, want):
+    assert wave_splits(batch * 2, 3 * 132) == want  # 2 KV heads
+
+
+def test_wave_splits_fill_the_card_for_one_sequence():
+    assert wave_splits(2, 396) == 15  # one wave whatever the splits: 15 is within 10 % of 16
+    assert wave_splits(10_000, 396) == 1  # 26 nearly full waves: no split pays
