@@ -1,5 +1,6 @@
-"""`python -m benchmarks.sass`: the K loop of each quantized kernel tiling, compiled for sm_90
-on any machine, counted by instruction.
+"""`python -m benchmarks.sass`: the K loop of each quantized kernel tiling (and of the decode
+attention kernel over bf16 and E4M3 pools), compiled for sm_90 on any machine, counted by
+instruction.
 
 No GPU is needed: Triton compiles the kernel for a Hopper target with its bundled ptxas, and
 its bundled nvdisasm prints the SASS. The K loop is the innermost loop with an MMA. Printed per
@@ -23,14 +24,16 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from benchmarks import kernels_quant_sweep as sweep
-from kernels import fp8_linear, moe_experts_fp8, moe_experts_nvfp4
+from kernels import attention, fp8_linear, moe_experts_fp8, moe_experts_nvfp4
 
 HOPPER = GPUTarget("cuda", 90, 32)
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 # What the launcher's arguments are specialised to on the GPU: 16-byte aligned pointers,
 # strides and sizes that are multiples of 16 (the checkpoint's are).
 _ALIGNED = {"N", "K", "n_end", "stride_xm", "stride_wn", "stride_ym", "stride_am", "stride_we",
-            "stride_se", "stride_sn", "stride_cm"}  # fmt: skip
+            "stride_se", "stride_sn", "stride_cm", "stride_qb", "stride_qh", "stride_kr",
+            "stride_kh", "stride_vr", "stride_vh", "stride_ob", "stride_oh",
+            "stride_req"}  # fmt: skip
 
 
 def compile_sm90(fn, signature, constexprs, num_warps, num_stages):
@@ -121,8 +124,24 @@ def fp8_linear_kernel(cfg):
     return fp8_linear._fp8_linear_kernel, sig, consts
 
 
+def attention_decode_kernel(pool):
+    """(fn, signature, constexprs) of the decode attention kernel over a `pool` ("bf16" or
+    "fp8e4nv") KV pool: the model's 16 query heads a KV head, head dim 128, two splits."""
+    sig = {"q_ptr": "*bf16", "k_ptr": f"*{pool}", "v_ptr": f"*{pool}", "o_ptr": "*bf16",
+           "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "req_ptr": "*i32",
+           "slots_ptr": "*i64", "seq_lens_ptr": "*i32", "k_scale_ptr": "*fp32",
+           "v_scale_ptr": "*fp32", "qk_scale": "fp32"}  # fmt: skip
+    sig |= dict.fromkeys(["stride_qb", "stride_qh", "stride_kr", "stride_kh", "stride_vr",
+                          "stride_vh", "stride_ob", "stride_oh", "stride_req"], "i32")  # fmt: skip
+    block_n = attention._DECODE_CFG[0]
+    consts = {"GROUP": 16, "GROUP_PAD": 16, "HEAD_DIM": 128, "BLOCK_N": block_n,
+              "NUM_SPLITS": 2, "UPCAST": False, "SCALED": pool != "bf16"}  # fmt: skip
+    return attention._attn_decode_kernel, sig, consts
+
+
 def tilings(default_only):
-    """(label, cfg, (fn, signature, constexprs)) of every tiling to count."""
+    """(label, tiling tag, num_warps, num_stages, (fn, signature, constexprs)) of every tiling
+    to count."""
     nvfp4 = [moe_experts_nvfp4._PREFILL, moe_experts_nvfp4._DECODE]
     moe_fp8 = [moe_experts_fp8._PREFILL, moe_experts_fp8._DECODE]
     # fp8_linear's defaults for in_proj (N = 10304) on an H100 (132 multiprocessors)
@@ -131,12 +150,15 @@ def tilings(default_only):
         nvfp4 += sweep.MOE_NVFP4_PREFILL + sweep.MOE_NVFP4_DECODE
         moe_fp8 += sweep.MOE_FP8_PREFILL + sweep.MOE_FP8_DECODE
         fp8 += sweep.FP8_LINEAR_PREFILL + sweep.FP8_LINEAR_MID + sweep.FP8_LINEAR_DECODE
-    for cfg in dict.fromkeys(nvfp4):
-        yield "moe_experts_nvfp4 up", cfg, nvfp4_kernel(cfg)
-    for cfg in dict.fromkeys(moe_fp8):
-        yield "moe_experts_fp8 up", cfg, moe_fp8_kernel(cfg)
-    for cfg in dict.fromkeys(fp8):
-        yield "fp8_linear", cfg, fp8_linear_kernel(cfg)
+    for label, cfgs, kernel in (("moe_experts_nvfp4 up", nvfp4, nvfp4_kernel),
+                                ("moe_experts_fp8 up", moe_fp8, moe_fp8_kernel),
+                                ("fp8_linear", fp8, fp8_linear_kernel)):  # fmt: skip
+        for cfg in dict.fromkeys(cfgs):
+            yield label, sweep.tag(cfg), cfg.num_warps, cfg.num_stages, kernel(cfg)
+    block_n, warps, stages = attention._DECODE_CFG
+    for pool in ("bf16", "fp8e4nv"):
+        tag = f"BLOCK_N {block_n} g{warps}/{stages}"
+        yield f"attention_decode, {pool} pool", tag, warps, stages, attention_decode_kernel(pool)
 
 
 def main(argv=None):
@@ -147,12 +169,12 @@ def main(argv=None):
     args.workdir.mkdir(parents=True, exist_ok=True)
     print("| kernel | tiling | regs | stack B | shared KiB | loop instr | top opcodes |")
     print("|---|---|---|---|---|---|---|")
-    for label, cfg, (fn, sig, consts) in tilings(args.default):
-        compiled = compile_sm90(fn, sig, consts, cfg.num_warps, cfg.num_stages)
+    for label, tag, warps, stages, (fn, sig, consts) in tilings(args.default):
+        compiled = compile_sm90(fn, sig, consts, warps, stages)
         regs, stack, ops = loop_counts(compiled.asm["cubin"], args.workdir)
         top = ", ".join(f"{op} {n}" for op, n in ops.most_common(6))
         kib = compiled.metadata.shared / 1024
-        row = f"| {label} | {sweep.tag(cfg)} | {regs} | {stack} | {kib:.0f} | {sum(ops.values())}"
+        row = f"| {label} | {tag} | {regs} | {stack} | {kib:.0f} | {sum(ops.values())}"
         print(f"{row} | {top} |", flush=True)
 
 

@@ -14,6 +14,7 @@ import json, sys, tempfile
 from dataclasses import replace
 from pathlib import Path
 from benchmarks import sass
+from kernels.attention import _DECODE_CFG as ATTN_DECODE
 from kernels.fp8_linear import Fp8Config
 from kernels.moe_experts_fp8 import _PREFILL as FP8_MOE
 from kernels.moe_experts_nvfp4 import _DECODE, _PREFILL
@@ -29,9 +30,12 @@ cases = {
                     sass.nvfp4_kernel(replace(_PREFILL, swap_ab=False))),
     "nvfp4 decode": (_DECODE, sass.nvfp4_kernel(_DECODE)),
 }
+cases = {name: (cfg.num_warps, cfg.num_stages, k) for name, (cfg, k) in cases.items()}
+_, warps, stages = ATTN_DECODE
+cases["attention fp8"] = (warps, stages, sass.attention_decode_kernel("fp8e4nv"))
 out = {}
-for name, (cfg, (fn, sig, consts)) in cases.items():
-    compiled = sass.compile_sm90(fn, sig, consts, cfg.num_warps, cfg.num_stages)
+for name, (warps, stages, (fn, sig, consts)) in cases.items():
+    compiled = sass.compile_sm90(fn, sig, consts, warps, stages)
     regs, stack, ops = sass.loop_counts(compiled.asm["cubin"], Path(tempfile.mkdtemp()))
     out[name] = {"regs": regs, "stack": stack, "ops": dict(ops)}
 print(json.dumps(out))
@@ -64,3 +68,10 @@ def test_loop_counts_of_the_swapped_tilings():
     # the block scales one each, 4 cp.async a K step (6 with the 8-byte weight copies of
     # session 13, 1.19 against 1.46 TB/s on the H100 with the padding rows' x unloaded too)
     assert c["nvfp4 decode"]["ops"].get("LDGSTS", 0) == 4
+    # one prmt a weight byte (32 a thread a K step) builds both codes' bf16 pair: no permutes
+    # interleaving separate low- and high-nibble registers (48 in session 16)
+    assert c["nvfp4 decode"]["ops"].get("PRMT", 0) == 32
+    # attention over an E4M3 pool: E4M3 -> fp16 pairs (F2FP) for fp16 MMAs, no per-element
+    # fp16 -> bf16 converts (F2F; 128 a K step with bf16 MMAs)
+    attn = c["attention fp8"]["ops"]
+    assert attn.get("F2FP", 0) > 0 and attn.get("HMMA", 0) > 0 and "F2F" not in attn
