@@ -32,6 +32,10 @@ from media.options import DEFAULT_OPTIONS, MediaOptions
 from media.pipeline import process
 from media.video_decode import DEFAULT_DECODE, DecodeConfig
 
+# Added to each worker's niceness (Linux: 19 at most; 10 gives a thread at 0 ≈ 9 × the CPU
+# share of one at 10 while both are runnable).
+WORKER_NICENESS = 10
+
 
 def decode_job(
     path: str, opts: MediaOptions, limits: MediaLimits, cfg: DecodeConfig, shared: FrameBuffers
@@ -49,6 +53,10 @@ def _serve(
     keep: int,
 ) -> None:
     torch.set_num_threads(1)  # one core per worker: the pool is the parallelism
+    # One worker a core leaves none for the GPU worker's engine thread, which launches every
+    # kernel: behind busy decoders it waits for a core at each wake-up (a sync, a launch after
+    # the GIL), and the GPU idles meanwhile. At a lower priority the decoders yield to it.
+    os.nice(WORKER_NICENESS)
     # results leave this process: frames go to shared memory, `keep` bytes of it kept free
     shared = FrameBuffers(owner, keep_bytes=keep)
     # The GPU worker may leave without closing the pool (it exits with os._exit): the pipe
