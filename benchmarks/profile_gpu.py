@@ -34,6 +34,10 @@ from __future__ import annotations
 
 import argparse
 import time
+import traceback
+import warnings
+from collections import Counter
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -47,6 +51,7 @@ from workers.model.fullsize import build_fullsize, build_fullsize_omni
 from workers.model.quant import BF16, NVFP4, PRECISIONS
 from workers.model.vision import frames_to_device
 
+ROOT = Path(__file__).resolve().parents[1]
 REPEATS = 3
 TOP = 30
 GPU_WORK_MATMULS = 200  # ≈ 40 ms of queued GPU work on an H100 (137 GFLOP each), ahead of a copy
@@ -75,7 +80,31 @@ def kernel_table(fn, title: str) -> str:
     ]
     for us, calls, name in rows[:TOP]:
         lines.append(f"{us / 1e3:8.3f} {us / total:6.1%} {calls:6d}  {name[:110]}")
-    return "\n".join(lines)
+    return "\n".join(lines + [sync_sites(fn)])
+
+
+def sync_sites(fn) -> str:
+    """Where one call of fn made the host wait for the GPU (torch's sync debug mode: `.item()`,
+    a copy to or from pageable memory, `nonzero`...), by the innermost line of this repository
+    on the stack. After each such wait the GPU runs only as fast as the host launches, until
+    its queue fills again."""
+    sites: Counter[str] = Counter()
+
+    def note(message, *_):
+        if "synchroniz" in str(message):
+            ours = [f for f in traceback.extract_stack() if f.filename.startswith(str(ROOT))]
+            sites[f"{Path(ours[-2].filename).relative_to(ROOT)}:{ours[-2].lineno}"] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = note
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    listed = ", ".join(f"{site} ×{n}" for site, n in sites.most_common())
+    return f"host waits for the GPU in one call: {sum(sites.values())} ({listed or 'none'})"
 
 
 def profile_decode(llm, bsz: int, ctx: int) -> str:

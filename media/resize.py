@@ -8,6 +8,7 @@ and pages are resized on CPU in the media pool; video frames on the vision encod
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -45,9 +46,16 @@ def _planar_pixels(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     size = (grid[0] * PATCH, grid[1] * PATCH)
     if tuple(x.shape[-2:]) != size:
         x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
-    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    mean, std = _clip_stats(x.device)
     return (x * (1.0 / 255.0) - mean) / std
+
+
+@functools.cache
+def _clip_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP mean and std [1, 3, 1, 1] fp32 on `device`, made once: a tensor built from a list
+    on a GPU is a copy from pageable memory, which waits for all the GPU's queued work (the
+    video resize would otherwise wait for the ViT forward before it at each slice)."""
+    return tuple(torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
 
 
 def _even(ph: int, pw: int, budget: int) -> tuple[int, int]:
