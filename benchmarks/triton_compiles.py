@@ -24,7 +24,8 @@ class TritonCompiles:
     def __init__(self) -> None:
         self.kernels: Counter[str] = Counter()
         self.seconds = 0.0
-        self._started: dict[int, float] = {}
+        self.variants: list[str] = []  # what each compile specialised: options, argument types
+        self._started: dict[int, tuple[float, str]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -32,7 +33,8 @@ class TritonCompiles:
         return sum(self.kernels.values())
 
     def summary(self) -> dict:
-        return {"count": self.count, "seconds": self.seconds, "kernels": dict(self.kernels)}
+        return {"count": self.count, "seconds": self.seconds, "kernels": dict(self.kernels),
+                "variants": self.variants}  # fmt: skip
 
     def __enter__(self) -> TritonCompiles:
         self._saved = knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook
@@ -43,15 +45,16 @@ class TritonCompiles:
     def __exit__(self, *exc) -> None:
         knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook = self._saved
 
-    def _missed(self, **_) -> bool:
+    def _missed(self, *, repr: str, **_) -> bool:  # noqa: A002 (Triton's keyword)
         """Called before a compile (no kernel for these arguments in memory)."""
         with self._lock:
-            self._started[threading.get_ident()] = time.perf_counter()
+            self._started[threading.get_ident()] = (time.perf_counter(), repr)
         return False  # a true value would skip the compile
 
     def _compiled(self, *, fn, **_) -> None:
         with self._lock:
-            started = self._started.pop(threading.get_ident(), None)
+            started, variant = self._started.pop(threading.get_ident(), (None, None))
             if started is not None:
                 self.seconds += time.perf_counter() - started
+                self.variants.append(variant)
             self.kernels[fn.name] += 1

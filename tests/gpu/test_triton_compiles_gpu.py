@@ -28,6 +28,8 @@ def test_each_new_specialisation_compiles_once_and_is_counted():
             _add_one[(1,)](x, n, BLOCK=64)
         torch.cuda.synchronize()
     assert compiles.kernels == {"_add_one": 2} and compiles.seconds > 0
+    first, second = compiles.variants  # n as a plain integer, then as one divisible by 16
+    assert first.startswith("_add_one[") and first != second
     assert knobs.runtime.jit_cache_hook is None  # put back
     assert torch.equal(x[:17].cpu(), torch.full((17,), 4.0))
 
