@@ -79,6 +79,10 @@ class MediaUploader:
         # The block came from the engine stream's cache: kernels the engine queued before
         # freeing it may still read it, so the copy waits for what is queued by now.
         stream.wait_stream(torch.cuda.default_stream(self.device))
+        # Staged into pinned memory first (a memcpy on this thread, strides kept): a copy from
+        # pageable memory is staged by the driver inside the copy call, which then also waits
+        # there for the engine's queued work that the copy is ordered behind.
+        staged = t.pin_memory()
         with torch.cuda.stream(stream):
-            out.copy_(t, non_blocking=True)
+            out.copy_(staged, non_blocking=True)
         return out
