@@ -43,7 +43,8 @@ def test_every_workload_end_to_end(tmp_path, monkeypatch):
         assert shares["other"] >= 0  # the engine's stages are serial: they fit in the wall time
         assert row["engine"]["vision_patches"] > 0 or name == "audio"
         if interpreting():  # nothing is compiled; on a GPU, whatever the warm-up left
-            assert row["triton_compiles"] == {"count": 0, "seconds": 0.0, "kernels": {}, "variants": []}
+            nothing = {"count": 0, "seconds": 0.0, "kernels": {}, "variants": []}
+            assert row["triton_compiles"] == nothing
         lines = [
             json.loads((results / name / f"job{j:04d}.json").read_text())
             for j in range(counts[name])
