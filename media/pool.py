@@ -32,10 +32,6 @@ from media.options import DEFAULT_OPTIONS, MediaOptions
 from media.pipeline import process
 from media.video_decode import DEFAULT_DECODE, DecodeConfig
 
-# Added to each worker's niceness (Linux: 19 at most; 10 gives a thread at 0 ≈ 9 × the CPU
-# share of one at 10 while both are runnable).
-WORKER_NICENESS = 10
-
 
 def decode_job(
     path: str, opts: MediaOptions, limits: MediaLimits, cfg: DecodeConfig, shared: FrameBuffers
@@ -51,12 +47,10 @@ def _serve(
     owner: int,
     job: Callable,
     keep: int,
+    niceness: int,
 ) -> None:
     torch.set_num_threads(1)  # one core per worker: the pool is the parallelism
-    # One worker a core leaves none for the GPU worker's engine thread, which launches every
-    # kernel: behind busy decoders it waits for a core at each wake-up (a sync, a launch after
-    # the GIL), and the GPU idles meanwhile. At a lower priority the decoders yield to it.
-    os.nice(WORKER_NICENESS)
+    os.nice(niceness)
     # results leave this process: frames go to shared memory, `keep` bytes of it kept free
     shared = FrameBuffers(owner, keep_bytes=keep)
     # The GPU worker may leave without closing the pool (it exits with os._exit): the pipe
@@ -107,8 +101,10 @@ class MediaPool:
         workers: int | None = None,
         limits: MediaLimits = DEFAULT_LIMITS,
         cfg: DecodeConfig = DEFAULT_DECODE,
+        niceness: int = 0,
     ):
-        self.limits, self.cfg = limits, cfg
+        """`niceness`: added to each worker process's (Linux caps the sum at 19)."""
+        self.limits, self.cfg, self.niceness = limits, cfg, niceness
         self._ctx = mp.get_context("spawn")
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
@@ -165,7 +161,7 @@ class MediaPool:
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
         owner = next(self._owners)
-        args = (child, self.limits, self.cfg, owner, self.job, self._keep)
+        args = (child, self.limits, self.cfg, owner, self.job, self._keep, self.niceness)
         proc = self._ctx.Process(target=_serve, args=args, daemon=True)
         proc.start()
         child.close()

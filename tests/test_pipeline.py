@@ -87,6 +87,12 @@ def test_demo_model_is_marked(pipeline):
     assert pipeline.model_info.precision == "fp32"  # the CPU runs the demo's weights in fp32
 
 
+def test_decoders_keep_the_priority_of_a_cpu_engine(pipeline):
+    """Beside a CPU engine (the model computed on its thread) the decode processes are not
+    lowered; DECODER_NICENESS is for a GPU engine's launching thread."""
+    assert pipeline.model.device.type == "cpu" and pipeline.media.niceness == 0
+
+
 def test_image(pipeline, files):
     stages = Stages()
     out = run(pipeline, request(task="caption"), files / "a.png", stages)

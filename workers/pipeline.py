@@ -58,6 +58,11 @@ TRUNCATED_WARNING = "generation.max_tokens was reached before the JSON was compl
 NO_JSON_WARNING = "the model ended without a JSON answer (in its reasoning)"
 # A video chunk's prompt beside its media: chat template, system and task text, at most.
 PROMPT_TEXT_TOKENS = 512
+# Decode processes' niceness beside a GPU engine (one process a core): the engine thread,
+# which launches every kernel, then finds a core at each wake-up instead of queueing behind
+# them while the GPU idles (10 gives it ≈ 9 × a decoder's CPU share). Beside a CPU engine,
+# which computes the model on its own thread, the decoders keep its priority.
+DECODER_NICENESS = 10
 Progress = Callable[[str, int, int], None]  # (stage, done, total), from the job's thread
 
 
@@ -140,7 +145,8 @@ class Pipeline:
         limits = config.limits
         self.limits = replace(limits, max_decoded_bytes=limits.max_decoded_bytes or shm_budget())
         # decoding runs ahead, one process per core unless the host's cores are shared out
-        self.media = MediaPool(config.media_workers, limits=self.limits)
+        nice = DECODER_NICENESS if model.device.type == "cuda" else 0
+        self.media = MediaPool(config.media_workers, limits=self.limits, niceness=nice)
         # ... as far as shared memory allows: jobs wait for room before decoding
         self.media_budget = MediaBudget(shm_budget(config.media_bytes), self.media.num_workers)
         if engine.plan is not None:

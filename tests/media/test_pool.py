@@ -13,7 +13,7 @@ from media.errors import MediaError
 from media.items import frame_buffers
 from media.options import MediaOptions
 from media.pipeline import process
-from media.pool import WORKER_NICENESS, MediaPool, run_all
+from media.pool import MediaPool, run_all
 from tests.media.bad_corpus import build, good_image
 from tests.media.corpus import write_video
 
@@ -90,12 +90,13 @@ def test_a_worker_that_died_idle_is_replaced(pool, tmp_path):
     assert all(len(f.result(timeout=120)[0].timestamps) == 4 for f in futures)
 
 
-def test_workers_run_at_a_lower_priority_than_the_gpu_worker(pool):
-    want = min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICENESS)
-    deadline = time.monotonic() + 60  # each spawned worker lowers its own on start
-    while True:
-        nice = [os.getpriority(os.PRIO_PROCESS, w.proc.pid) for w in pool._workers]
-        if nice == [want] * len(nice) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+def test_workers_run_at_the_niceness_given():
+    want = min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)
+    with MediaPool(workers=2, niceness=7) as pool:
+        deadline = time.monotonic() + 60  # each spawned worker lowers its own on start
+        while True:
+            nice = [os.getpriority(os.PRIO_PROCESS, w.proc.pid) for w in pool._workers]
+            if nice == [want] * len(nice) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
     assert nice == [want] * len(nice)
