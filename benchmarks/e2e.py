@@ -4,7 +4,8 @@ the shipped pipeline.
     python -m benchmarks.e2e [--workload video|doc|audio|all] [--model full|demo]
                              [--jobs N | --jobs video=N,doc=N,audio=N]
                              [--precision bf16|fp8|nvfp4] [--gpu-memory-gb N] [--small]
-                             [--via-cli] [--reference] [--cache DIR] [--results DIR]
+                             [--via-cli] [--reference] [--gpu-busy] [--cache DIR]
+                             [--results DIR]
 
 Every job is handed to `workers.pipeline.Pipeline` at once, as the GPU worker and `omnibatch
 run` do: its job threads decode the media in the process pool (one worker per core) ahead of
@@ -30,6 +31,9 @@ FP8 or NVFP4 checkpoint (the full model built so, the demo quantized at load); t
 `precision` says what ran. `--small` shrinks the inputs (see e2e_inputs) and
 renders pages near 1 K patches.
 `--reference` adds, after our model is freed, transformers' NemotronH `generate` floor.
+`--gpu-busy` profiles each timed run's kernels and reports, per engine stage, the share of
+its time with a kernel running (row["gpu_busy"]; benchmarks/gpu_busy.py): a low share means
+the GPU waited for the host. The profiler's own overhead slows that run.
 `--gpu-memory-gb N` plans the engine's memory under N GiB, as the worker's GPU_MEMORY_GB
 (default: 95 % of the card), so workloads compare before and after on one card.
 
@@ -47,6 +51,7 @@ Prints a short table last; full JSON to $OUT/e2e.json when OUT is set.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import json
@@ -60,6 +65,7 @@ import torch
 
 from benchmarks.common import BF16_TFLOPS, LLM_FLOP_PER_TOKEN
 from benchmarks.e2e_inputs import AUDIO_S, PAGE_H, PAGE_W, SMALL_AUDIO_S, workload_files
+from benchmarks.gpu_busy import GpuBusy
 from benchmarks.triton_compiles import TritonCompiles
 from contract.schemas import JobCreate
 from media.resize import PATCH
@@ -161,7 +167,7 @@ def bench_pipeline(
 def _delta(after: StageStats, before: StageStats) -> dict:
     peaks = ("peak_unprefilled", "peak_batch")  # high-water marks (warm-up included)
     per_stage = ("seconds", "launch_seconds", "thread_seconds", "ooms")
-    counts = [k for k in vars(after) if k not in ("profile", *per_stage, *peaks)]
+    counts = [k for k in vars(after) if k not in ("profile", "windows", *per_stage, *peaks)]
     out = {k: getattr(after, k) - getattr(before, k) for k in counts}
     out |= {k: getattr(after, k) for k in peaks}
     for t in per_stage:
@@ -262,7 +268,8 @@ def run_workload(
     request = w.request(w.max_tokens(args.small))
     paths = [Path(files[j % len(files)]) for j in range(jobs)]
     cpu = pool_cpu_s()
-    with TritonCompiles() as compiles:
+    busy = GpuBusy() if args.gpu_busy and cuda else contextlib.nullcontext()
+    with TritonCompiles() as compiles, busy:
         if via_cli:
             jsonl = args.results / f"{w.name}.jsonl"
             lines, exposed, wall = _via_cli(pipeline, request, paths, jsonl)
@@ -283,6 +290,9 @@ def run_workload(
         "allocator": {k: v - allocator[k] for k, v in allocator_counts(cuda).items()},
         "expandable_reserved_gib": expandable_reserved(cuda) / 2**30,
         "triton_compiles": compiles.summary(),  # shapes the warm-up did not meet
+        "gpu_busy": busy.by_stage(pipeline.engine.stats.windows[len(before.windows) :])
+        if isinstance(busy, GpuBusy)
+        else None,
     }
     return _measure(w, _delta(pipeline.engine.stats, before), counts, cuda)
 
@@ -391,6 +401,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--media-gb", type=float, default=16.0, help="decoded media held in host memory at most"
     )
     ap.add_argument("--gpu-memory-gb", type=float, default=None, help="GPU_MEMORY_GB (GiB)")
+    ap.add_argument(
+        "--gpu-busy",
+        action="store_true",
+        help="profile the timed runs' kernels: each stage's share of time with one running "
+        "(benchmarks/gpu_busy.py; CUDA only, adds profiler overhead)",
+    )
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
     ap.add_argument("--results", type=Path, default=ROOT / ".cache" / "bench" / "results")
     args = ap.parse_args(argv)
@@ -427,6 +443,10 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{row['allocator']}, OOMs {row['engine'].get('ooms')}, "
                   f"{row['expandable_reserved_gib']:.2f} GiB expandable, Triton compiles "
                   f"{row['triton_compiles']}", flush=True)  # fmt: skip
+            if row["gpu_busy"]:
+                print("kernel time in each stage: " + ", ".join(
+                    f"{s} {b['kernel_seconds']:.2f} of {b['seconds']:.2f} s ({b['share']:.0%})"
+                    for s, b in row["gpu_busy"].items()), flush=True)  # fmt: skip
             if args.via_cli:
                 cli = run_workload(w, pipeline, files[n], jobs[n], args, via_cli=True)
                 report["via_cli"][n] = cli

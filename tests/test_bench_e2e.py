@@ -26,7 +26,9 @@ def test_every_workload_end_to_end(tmp_path, monkeypatch):
     results = tmp_path / "results"
     counts = {"video": JOBS, "doc": JOBS, "audio": JOBS - 1}  # --jobs per workload
     jobs = ",".join(f"{k}={v}" for k, v in counts.items())
-    report = main(["--model", "demo", "--small", "--jobs", jobs, "--results", str(results)])
+    report = main(
+        ["--model", "demo", "--small", "--jobs", jobs, "--results", str(results), "--gpu-busy"]
+    )
 
     assert (
         json.loads((tmp_path / "e2e.json").read_text())["workloads"].keys()
@@ -42,9 +44,10 @@ def test_every_workload_end_to_end(tmp_path, monkeypatch):
         assert all(shares[k] > 0 for k in ("media", "encoders", "prefill", "decode")), shares
         assert shares["other"] >= 0  # the engine's stages are serial: they fit in the wall time
         assert row["engine"]["vision_patches"] > 0 or name == "audio"
-        if interpreting():  # nothing is compiled; on a GPU, whatever the warm-up left
+        if interpreting():  # nothing is compiled (on a GPU, whatever the warm-up left) ...
             nothing = {"count": 0, "seconds": 0.0, "kernels": {}, "variants": []}
             assert row["triton_compiles"] == nothing
+            assert row["gpu_busy"] is None  # ... and --gpu-busy has no GPU to profile
         lines = [
             json.loads((results / name / f"job{j:04d}.json").read_text())
             for j in range(counts[name])

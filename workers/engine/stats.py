@@ -29,6 +29,9 @@ class StageStats:
     # launches, and a thread time well under the launch time that the thread waited (the GIL).
     launch_seconds: dict[str, float] = field(default_factory=dict)
     thread_seconds: dict[str, float] = field(default_factory=dict)
+    # Each timed stage's (name, start, end) in epoch nanoseconds, the clock of torch's
+    # profiler: benchmarks/gpu_busy.py sets them against the kernels that ran.
+    windows: list[tuple[str, int, int]] = field(default_factory=list)
     prefill_tokens: int = 0
     prefill_forwards: int = 0  # prefill_tokens / prefill_forwards: the mean forward
     encode_groups: int = 0  # groups encoded together (a retry after an out-of-memory too)
@@ -53,12 +56,13 @@ class StageStats:
             return
         sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
         sync()
-        t, cpu = time.perf_counter(), time.thread_time()
+        t, cpu, start = time.perf_counter(), time.thread_time(), time.time_ns()
         try:
             yield
         finally:
             launched, cpu = time.perf_counter(), time.thread_time() - cpu
             sync()
+            self.windows.append((name, start, time.time_ns()))
             for counter, value in ((self.seconds, time.perf_counter() - t),
                                    (self.launch_seconds, launched - t),
                                    (self.thread_seconds, cpu)):  # fmt: skip
