@@ -30,10 +30,10 @@ HOPPER = GPUTarget("cuda", 90, 32)
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 # What the launcher's arguments are specialised to on the GPU: 16-byte aligned pointers,
 # strides and sizes that are multiples of 16 (the checkpoint's are).
+_ATTN_DECODE_STRIDES = ("stride_qb", "stride_qh", "stride_kr", "stride_kh", "stride_vr",
+                        "stride_vh", "stride_ob", "stride_oh", "stride_req")  # fmt: skip
 _ALIGNED = {"N", "K", "n_end", "stride_xm", "stride_wn", "stride_ym", "stride_am", "stride_we",
-            "stride_se", "stride_sn", "stride_cm", "stride_qb", "stride_qh", "stride_kr",
-            "stride_kh", "stride_vr", "stride_vh", "stride_ob", "stride_oh",
-            "stride_req"}  # fmt: skip
+            "stride_se", "stride_sn", "stride_cm", *_ATTN_DECODE_STRIDES}  # fmt: skip
 
 
 def compile_sm90(fn, signature, constexprs, num_warps, num_stages):
@@ -131,8 +131,7 @@ def attention_decode_kernel(pool):
            "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "req_ptr": "*i32",
            "slots_ptr": "*i64", "seq_lens_ptr": "*i32", "k_scale_ptr": "*fp32",
            "v_scale_ptr": "*fp32", "qk_scale": "fp32"}  # fmt: skip
-    sig |= dict.fromkeys(["stride_qb", "stride_qh", "stride_kr", "stride_kh", "stride_vr",
-                          "stride_vh", "stride_ob", "stride_oh", "stride_req"], "i32")  # fmt: skip
+    sig |= dict.fromkeys(_ATTN_DECODE_STRIDES, "i32")
     block_n = attention._DECODE_CFG[0]
     consts = {"GROUP": 16, "GROUP_PAD": 16, "HEAD_DIM": 128, "BLOCK_N": block_n,
               "NUM_SPLITS": 2, "UPCAST": False, "SCALED": pool != "bf16"}  # fmt: skip
