@@ -268,8 +268,8 @@ def run_workload(
     request = w.request(w.max_tokens(args.small))
     paths = [Path(files[j % len(files)]) for j in range(jobs)]
     cpu = pool_cpu_s()
-    busy = GpuBusy() if args.gpu_busy and cuda else contextlib.nullcontext()
-    with TritonCompiles() as compiles, busy:
+    busy = GpuBusy() if args.gpu_busy and cuda else None
+    with TritonCompiles() as compiles, busy or contextlib.nullcontext():
         if via_cli:
             jsonl = args.results / f"{w.name}.jsonl"
             lines, exposed, wall = _via_cli(pipeline, request, paths, jsonl)
@@ -291,7 +291,7 @@ def run_workload(
         "expandable_reserved_gib": expandable_reserved(cuda) / 2**30,
         "triton_compiles": compiles.summary(),  # shapes the warm-up did not meet
         "gpu_busy": busy.by_stage(pipeline.engine.stats.windows[len(before.windows) :])
-        if isinstance(busy, GpuBusy)
+        if busy
         else None,
     }
     return _measure(w, _delta(pipeline.engine.stats, before), counts, cuda)
