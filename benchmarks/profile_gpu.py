@@ -17,7 +17,7 @@ them over (60 uint8 720p frames in shared memory, channels last; 60 s of audio a
 clips): `encode_items` + `splice_prompt_embeds` (EVS 0.5) for `clips` clips at once, as the
 engine's admission runs them (prompts tokenized beforehand, as `Engine.submit` does).
 Also times the host-to-device copy of one clip's frames behind queued GPU work, from pageable
-memory and through pinned memory (`frames_to_device`, what the engine does): how long the
+memory and through pinned memory (`host_to_device`, what the engine does): how long the
 host is held, and whether the copy overlapped the work.
 
 moe: the routed experts alone at full size, with benchmarks.kernels_quant's random weights and
@@ -48,8 +48,8 @@ from media.mel import N_MELS
 from media.resize import video_grid
 from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.fullsize import build_fullsize, build_fullsize_omni
+from workers.model.host_copy import host_to_device
 from workers.model.quant import BF16, NVFP4, PRECISIONS
-from workers.model.vision import frames_to_device
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEATS = 3
@@ -246,7 +246,7 @@ def main() -> None:
         dev = torch.device("cuda")
         mb = clips[0].tubelets.nbytes / 2**20
         for name, copy in (("pageable", lambda t: t.to("cuda")),
-                           ("through pinned memory", lambda t: frames_to_device(t, dev))):
+                           ("through pinned memory", lambda t: host_to_device(t, dev))):
             host, total = h2d_ms(clips[0], copy)
             print(f"one clip's frames to the GPU ({mb:.0f} MiB, {name}) behind "
                   f"{GPU_WORK_MATMULS} queued 4096² matmuls: the host returned after "

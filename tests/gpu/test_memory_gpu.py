@@ -25,6 +25,7 @@ from workers.engine.memory_plan import (
     CARD_SHARE,
     RUNTIME_BYTES,
     SLACK_BYTES,
+    GiB,
     encode_pieces,
     graph_pool,
     graph_sizes,
@@ -61,6 +62,8 @@ def model():
     m = build_fullsize_omni()
     torch.cuda.empty_cache()
     LOADED["reserved"] = torch.cuda.memory_reserved()  # the weights as allocated
+    free, total = torch.cuda.mem_get_info()
+    LOADED["runtime"] = total - free - LOADED["reserved"]  # before any stage loaded its kernels
     yield m
     if out := os.environ.get("OUT"):
         with open(os.path.join(out, "memory_gpu.json"), "w") as f:
@@ -237,8 +240,10 @@ def test_weights_runtime_and_the_plan(model):
     rounding = LOADED["reserved"] - weight_bytes(model)
     kept = reserved - LOADED["reserved"]
     RESULTS.append(dict(stage="runtime", size="after all stages", measured=runtime,
-                        formula=RUNTIME_BYTES, weights_rounding=rounding, kept=kept))  # fmt: skip
-    print(f"outside torch {runtime / MiB:.0f} MiB; weights' allocator rounding "
+                        at_load=LOADED["runtime"], card=total, formula=RUNTIME_BYTES,
+                        weights_rounding=rounding, kept=kept))  # fmt: skip
+    print(f"outside torch {runtime / MiB:.0f} MiB (at load {LOADED['runtime'] / MiB:.0f}, card "
+          f"{total / GiB:.1f} GiB); weights' allocator rounding "
           f"{rounding / MiB:.0f} MiB; kept after the stages {kept / MiB:.0f} MiB")  # fmt: skip
     assert runtime <= RUNTIME_BYTES
     assert kept <= SLACK_BYTES

@@ -17,8 +17,9 @@ from media.resize import video_pixels
 from workers.model.audio import AudioEncoder, encode_audios
 from workers.model.config import AudioConfig, OmniConfig, VisionConfig
 from workers.model.fullsize import init_tower_random_
+from workers.model.host_copy import host_to_device
 from workers.model.projectors import SoundProjector, VisionProjector
-from workers.model.vision import RadioViT, encode_visual, frames_to_device
+from workers.model.vision import RadioViT, encode_visual
 
 pytestmark = [
     pytest.mark.gpu,
@@ -141,8 +142,8 @@ def test_frames_reach_the_gpu_through_pinned_memory_strides_kept():
     gen = torch.Generator().manual_seed(3)
     frames = torch.randint(0, 256, (5, 36, 52, 3), generator=gen, dtype=torch.uint8)
     view = frames.permute(0, 3, 1, 2)  # [5, 3, 36, 52]
-    moved = frames_to_device(view, torch.device("cuda"))
+    moved = host_to_device(view, torch.device("cuda"))
     torch.cuda.synchronize()
     assert moved.is_cuda and moved.stride() == view.stride()
     assert torch.equal(moved.cpu(), view)
-    assert frames_to_device(moved, torch.device("cuda")) is moved
+    assert host_to_device(moved, torch.device("cuda")) is moved

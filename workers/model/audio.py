@@ -25,6 +25,7 @@ from torch import nn
 
 from media.items import AudioItem
 from workers.model.config import AudioConfig
+from workers.model.host_copy import host_to_device
 
 HOP_SAMPLES = 160  # 10 ms mel hop at 16 kHz
 # Mel frames per encoder forward when the caller gives no budget (the engine's comes from its
@@ -221,7 +222,7 @@ def encode_audios(
         step = max(1, max_frames // length)
         for a in range(0, len(same), step):
             idx = same[a : a + step]
-            batch = torch.stack([clips[i].to(device=w.device, dtype=w.dtype) for i in idx])
+            batch = torch.stack([host_to_device(clips[i], w.device).to(w.dtype) for i in idx])
             emb = projector(encoder(batch))
             del batch
             for i, e in zip(idx, emb, strict=True):

@@ -21,6 +21,7 @@ from workers.model import ops
 from workers.model.attention import Attention
 from workers.model.cache import ForwardBatch, HybridCache
 from workers.model.config import LLMConfig
+from workers.model.host_copy import host_to_device
 from workers.model.linear import Linear
 from workers.model.mamba2_mixer import Mamba2Mixer
 from workers.model.moe import MoE
@@ -119,11 +120,11 @@ class NemotronH(nn.Module):
         """ids[T] on any device -> [T,D] on the model's device."""
         table = self.embeddings.weight
         if table.device == self.device:
-            return self.embeddings(ids.to(self.device))
+            return self.embeddings(host_to_device(ids, self.device))
         # The table is in pinned host memory (`keep_embeddings_on_host`): gather the rows
         # there, then copy T x D values instead of holding V x D on the GPU.
         rows = nn.functional.embedding(ids.cpu(), table)
-        return rows.pin_memory().to(self.device, non_blocking=True)
+        return host_to_device(rows, self.device)
 
     def keep_embeddings_on_host(self) -> None:
         """Move the embedding table (V x D: 0.66 GiB at full size) to pinned host memory, for

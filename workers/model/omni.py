@@ -21,6 +21,7 @@ from workers.model import ops
 from workers.model.audio import MAX_AUDIO_FRAMES, AudioEncoder, encode_audios
 from workers.model.config import OmniConfig
 from workers.model.expand import expand_prompt
+from workers.model.host_copy import host_to_device
 from workers.model.nemotron_h import NemotronH
 from workers.model.projectors import SoundProjector, VisionProjector
 from workers.model.quant import QuantPlan
@@ -202,7 +203,7 @@ def splice_prompt_embeds(
     """
     cfg = model.config
     visual, audio = tokens.visual, tokens.audio
-    ids = tokens.ids.to(model.device)
+    ids = host_to_device(tokens.ids, model.device)
     img_pos = ids == cfg.img_context_token_id
 
     rows, masks = [], []  # per visual item: encoder rows [n, D]; a video's EVS keep mask [n]

@@ -30,6 +30,7 @@ from torch import nn
 from media.items import ImageItem, VideoItem
 from media.resize import PATCH, video_pixels
 from workers.model.config import VisionConfig
+from workers.model.host_copy import host_to_device
 from workers.model.pixel_shuffle import pixel_shuffle
 
 # N sequences, L tokens, D width, H heads, P patch vector.
@@ -309,23 +310,9 @@ def _video_pixels(
     out = torch.empty(f, c, PATCH * ph, PATCH * pw, device=like.device, dtype=like.dtype)
     step = max(1, resize_bytes // resize_frame_bytes(frames.shape[2:], item.grid))
     for s in range(0, f, step):
-        u8 = frames_to_device(frames[s : s + step], like.device).unsqueeze(1)  # [k, 1, 3, H, W]
+        u8 = host_to_device(frames[s : s + step], like.device).unsqueeze(1)  # [k, 1, 3, H, W]
         out[s : s + step] = video_pixels(u8, item.grid).flatten(0, 1)
     return out.view(b - a, -1, *out.shape[2:])
-
-
-def frames_to_device(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host frames on `device`, queued behind the GPU's work instead of waiting for it.
-
-    A copy from pageable memory makes the host wait until the GPU has run what is queued
-    before it (the driver stages the bytes through pinned memory of its own), so the GPU
-    idles while the host stages each slice: W-video's 64 clips are 10.6 GB of frames. Staged
-    into pinned memory here (a memcpy: `pin_memory` keeps the strides), the copy is queued
-    like a kernel; torch's caching host allocator keeps the pinned block until it has run.
-    """
-    if frames.device.type != "cpu" or device.type != "cuda":  # uploaded ahead, or no GPU
-        return frames.to(device)
-    return frames.pin_memory().to(device, non_blocking=True)
 
 
 def encode_images(vit: RadioViT, mlp1: nn.Module, images: list[ImageItem]) -> list[torch.Tensor]:
