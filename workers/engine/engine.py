@@ -97,7 +97,7 @@ class EngineConfig:
     # one stage at a time: an encode group's outputs and forwards, a prefill forward, the LM
     # head and sampling (workspace.py prices each).
     workspace_bytes: int = 4 << 30
-    # Media that job threads copy to the GPU ahead of the engine (upload.py), at most; the
+    # Media the uploader's thread copies to the GPU ahead of the engine (upload.py), at most; the
     # engine lets go of each request's media once encoded.
     max_upload_bytes: int = 4 << 30
     profile: bool = False  # time each stage in `Engine.stats` (synchronises the GPU: benchmarks)
