@@ -1,17 +1,17 @@
 """Copies queued requests' media to the GPU on a thread of its own, ahead of the engine.
 
 A W-video clip is 158 MiB of uint8 frames. Whoever copies it from the pool's (pageable)
-shared memory first stages it through pinned memory, a host memcpy of 15-50 ms on a host
-whose cores decode video; done on the engine thread, that is time in which it launches
-nothing (the encode stage was bound by its host thread: RESULTS.md session 18, 151 ms a
+shared memory first stages it through pinned memory, a host memcpy on a host whose cores
+decode video; done on the engine thread, that is time in which it launches nothing (the encode stage was bound by its host thread: RESULTS.md session 18, 151 ms a
 clip against 102 ms of kernels). So this thread takes each request in the engine's queue
 order, waits until the plan's upload bytes have room for it, stages it through pinned
 memory and copies it on a stream of its own; the engine only ever finds its media on the
 GPU, unless it reached the request first.
 
 Copying every queued request once, in order, as room frees up, is what keeps a long queue
-supplied: copied once at submit instead (until session 18), the first few dozen requests
-of a burst took the room and the hundreds behind them reached the engine on the host.
+supplied: copied once at submit instead (until session 18), only requests submitted while
+there was room went ahead; in a burst, the first few dozen took the room and the hundreds
+submitted behind them reached the engine on the host.
 
 The engine claims a request before it reads its items (`claim`): from then on this thread
 does not touch it, and a copy that finishes after the claim is dropped. Uploaded media is
@@ -32,7 +32,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -51,6 +51,17 @@ class Uploadable(Protocol):
     tokens: PromptTokens  # its `visual` and `audio` are `items` (and their soundtracks)
     uploaded: int  # bytes of `items` on the GPU, to release once the engine lets go
     claimed: bool  # the engine reads `items` from now on: hands off
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """A request's media on its way to the GPU: `done` once the copies have run."""
+
+    request: Uploadable
+    items: list[MediaItem]  # as queued, on the host
+    moved: list[MediaItem]  # their GPU copies
+    nbytes: int
+    done: torch.cuda.Event
 
 
 class MediaUploader:
@@ -100,48 +111,78 @@ class MediaUploader:
         self._thread.join()
 
     def _run(self) -> None:
+        """Start copies while requests and room allow; publish each once its copy has run,
+        in order. Several are in flight at once: each waits on the GPU for the engine's work
+        queued before it (`_copy`), so waiting for one before starting the next would
+        upload a request per engine stage, slower than the engine encodes them."""
         stream = torch.cuda.Stream(self.device)
-        while (taken := self._next()) is not None:
-            request, items, n = taken
-            try:
-                moved = [self._to_device(i, stream) for i in items]
-                stream.synchronize()  # the engine may use them as soon as they are published
-            except Exception as exc:  # the engine copies this request's media itself
-                self.release(n)
-                if isinstance(exc, torch.OutOfMemoryError):
-                    self.stats.count_oom("upload")
-                else:
-                    log.warning("media upload failed; the engine copies it", exc_info=exc)
-                continue
-            with self._cond:
-                if request.claimed:  # the engine got there first, with the host items
-                    self._held -= n
-                    self._cond.notify_all()
-                    continue
-                request.tokens = _pointing_at(request.tokens, items, moved)
-                request.items, request.uploaded = moved, n
-                self.stats.uploaded_bytes += n
-                self._on_uploaded(request)
+        inflight: deque[_Copy] = deque()
+        while True:
+            taken = self._next(wait=not inflight)
+            if taken is not None:
+                if (started := self._start(*taken, stream)) is not None:
+                    inflight.append(started)
+            elif self._closed:
+                stream.synchronize()  # the copies' blocks go back to the engine's cache
+                for c in inflight:
+                    self.release(c.nbytes)
+                return
+            else:
+                inflight[0].done.synchronize()  # nothing to start now: wait for the oldest
+            while inflight and inflight[0].done.query():
+                self._publish(inflight.popleft())
 
-    def _next(self) -> tuple[Uploadable, list[MediaItem], int] | None:
+    def _next(self, wait: bool) -> tuple[Uploadable, list[MediaItem], int] | None:
         """The next unclaimed request with media that fits the cap, once there is room for
-        it (its bytes then held); None once closed."""
+        it (its bytes then held); None once closed, or, unless `wait`, when no request has
+        room now."""
         with self._cond:
-            while True:
-                while not self._queue and not self._closed:
+            while not self._closed:
+                if not self._queue:
+                    if not wait:
+                        return None
                     self._cond.wait()
-                if self._closed:
-                    return None
-                request = self._queue.popleft()
+                    continue
+                request = self._queue[0]
                 n = media_bytes(request.items) if not request.claimed else 0
                 if not 0 < n <= self.max_bytes:
+                    self._queue.popleft()
                     continue
-                while self._held + n > self.max_bytes and not request.claimed and not self._closed:
-                    self._cond.wait()
-                if request.claimed or self._closed:
+                if self._held + n > self.max_bytes:
+                    if not wait:
+                        return None
+                    self._cond.wait()  # a release, a claim or a close
                     continue
+                self._queue.popleft()
                 self._held += n
                 return request, request.items, n
+            return None
+
+    def _start(self, request: Uploadable, items: list[MediaItem], n: int, stream) -> _Copy | None:
+        try:
+            moved = [self._to_device(i, stream) for i in items]
+            done = torch.cuda.Event()
+            done.record(stream)
+        except Exception as exc:  # the engine copies this request's media itself
+            stream.synchronize()  # copies started before the error write into blocks freed now
+            self.release(n)
+            if isinstance(exc, torch.OutOfMemoryError):
+                self.stats.count_oom("upload")
+            else:
+                log.warning("media upload failed; the engine copies it", exc_info=exc)
+            return None
+        return _Copy(request, items, moved, n, done)
+
+    def _publish(self, c: _Copy) -> None:
+        with self._cond:
+            if c.request.claimed:  # the engine got there first, with the host items
+                self._held -= c.nbytes
+                self._cond.notify_all()
+                return
+            c.request.tokens = _pointing_at(c.request.tokens, c.items, c.moved)
+            c.request.items, c.request.uploaded = c.moved, c.nbytes
+            self.stats.uploaded_bytes += c.nbytes
+            self._on_uploaded(c.request)
 
     def _to_device(self, item: MediaItem, stream: torch.cuda.Stream) -> MediaItem:
         if isinstance(item, ImageItem):
