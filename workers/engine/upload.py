@@ -2,11 +2,12 @@
 
 A W-video clip is 158 MiB of uint8 frames. Whoever copies it from the pool's (pageable)
 shared memory first stages it through pinned memory, a host memcpy on a host whose cores
-decode video; done on the engine thread, that is time in which it launches nothing (the encode stage was bound by its host thread: RESULTS.md session 18, 151 ms a
-clip against 102 ms of kernels). So this thread takes each request in the engine's queue
-order, waits until the plan's upload bytes have room for it, stages it through pinned
-memory and copies it on a stream of its own; the engine only ever finds its media on the
-GPU, unless it reached the request first.
+decode video; done on the engine thread, that is time in which it launches nothing (the
+encode stage was bound by its host thread: RESULTS.md session 18, 151 ms a clip against 102
+ms of kernels). So this thread takes each request in the engine's queue order, waits until
+the plan's upload bytes have room for it, stages it through pinned memory and copies it on a
+stream of its own; the engine only ever finds its media on the GPU, unless it reached the
+request first.
 
 Copying every queued request once, in order, as room frees up, is what keeps a long queue
 supplied: copied once at submit instead (until session 18), only requests submitted while
@@ -161,7 +162,7 @@ class MediaUploader:
     def _start(self, request: Uploadable, items: list[MediaItem], n: int, stream) -> _Copy | None:
         try:
             moved = [self._to_device(i, stream) for i in items]
-            done = torch.cuda.Event()
+            done = torch.cuda.Event(blocking=True)  # waited on without spinning a core
             done.record(stream)
         except Exception as exc:  # the engine copies this request's media itself
             stream.synchronize()  # copies started before the error write into blocks freed now
