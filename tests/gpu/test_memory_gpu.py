@@ -6,7 +6,7 @@ stay under the formula the plan sizes that stage with (workspace.py, vision.py,
 kernels/moe_experts.py), give or take `SLOP` (small tensors the formulas do not itemize; the
 plan's slack holds them), and the formula not far above it (`MARGIN`). Each stage runs once
 first, so kernel compilation and library workspaces are not counted. The CUDA context and friends,
-outside torch, must stay under `RUNTIME_BYTES`. Measurements go to $OUT/memory_gpu.json.
+outside torch, must stay under `runtime_bytes(card)`. Measurements go to $OUT/memory_gpu.json.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from media.items import AudioItem, ImageItem, VideoItem
 from media.resize import video_pixels
 from workers.engine.memory_plan import (
     CARD_SHARE,
-    RUNTIME_BYTES,
     SLACK_BYTES,
     GiB,
     encode_pieces,
     graph_pool,
     graph_sizes,
     plan_for,
+    runtime_bytes,
     weight_bytes,
 )
 from workers.engine.request import Request, SamplingParams
@@ -228,7 +228,7 @@ def test_sample_per_row(model, costs, n):
 
 def test_weights_runtime_and_the_plan(model):
     """Run last (file order): by now every stage's kernels are loaded. What the process holds
-    outside torch (the GPU runs nothing else) stays under RUNTIME_BYTES; what torch keeps
+    outside torch (the GPU runs nothing else) stays under runtime_bytes(card); what torch keeps
     beyond the weights once the stages ran (library workspaces, per-stream caches) under
     SLACK_BYTES; this card's plan fits its cap."""
     gc.collect()  # what earlier tests left in reference cycles
@@ -240,12 +240,12 @@ def test_weights_runtime_and_the_plan(model):
     rounding = LOADED["reserved"] - weight_bytes(model)
     kept = reserved - LOADED["reserved"]
     RESULTS.append(dict(stage="runtime", size="after all stages", measured=runtime,
-                        at_load=LOADED["runtime"], card=total, formula=RUNTIME_BYTES,
+                        at_load=LOADED["runtime"], card=total, formula=runtime_bytes(total),
                         weights_rounding=rounding, kept=kept))  # fmt: skip
     print(f"outside torch {runtime / MiB:.0f} MiB (at load {LOADED['runtime'] / MiB:.0f}, card "
           f"{total / GiB:.1f} GiB); weights' allocator rounding "
           f"{rounding / MiB:.0f} MiB; kept after the stages {kept / MiB:.0f} MiB")  # fmt: skip
-    assert runtime <= RUNTIME_BYTES
+    assert runtime <= runtime_bytes(total)
     assert kept <= SLACK_BYTES
     plan = plan_for(model, None)
     print(plan.table())

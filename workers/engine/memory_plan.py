@@ -42,11 +42,20 @@ MiB, GiB = 1 << 20, 1 << 30
 # at 0.9 an 80 GB H100 with bf16 weights got 62-68 cache slots, where the code before the
 # plan ran 79.
 CARD_SHARE = 0.95
-# Outside torch's allocator, bounded (tests/gpu/test_memory_gpu.py measures it): the CUDA
-# context with lazily loaded modules, library handles, Triton's kernels. Measured on an H100:
-# 783 MiB after every stage (sessions 7 and 8), 0.82-0.83 GiB after the long-input mix
-# (RESULTS.md); the bound was 1 GiB until it kept bf16 weights out of a 64 GiB cap by 0.03 GiB.
-RUNTIME_BYTES = 896 * MiB
+
+
+def runtime_bytes(card: int) -> int:
+    """Bound on what the process holds outside torch's allocator on a card of `card` bytes
+    (tests/gpu/test_memory_gpu.py measures it): the CUDA context with lazily loaded modules,
+    library handles, Triton's kernels; the driver's share grows with the card's memory.
+    Measured after every stage: 783 MiB on an H100 80 GB (sessions 7 and 8; 0.82-0.83 GiB
+    after the long-input mix), 967 MiB on an H200 141 GB (session 18). A flat 1 GiB kept
+    bf16 weights out of a 64 GiB cap by 0.03 GiB; a flat 896 MiB was 71 MiB short on the
+    H200."""
+    return 768 * MiB + card // 512
+
+
+RUNTIME_BYTES = runtime_bytes(80 * 10**9)  # an 80 GB card's: plan_memory's unless told
 SLACK_BYTES = 256 * MiB  # the weights' segment rounding and the workspace's split blocks
 # What a roomy card gets; smaller caps scale down toward the minimums.
 MAX_SLOTS = 512
@@ -227,11 +236,12 @@ def _plan_for(model, gpu_memory_gb: float | None) -> MemoryPlan:
     free, total = torch.cuda.mem_get_info(dev)
     reserved = torch.cuda.memory_reserved(dev)
     cap = int(gpu_memory_gb * GiB) if gpu_memory_gb else int(CARD_SHARE * total)
-    cap = min(cap, free + reserved + RUNTIME_BYTES)
+    runtime = runtime_bytes(total)
+    cap = min(cap, free + reserved + runtime)
     weights = max(weight_bytes(model, dev), reserved)
     itemsize = model.llm.embeddings.weight.element_size()
     return plan_memory(
-        model.config, weights, cap, itemsize, kv_itemsize=model.llm.kv_dtype.itemsize
+        model.config, weights, cap, itemsize, runtime, kv_itemsize=model.llm.kv_dtype.itemsize
     )
 
 
