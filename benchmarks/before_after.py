@@ -2,7 +2,7 @@
 
     python -m benchmarks.before_after --old DIR [--video 64] [--doc 16] [--audio 32]
                                       [--rounds 1] [--via-cli] [--cache DIR]
-                                      [--model full|demo] [--small]
+                                      [--model full|demo] [--precision bf16|fp8|nvfp4] [--small]
 
 DIR holds an older commit's files (`git archive C | tar -x -C DIR`, an ignored folder carried to
 the device). For each workload the old tree's `benchmarks.e2e` runs, then this tree's
@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.e2e_inputs import workload_files
+from workers.model.quant import PRECISIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +40,8 @@ def run_e2e(tree: Path, workload: str, jobs: int, args, out: Path, *extra: str) 
     out.mkdir(parents=True, exist_ok=True)
     results = args.cache / "results" / out.name  # job results stay on the device
     cmd = [sys.executable, "-m", "benchmarks.e2e", "--workload", workload, "--jobs", str(jobs),
-           "--model", args.model, "--cache", str(args.cache), "--results", str(results),
+           "--model", args.model, "--precision", args.precision, "--cache", str(args.cache),
+           "--results", str(results),
            *(["--small"] if args.small else []), *extra]  # fmt: skip
     # the tree's packages first; the rest of the path (the device's wheels) stays
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -55,7 +57,8 @@ def run_e2e(tree: Path, workload: str, jobs: int, args, out: Path, *extra: str) 
         return {"error": tail, "process_s": seconds}
     report = json.loads((out / "e2e.json").read_text())
     run = {"row": report["workloads"][workload], "process_s": seconds,
-           "device": report["device"], "engine": report["engine"],
+           "device": report["device"], "precision": report["precision"],
+           "engine": report["engine"],
            "log_tail": (out / "log.txt").read_text()[-1500:]}  # fmt: skip
     if cli := report.get("via_cli", {}).get(workload):
         run["via_cli"] = {"row": cli, "process_s": seconds}
@@ -71,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--via-cli", action="store_true", help="add W-video through omnibatch run")
     ap.add_argument("--rounds", type=int, default=1, help="before/after pairs per workload")
     ap.add_argument("--model", choices=["full", "demo"], default="full")
+    ap.add_argument("--precision", choices=PRECISIONS, default="bf16", help="both trees' weights")
     ap.add_argument("--small", action="store_true", help="short inputs (CPU smoke run)")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
     args = ap.parse_args(argv)

@@ -101,17 +101,19 @@ def test_cli_runner_keeps_decode_ahead_in_the_media_budget(tmp_path):
 
 
 def test_before_after_compares_two_trees_on_the_same_inputs(tmp_path, monkeypatch):
-    """This tree against itself: each run in a process of its own, reports gathered in one
-    JSON (with the new timers), the cache shared, nothing but that JSON under $OUT."""
+    """This tree against itself, both with FP8 weights: each run in a process of its own,
+    reports gathered in one JSON (with the new timers), the cache shared, nothing but that
+    JSON under $OUT."""
     from benchmarks import before_after
 
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     cache = tmp_path / "cache"
     argv = ["--old", str(ROOT), "--model", "demo", "--small", "--video", "1", "--doc", "0",
-            "--audio", "0", "--via-cli", "--cache", str(cache)]  # fmt: skip
+            "--audio", "0", "--via-cli", "--precision", "fp8", "--cache", str(cache)]  # fmt: skip
     report = before_after.main(argv)
     runs = report["workloads"]["video"]
     assert set(runs) == {"before", "after", "via_cli"}
+    assert runs["before"]["precision"] == runs["after"]["precision"] == "fp8"
     for run in runs.values():
         row = run["row"]
         assert row["jobs"] == 1 and row["metric"] > 0 and row["engine"]["prefill_forwards"] >= 1
