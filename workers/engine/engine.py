@@ -221,7 +221,7 @@ class Engine:
         try:
             prepared.tokens = prompt_tokens(self.tokenizer, prepared.prompt, prepared.items)
             prepared.expected = expected_stats(prepared.tokens, prepared.evs_rate)
-        except Exception as exc:  # a malformed prompt (or a failed copy) fails its request only
+        except Exception as exc:  # a malformed prompt fails its request only
             self._let_go(prepared)
             prepared.future.set_exception(exc)
             return prepared.future
