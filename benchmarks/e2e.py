@@ -442,9 +442,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"W-{n}: {row['metric']:.2f} {w.metric} in {row['wall_s']:.1f} s; allocator "
                   f"{row['allocator']}, OOMs {row['engine'].get('ooms')}, "
                   f"{row['expandable_reserved_gib']:.2f} GiB expandable, Triton compiles "
-                  f"{row['triton_compiles']}, media uploaded ahead "
-                  f"{row['engine']['uploaded_bytes'] / max(1, row['engine']['media_bytes']):.0%}",
-                  flush=True)  # fmt: skip
+                  f"{row['triton_compiles']}", flush=True)  # fmt: skip
             if row["gpu_busy"]:
                 print("kernel time in each stage: " + ", ".join(
                     f"{s} {b['kernel_seconds']:.2f} of {b['seconds']:.2f} s ({b['share']:.0%})"

@@ -4,8 +4,8 @@ The engine's stage timers (StageStats in profile mode) say how long each stage t
 record its window; a profiler of CUDA activity over the same run gives every kernel's
 interval on the same clock (both epoch nanoseconds). A stage whose windows hold far less
 kernel time than wall time left the GPU idle: the host was launching, waiting or elsewhere.
-Copies and memsets are not counted: the uploader's copies run on a stream of its own and
-occupy no multiprocessor.
+Copies and memsets are not counted: the job threads' uploads run on streams of their own
+and occupy no multiprocessor.
 
     with GpuBusy() as busy:
         ...                                    # the run

@@ -1,16 +1,16 @@
-"""The engine on the GPU (demo checkpoint, bf16): media copied to the GPU ahead by the
-uploader's thread, in queue order as room frees, gives the same greedy outputs as media the
-engine copies itself, and its memory goes back to the cache the engine allocates from."""
+"""The engine on the GPU (demo checkpoint, bf16): media copied to the GPU by the submitting
+threads gives the same greedy outputs as media the engine copies itself, and its memory goes
+back to the cache the engine allocates from."""
 
 from __future__ import annotations
 
-import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import pytest
 import torch
 
-from media.items import AudioItem, ImageItem, media_bytes
+from media.items import ImageItem, media_bytes
 from tests.engine.test_engine import EVS, GREEDY, mixed_requests
 from tests.factories import make_audio, make_video
 from workers.engine.engine import Engine, EngineConfig, Prepared
@@ -18,83 +18,45 @@ from workers.engine.memory_plan import plan_for
 from workers.engine.stats import StageStats
 from workers.engine.upload import MediaUploader
 from workers.model.demo import write_demo_checkpoint
-from workers.model.expand import audio_streams
 from workers.model.loader import load_model
-from workers.model.omni import PromptTokens
 from workers.model.prompt import PromptBuilder
 
 pytestmark = pytest.mark.gpu
 
 
-def _until(condition, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
-def _request(items) -> Prepared:
-    p = Prepared("", items, GREEDY, EVS)
-    visual = [i for i in items if not isinstance(i, AudioItem)]
-    p.tokens = PromptTokens(torch.zeros(1, dtype=torch.int64), visual, audio_streams(items))
-    return p
-
-
-def test_uploader_copies_in_queue_order_as_room_frees():
+def test_uploader_copies_within_its_cap():
     g = torch.Generator().manual_seed(0)
     video = make_video(5, (6, 8), g, make_audio([40000], g))
     frames = torch.randint(0, 256, (6, 40, 52, 3), generator=g, dtype=torch.uint8)
     video.tubelets = frames.view(3, 2, 40, 52, 3).permute(0, 1, 4, 2, 3)  # as the pool sends
     n = media_bytes([video])
-    published = []
-    up = MediaUploader(torch.device("cuda"), n, StageStats(), published.append)
-    try:
-        first, second, third = (_request([video]) for _ in range(3))
-        for r in (first, second, third):
-            up.add(r)
-        _until(lambda: published == [first])
-        (moved,) = first.items
-        assert first.uploaded == n == up.held_bytes
-        assert moved.tubelets.is_cuda and moved.tubelets.stride() == video.tubelets.stride()
-        assert torch.equal(moved.tubelets.cpu(), video.tubelets)
-        assert torch.equal(moved.audio.clips[0].cpu(), video.audio.clips[0])
-        assert first.tokens.visual == [moved] and first.tokens.audio == [moved.audio]
-        time.sleep(0.2)  # no room: the next request waits on the host
-        assert second.items == [video] and second.uploaded == 0
-        up.claim(second)  # the engine took it as it was
-        up.release(first.uploaded)
-        _until(lambda: published == [first, third])
-        assert second.items == [video] and second.uploaded == 0
-        assert third.uploaded == n == up.held_bytes and third.items[0].tubelets.is_cuda
-        up.release(third.uploaded)
-    finally:
-        up.close()
+    up = MediaUploader(torch.device("cuda"), n, StageStats())
+    (moved,), held = up.upload([video])
+    assert held == n == up.held_bytes
+    assert moved.tubelets.is_cuda and moved.tubelets.stride() == video.tubelets.stride()
+    assert torch.equal(moved.tubelets.cpu(), video.tubelets)
+    assert torch.equal(moved.audio.clips[0].cpu(), video.audio.clips[0])
+    assert up.upload([video]) == ([video], 0)  # over the cap: left on the host
+    up.release(held)
     assert up.held_bytes == 0
 
 
-def test_uploads_return_to_the_engines_cache():
-    """Memory the uploader's thread copied into, once freed, serves the engine's next
-    allocations of that size: no new segments (allocated on the copy stream, the blocks
-    would sit in a cache the default stream cannot use)."""
+def test_uploads_from_many_threads_return_to_the_engines_cache():
+    """Memory the job threads uploaded, once freed, serves the engine's next allocations of
+    that size: no new segments (with each thread's stream owning its blocks, 8 threads left
+    8 caches the default stream could not use)."""
     n, size = 8, 64 << 20
-    up = MediaUploader(torch.device("cuda"), n * size, StageStats(), lambda r: None)
-    try:
-        requests = [_request([ImageItem(torch.full((size // 4,), float(k)), (2, 2))])
-                    for k in range(n)]  # fmt: skip
-        for r in requests:
-            up.add(r)
-        _until(lambda: up.held_bytes == n * size and all(r.uploaded for r in requests))
-        assert [r.items[0].pixels[0].item() for r in requests] == [float(k) for k in range(n)]
-        torch.cuda.synchronize()
-        reserved = torch.cuda.memory_reserved()
-        for r in requests:
-            up.release(r.uploaded)
-            r.items = []
-        again = [torch.empty(size // 4, device="cuda") for _ in range(n)]  # the engine's stream
-        assert torch.cuda.memory_reserved() == reserved, "the uploads' blocks were not reused"
-        del again
-    finally:
-        up.close()
+    up = MediaUploader(torch.device("cuda"), n * size, StageStats())
+    images = [ImageItem(torch.full((size // 4,), float(k)), (2, 2)) for k in range(n)]
+    with ThreadPoolExecutor(n) as ex:
+        moved = list(ex.map(lambda item: up.upload([item])[0][0], images))
+    assert [m.pixels[0].item() for m in moved] == [float(k) for k in range(n)]
+    torch.cuda.synchronize()
+    reserved = torch.cuda.memory_reserved()
+    del moved
+    again = [torch.empty(size // 4, device="cuda") for _ in range(n)]  # the engine's stream
+    assert torch.cuda.memory_reserved() == reserved, "the uploads' blocks were not reused"
+    del again
 
 
 def test_uploaded_media_gives_the_same_outputs(tmp_path):
@@ -114,12 +76,10 @@ def test_uploaded_media_gives_the_same_outputs(tmp_path):
                 for k, (t, items) in enumerate(reqs)
             ]
             # All queued before the engine starts: both runs batch alike (bf16 outputs depend
-            # on the batch a request shares, and copying ahead changes its timing).
+            # on the batch a request shares, and copying on submit changes its timing).
             futures = [eng.submit(p) for p in preps]
-            with_media = [k for k, (_, items) in enumerate(reqs) if items]
-            if cap:  # copied ahead: the host copies were let go as each was uploaded
-                _until(partial(lambda got, want: sorted(got) == want, released, with_media))
-                assert all(preps[k].uploaded for k in with_media)
+            if cap:  # copied on submit: the host copies were let go there and then
+                assert sorted(released) == [k for k, (_, items) in enumerate(reqs) if items]
             eng.start()
             outputs.append([f.result(timeout=120)[0].output_ids for f in futures])
         finally:

@@ -97,7 +97,7 @@ class EngineConfig:
     # one stage at a time: an encode group's outputs and forwards, a prefill forward, the LM
     # head and sampling (workspace.py prices each).
     workspace_bytes: int = 4 << 30
-    # Media the uploader's thread copies to the GPU ahead of the engine (upload.py), at most; the
+    # Media that job threads copy to the GPU ahead of the engine (upload.py), at most; the
     # engine lets go of each request's media once encoded.
     max_upload_bytes: int = 4 << 30
     profile: bool = False  # time each stage in `Engine.stats` (synchronises the GPU: benchmarks)
@@ -143,10 +143,9 @@ class Prepared:
     future: Future = field(default_factory=Future)  # -> (Request, PromptStats)
     tokens: PromptTokens | None = None  # set by Engine.submit, on the caller's thread
     expected: PromptStats | None = None  # likewise: the prompt's size, known before encoding
-    uploaded: int = 0  # bytes of `items` the uploader copied to the GPU (upload.py)
-    claimed: bool = False  # the engine reads `items`: the uploader no longer touches them
+    uploaded: int = 0  # bytes of `items` the submitting thread copied to the GPU
     # Called once the engine holds none of `items` on the host any more: copied to the GPU
-    # ahead, or encoded, failed or cancelled (the worker's shared-memory budget).
+    # on submit, or encoded, failed or cancelled (the worker's shared-memory budget).
     on_host_release: Callable[[], None] | None = None
     grammar: RequestGrammar | None = None  # structured output, compiled on the job's thread
 
@@ -181,7 +180,7 @@ class Engine:
             graphs = DecodeGraphs(model.llm, self.cache, list(config.decode_graph_sizes))
         self.stats = StageStats(config.profile)
         self.uploader = (
-            MediaUploader(model.device, config.max_upload_bytes, self.stats, self._host_released)
+            MediaUploader(model.device, config.max_upload_bytes, self.stats)
             if model.device.type == "cuda"
             else None
         )
@@ -214,19 +213,21 @@ class Engine:
     def submit(self, prepared: Prepared) -> Future:
         """Queue a request; the future resolves to (finished Request, PromptStats).
 
-        The prompt is tokenized here on the caller's thread (without the GIL: omni.py), while
-        the engine thread keeps the GPU fed; the uploader's thread copies the media ahead.
+        The prompt is tokenized, and the media copied to the GPU, here on the caller's thread
+        (without the GIL: omni.py, upload.py), while the engine thread keeps the GPU fed.
         """
         prepared.rid = prepared.rid or f"req{next(self._ids)}"
         try:
+            if self.uploader is not None:
+                prepared.items, prepared.uploaded = self.uploader.upload(prepared.items)
+                if prepared.uploaded:
+                    self._host_released(prepared)
             prepared.tokens = prompt_tokens(self.tokenizer, prepared.prompt, prepared.items)
             prepared.expected = expected_stats(prepared.tokens, prepared.evs_rate)
-        except Exception as exc:  # a malformed prompt fails its request only
+        except Exception as exc:  # a malformed prompt (or a failed copy) fails its request only
             self._let_go(prepared)
             prepared.future.set_exception(exc)
             return prepared.future
-        if self.uploader is not None:
-            self.uploader.add(prepared)
         with self._death_lock:
             if self._death is None:
                 self._inbox.put(prepared)
@@ -262,8 +263,6 @@ class Engine:
         self._inbox.put("")
         if self._thread is not None:
             self._thread.join()
-        if self.uploader is not None:
-            self.uploader.close()
 
     # ---- the engine thread ---------------------------------------------------------------
     def _loop(self) -> None:
@@ -382,8 +381,6 @@ class Engine:
         """Encode and admit `group`; after an out-of-memory, its halves one by one, then a
         lone request in smaller pieces, down to the smallest."""
         self.stats.encode_groups += 1
-        for p in group:
-            self._claim(p)
         try:
             with self.stats.stage("encode", self.model.device):
                 results = self.stages.encode(group, pieces)
@@ -449,14 +446,8 @@ class Engine:
         self._let_go(p)
         p.future.set_exception(exc)
 
-    def _claim(self, p: Prepared) -> None:
-        """From now on the engine reads `p.items`: as they are (uploaded or on the host)."""
-        if self.uploader is not None:
-            self.uploader.claim(p)
-
     def _let_go(self, p: Prepared) -> None:
         """Drop a request's media: encoded, failed or cancelled."""
-        self._claim(p)
         if self.uploader is not None and p.uploaded:
             self.uploader.release(p.uploaded)
         p.items, p.tokens, p.uploaded = [], None, 0

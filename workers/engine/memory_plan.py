@@ -9,7 +9,7 @@ stays the whole time:
     weights    + slack for the allocator's rounding and split blocks
     cache      slots (conv + fp32 SSM state per Mamba layer), KV rows, the slots' row tables
     graphs     the CUDA-graph pool of decode (its largest batch)
-    uploads    media the uploader copied to the GPU ahead of the engine (upload.py)
+    uploads    media the job threads copied to the GPU ahead of the engine (upload.py)
     prompts    encoded prompts waiting for prefill (their embeddings; dropped once prefilled)
     headroom   left unplanned: blocks of the stages' ever-changing sizes that the allocator
                holds cached but cannot reuse for the next size (see FRAGMENTATION_SHARE)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from media.items import AudioItem, ImageItem, VideoItem, media_bytes
+from media.items import AudioItem, ImageItem, VideoItem
 
 
 @dataclass
@@ -40,8 +40,6 @@ class StageStats:
     sampled_tokens: int = 0
     vision_patches: int = 0  # ViT patch positions (a tubelet's two frames share one)
     audio_seconds: float = 0.0
-    media_bytes: int = 0  # host bytes of the encoded items (frames, pixels, mel clips)
-    uploaded_bytes: int = 0  # of those, copied to the GPU ahead of the engine (upload.py)
     peak_unprefilled: int = 0  # most encoded prompt tokens waiting for prefill after an admission
     peak_batch: int = 0  # most requests one step computed (decoded or prefilled together)
     # CUDA out-of-memory errors recovered from, per stage ("upload": media left on the host
@@ -72,7 +70,6 @@ class StageStats:
 
     def count_media(self, items: list[ImageItem | VideoItem | AudioItem]) -> None:
         self.vision_patches += vision_patches(items)
-        self.media_bytes += media_bytes(items)
         for item in items:
             audio = item.audio if isinstance(item, VideoItem) else item
             if isinstance(audio, AudioItem):
