@@ -260,6 +260,15 @@ def tiling(M, N, sms, hopper):
     return Fp8Config(bm, bn, 128, 8, 4, 4)
 
 
+def tilings(max_m, N, sms, hopper):
+    """Each `tiling` of an N-column product of 1..max_m rows -> the fewest rows that get it: the
+    sizes a warm-up runs so that no tiling compiles inside a job."""
+    first = {}
+    for m in range(1, max_m + 1):
+        first.setdefault(tiling(m, N, sms, hopper), m)
+    return first
+
+
 def _fp8_linear_launch(x, weight, weight_scale, input_scale, relu2_out_scale, config):
     """x [M, K] bf16 (or e4m3, quantized by input_scale); weight [N, K] e4m3; weight_scale,
     input_scale, relu2_out_scale fp32 0-d."""

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from workers.engine.generate import generate
-from workers.engine.request import SamplingParams
+from workers.engine.request import Request, SamplingParams
+from workers.engine.runner import ModelRunner
+from workers.engine.scheduler import PrefillChunk
+from workers.model.cache import HybridCache
 from workers.model.demo import write_demo_checkpoint
 from workers.model.loader import load_model
 
@@ -68,3 +71,21 @@ def test_cancel_stops_all_sequences(llm):
     assert [g.finish_reason for g in gens] == ["cancelled"] * 2
     # polled before every step: two steps ran (prefill + one decode), two tokens each
     assert all(len(g.ids) == 2 for g in gens)
+
+
+def test_warm_up_leaves_the_cache_as_it_was(llm):
+    """The engine's warm-up forwards (runner.warm_up) take a slot and its KV rows and give them
+    back; a sequence prefilled after them in that slot decodes as in a fresh cache."""
+    dtype = llm.embeddings.weight.dtype
+    cache = HybridCache(llm.config, 2, 128, 96, llm.device, dtype, llm.kv_dtype)
+    slots, rows = cache.num_free_slots, cache.num_free_rows
+    runner = ModelRunner(llm, cache)
+    runner.warm_up([1, 7, 96])
+    assert (cache.num_free_slots, cache.num_free_rows) == (slots, rows)
+
+    prompt = _prompt(llm, 20, 9)
+    want = generate(llm, [prompt], [SamplingParams(max_tokens=1)])[0].ids
+    req = Request("r", prompt, SamplingParams(max_tokens=1))
+    req.slot = cache.alloc_slot()
+    done, hidden = runner.prefill([PrefillChunk(req, 0, 20)])
+    assert done == [req] and runner.sample([req], hidden)["r"] == want[0]

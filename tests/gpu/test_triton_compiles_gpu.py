@@ -79,3 +79,34 @@ def test_new_batch_shapes_do_not_recompile_the_varlen_and_moe_kernels():
             batch(lens)
         torch.cuda.synchronize()
     assert compiles.count == 0, compiles.kernels
+
+
+def test_fp8_layers_compile_nothing_after_the_warm_up_sizes():
+    """Forwards at linear.warm_sizes' token counts compile every tiling fp8_linear picks for
+    the model's FP8 layers, from bf16 and from E4M3 inputs: other prefill sizes then compile
+    nothing (session 20: 2-3 tilings compiled inside W-video's timed run)."""
+    from kernels.quant_formats import fp8_scale, quantize_fp8
+    from workers.model.linear import Linear, warm_sizes
+    from workers.model.quant import FP8
+
+    layers = torch.nn.ModuleList(Linear(1024, n, FP8, device="cuda") for n in (2688, 4352))
+    for layer in layers:
+        w = torch.randn(layer.out_features, 1024, device="cuda") / 32
+        layer.weight_scale.copy_(fp8_scale(w))
+        layer.weight.copy_(quantize_fp8(w, layer.weight_scale))
+        layer.input_scale.fill_(1 / 64)
+
+    def forward(m):
+        x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+        for layer in layers:
+            layer(x), layer(quantize_fp8(x, layer.input_scale))
+
+    sizes = warm_sizes(layers, 16384)
+    assert sizes[0] == 1 and sizes[-1] <= 16384 and len(sizes) >= 4
+    for m in sizes:
+        forward(m)
+    with TritonCompiles() as compiles:
+        for m in (2, 63, 65, 200, 257, 700, 1500, 3000, 5200, 9999, 16384):
+            forward(m)
+        torch.cuda.synchronize()
+    assert compiles.count == 0, compiles.variants

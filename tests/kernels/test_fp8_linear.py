@@ -11,6 +11,7 @@ from kernels.fp8_linear import (
     fp8_quantize,
     fp8_quantize_ref,
     tiling,
+    tilings,
 )
 from kernels.quant_formats import dequant_fp8, fp8_scale, quantize_fp8
 from tests.kernels.moe_attn_helpers import assert_close
@@ -125,3 +126,16 @@ def test_relu2_epilogue_equals_unfused(M, cfg):
     y_ref = fp8_linear_ref(x, wq, ws, xs)
     ref = fp8_linear_ref(x, wq, ws, xs, relu2_out_scale=hs)
     assert e4m3_equal(ref, quantize_fp8(F.relu(y_ref).square(), hs))
+
+
+@pytest.mark.parametrize("N", [72, 2688, 10304])
+def test_tilings_list_each_pick_at_its_fewest_rows(N):
+    """Every size 1..max_m gets a tiling of the list, and each listed tiling is what its size
+    gets, no smaller size getting it: the warm-up's sizes (linear.warm_sizes) compile all."""
+    first = tilings(5000, N, sms=132, hopper=True)
+    assert len(first) == len(set(first.values())) >= 4  # decode, skinny, prefill tilings
+    for m in range(1, 5001):
+        cfg = tiling(m, N, sms=132, hopper=True)
+        assert first[cfg] <= m
+    for cfg, m in first.items():
+        assert tiling(m, N, sms=132, hopper=True) == cfg

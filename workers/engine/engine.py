@@ -62,6 +62,7 @@ from workers.engine.stats import StageStats
 from workers.engine.upload import MediaUploader
 from workers.engine.workspace import StageCosts
 from workers.model.cache import HybridCache
+from workers.model.linear import warm_sizes
 from workers.model.omni import (
     EncodePieces,
     OmniModel,
@@ -187,6 +188,9 @@ class Engine:
         self.runner = ModelRunner(
             model.llm, self.cache, graphs, self.stats, self.costs, config.workspace_bytes
         )
+        # the token-count tilings compile here, not on the engine thread inside the first jobs
+        longest_prefill = min(config.prefill_token_budget, self.longest_sequence)
+        self.runner.warm_up(warm_sizes(model.llm, longest_prefill))
         self.stages = Stages(
             self._encode_stage, self.runner.prefill, self.runner.decode, self.runner.sample
         )

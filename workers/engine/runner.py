@@ -19,7 +19,7 @@ import torch
 
 from workers.engine.decode_graphs import DecodeGraphs
 from workers.engine.grammar import StepMasks, TokenMasks
-from workers.engine.request import Request
+from workers.engine.request import Request, SamplingParams
 from workers.engine.sampler import sample
 from workers.engine.scheduler import PrefillChunk, StepPlan
 from workers.engine.stats import StageStats
@@ -108,6 +108,22 @@ class ModelRunner:
             done += d
             rows.append(h)
         return done, torch.cat(rows)
+
+    @torch.no_grad()
+    def warm_up(self, sizes: list[int]) -> None:
+        """A prefill forward of each token count on a scratch slot (zero embeddings), freed
+        after: kernels whose tiling follows the token count compile now."""
+        slot = self.cache.alloc_slot()
+        try:
+            for n in sizes:
+                embeds = torch.zeros(n, self.llm.config.hidden_size, device=self.device,
+                                     dtype=self.llm.embeddings.weight.dtype)  # fmt: skip
+                req = Request("warm-up", embeds, SamplingParams())
+                req.slot = slot
+                self.cache.clear_state(slot)
+                self._prefill([PrefillChunk(req, 0, n)])
+        finally:
+            self.cache.free_slot(slot)
 
     def _forwards(self, chunks: list[PrefillChunk]) -> list[list[PrefillChunk]]:
         """The chunks in runs whose forward fits the workspace (one chunk at least)."""

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.fp8_linear import tilings
 from kernels.quant_formats import dequant_fp8, fp8_scale, quantize_fp8
 from workers.model import ops
 from workers.model.quant import BF16, FP8
@@ -101,3 +102,19 @@ class Linear(nn.Module):
         if self.fmt == FP8:
             return dequant_fp8(self.weight, self.weight_scale)
         return self.weight.float()
+
+
+def warm_sizes(model: nn.Module, max_rows: int) -> list[int]:
+    """Token counts (≤ max_rows) whose forwards, together, run every tiling ops.fp8_linear
+    picks for the model's FP8 layers on its GPU: Triton compiles a tiling on first use (1-2 s
+    on the engine thread, inside the first jobs: RESULTS.md session 20). [] without FP8 layers
+    or off the GPU."""
+    layers = [m for m in model.modules() if isinstance(m, Linear) and m.fmt == FP8]
+    if not layers or layers[0].weight.device.type != "cuda":
+        return []
+    props = torch.cuda.get_device_properties(layers[0].weight.device)
+    sms, hopper = props.multi_processor_count, props.major >= 9
+    sizes = set()
+    for n in {m.out_features for m in layers}:
+        sizes.update(tilings(max_rows, n, sms, hopper).values())
+    return sorted(sizes)
