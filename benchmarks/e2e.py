@@ -439,8 +439,11 @@ def main(argv: list[str] | None = None) -> dict:
             warm_up(w, pipeline, files[n], workers)
             row = run_workload(w, pipeline, files[n], jobs[n], args)
             report["workloads"][n] = row
-            print(f"W-{n}: {row['metric']:.2f} {w.metric} in {row['wall_s']:.1f} s; allocator "
-                  f"{row['allocator']}, OOMs {row['engine'].get('ooms')}, "
+            e = row["engine"]
+            print(f"W-{n}: {row['metric']:.2f} {w.metric} in {row['wall_s']:.1f} s; engine idle "
+                  f"{e['idle_seconds']:.1f} s, {e['lone_decode_steps']} of {e['decode_steps']} "
+                  f"decode steps with nothing else to run; allocator "
+                  f"{row['allocator']}, OOMs {e.get('ooms')}, "
                   f"{row['expandable_reserved_gib']:.2f} GiB expandable, Triton compiles "
                   f"{row['triton_compiles']}", flush=True)  # fmt: skip
             if row["gpu_busy"]:

@@ -3,6 +3,7 @@ cancel frees the slot, memory-budget admission makes requests wait, nothing star
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import wait
 
 import pytest
@@ -175,3 +176,20 @@ def test_encoding_stays_within_the_prompt_budget(demo):
     assert all(len(r.output_ids) == GREEDY.max_tokens for r in results)
     assert 0 < eng.stats.peak_unprefilled <= budget
     assert all(r.prompt_embeds is None for r in results)
+
+
+def test_idle_time_and_lone_decode_steps_are_counted(demo):
+    """A request alone: the engine waited for it (idle), then decoded it with nothing else to
+    run, every decode step of it counted as such."""
+    model, pb = demo
+    eng = engine(model, pb)
+    try:
+        time.sleep(0.3)  # the engine thread blocks on its empty inbox meanwhile
+        text, items = mixed_requests(pb, 1)[0]
+        req, _ = eng.submit(Prepared(text, items, GREEDY, EVS)).result(timeout=60)
+    finally:
+        eng.close()
+    assert len(req.output_ids) == GREEDY.max_tokens
+    assert eng.stats.idle_seconds >= 0.25
+    # the first token comes from the prefill step, each other one from a decode step
+    assert eng.stats.lone_decode_steps == eng.stats.decode_steps == GREEDY.max_tokens - 1

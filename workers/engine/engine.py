@@ -30,6 +30,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -310,7 +311,10 @@ class Engine:
     def _drain(self, block: bool) -> None:
         """Move the inbox into the queue, applying cancels."""
         try:
+            waiting = time.perf_counter()
             item = self._inbox.get(block=block)
+            if block:
+                self.stats.idle_seconds += time.perf_counter() - waiting
             while True:
                 if isinstance(item, Prepared):
                     self._queued.append(item)
@@ -469,6 +473,7 @@ class Engine:
         if plan.empty:
             return []
         self.stats.peak_batch = max(self.stats.peak_batch, len(plan.decode) + len(plan.prefill))
+        self.stats.lone_decode_steps += bool(plan.decode and not plan.prefill and not self._queued)
         finished = self.scheduler.update(plan, self.steps.run(plan))
         for chunk in plan.prefill:
             if chunk.is_last:  # prefilled: the cache holds the prompt now

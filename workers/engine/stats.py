@@ -37,6 +37,11 @@ class StageStats:
     encode_groups: int = 0  # groups encoded together (a retry after an out-of-memory too)
     decode_tokens: int = 0  # tokens fed to decode forwards
     decode_steps: int = 0  # decode forwards (decode_tokens / decode_steps: the mean batch)
+    # Of those, steps with no prompt chunk and no request waiting to be encoded: the engine
+    # had nothing else to run, so the batch was whatever was decoding (media arriving slower
+    # than the engine takes it shows as many of these, at small batches).
+    lone_decode_steps: int = 0
+    idle_seconds: float = 0.0  # the engine thread waiting for a request, with nothing to run
     sampled_tokens: int = 0
     vision_patches: int = 0  # ViT patch positions (a tubelet's two frames share one)
     audio_seconds: float = 0.0
