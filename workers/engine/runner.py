@@ -111,8 +111,9 @@ class ModelRunner:
 
     @torch.no_grad()
     def warm_up(self, sizes: list[int]) -> None:
-        """A prefill forward of each token count on a scratch slot (zero embeddings), freed
-        after: kernels whose tiling follows the token count compile now."""
+        """A prefill forward of each token count (zero embeddings) in a slot taken for it and
+        freed after (not the cache's `scratch_slot`, whose row table prefill cannot grow):
+        kernels whose tiling follows the token count compile now."""
         slot = self.cache.alloc_slot()
         try:
             for n in sizes:
